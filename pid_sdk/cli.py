@@ -1,0 +1,231 @@
+"""`pid-sdk`: info, convert, decode. Errors are printed as messages, never as tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pid_sdk.errors import InputError, PiDError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except PiDError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so briefly; PID_SDK_DEBUG=1 shows the traceback
+        if os.environ.get("PID_SDK_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}\n(rerun with PID_SDK_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pid-sdk", description="Run the PiD pixel diffusion decoder.")
+    sub = p.add_subparsers(required=True, metavar="command")
+
+    info = sub.add_parser("info", help="describe a checkpoint, an artefact or a preset")
+    info.add_argument("model", nargs="?", help="checkpoint file or artefact folder")
+    info.add_argument("--preset", help="describe a preset instead")
+    info.add_argument("--presets", action="store_true", help="list every preset")
+    info.add_argument("--trust-pickle", action="store_true", help="allow pickles that run code (trusted files only)")
+    info.set_defaults(run=_info)
+
+    conv = sub.add_parser("convert", help="write the SDK artefact (model.safetensors + manifest.json)")
+    conv.add_argument("source", help="official .pth, safetensors repack, or artefact folder")
+    conv.add_argument("output", help="new folder for the artefact")
+    conv.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    conv.add_argument("--preset", help="force a preset instead of detecting it from the keys")
+    conv.add_argument("--latent-space", help="record the latent space the model decodes")
+    conv.add_argument("--trust-pickle", action="store_true")
+    conv.set_defaults(run=_convert)
+
+    dec = sub.add_parser("decode", help="decode a latent file (.safetensors / .pt / .npy) to PNG")
+    dec.add_argument("latent", help="latent file: [C, h, w] or [B, C, h, w]")
+    dec.add_argument("-o", "--output", required=True, help="PNG path (a batch writes NAME_0.png, NAME_1.png, ...)")
+    src = dec.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="artefact folder or checkpoint file")
+    src.add_argument("--preset", help="a preset with seeded random weights (for trying the pipeline)")
+    dec.add_argument("--latent-space", help="flux1, sd3, sdxl, flux2, qwenimage, dinov2, siglip (default: the model's)")
+    dec.add_argument("--latent-sigma", type=float, default=0.0, help="noise level of a partially denoised capture")
+    dec.add_argument("--raw", action="store_true", help="the latent is a raw VAE latent, not normalised")
+    dec.add_argument("--steps", type=int, default=4)
+    dec.add_argument("--seed", type=int, default=0)
+    dec.add_argument("--sampler", choices=["sde", "ode", "teacher"], default="sde")
+    dec.add_argument("--prompt", help="caption (needs --text-encoder)")
+    dec.add_argument("--text-encoder", help="local folder of Gemma-2-2B-it")
+    dec.add_argument("--text-embeddings", help="file with [L, 2304] or [B, L, 2304] embeddings")
+    dec.add_argument("--batch-size", type=int, default=1, help="latents decoded together")
+    dec.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    dec.add_argument("--precision", choices=["fp32", "bf16"])
+    dec.add_argument("--trust-pickle", action="store_true")
+    dec.add_argument("--quiet", action="store_true", help="no progress bar")
+    dec.set_defaults(run=_decode)
+    return p
+
+
+# --- info -----------------------------------------------------------------------------------------------------
+def _info(args) -> int:
+    from pid_sdk.config import PRESETS, get_preset
+
+    if args.presets:
+        for name, cfg in PRESETS.items():
+            print(f"{name:32s} {cfg.description}")
+        return 0
+    if args.preset:
+        cfg, params, source = get_preset(args.preset), None, "preset"
+    elif args.model:
+        from pid_sdk.checkpoints import load_checkpoint
+
+        loaded = load_checkpoint(args.model, trust_pickle=args.trust_pickle)
+        cfg, source = loaded.config, f"{loaded.source} ({loaded.path})"
+        params = sum(p.numel() for p in loaded.model.parameters())
+    else:
+        raise InputError("info needs a model path, --preset NAME or --presets.", fix="pid-sdk info model.pth")
+    print(describe(cfg, params, source))
+    return 0
+
+
+def describe(cfg, params: int | None, source: str) -> str:
+    from pid_sdk.model import build_model
+    from pid_sdk.memory import estimate_memory
+
+    if params is None:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_model(cfg).parameters())
+    lines = [f"preset:        {cfg.name}", f"description:   {cfg.description}", f"source:        {source}",
+             f"parameters:    {params:,}", f"latent space:  {cfg.latent_space or '(none: text-to-image backbone)'}"]
+    b, a = cfg.backbone, cfg.adapter
+    lines.append(f"backbone:      hidden {b.hidden_size}, {b.patch_depth} MM-DiT + {b.pixel_depth} PiT blocks, "
+                 f"patch {b.patch_size}, RoPE {b.rope_mode}" + (f" (ref {b.rope_ref}px)" if b.rope_mode == "ntk" else ""))
+    if a is not None:
+        lines.append(f"adapter:       {a.latent_channels} ch /{a.latent_factor} -> width {a.hidden_dim}, "
+                     f"{cfg.num_gates} gates ({a.gate}), x{a.sr_scale}, padding {a.padding_mode}"
+                     + (", PiT injection" if a.pit_inject else ""))
+    for side in (1024, 2048, 4096):
+        m = estimate_memory(cfg, params, side, side)
+        lines.append(f"memory {side}x{side}: weights bf16 {m['weights_bf16'] / 2**30:.2f} GiB, "
+                     f"peak activations ~{m['activations_bf16'] / 2**30:.2f} GiB (bf16, batch 1, estimate)")
+    return "\n".join(lines)
+
+
+# --- convert --------------------------------------------------------------------------------------------------
+def _convert(args) -> int:
+    from pid_sdk.checkpoints import load_checkpoint, save_artefact
+
+    loaded = load_checkpoint(args.source, preset=args.preset, trust_pickle=args.trust_pickle)
+    if args.latent_space:
+        from pid_sdk.latents import get_latent_space
+
+        get_latent_space(args.latent_space)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    out = save_artefact(loaded.model, loaded.config, args.output, dtype=dtype,
+                        source=f"{loaded.source}:{Path(args.source).name}", latent_space=args.latent_space)
+    print(f"wrote {out} ({loaded.config.name}, {args.dtype}, {len(loaded.dropped)} training-only tensors dropped)")
+    return 0
+
+
+# --- decode ---------------------------------------------------------------------------------------------------
+def _decode(args) -> int:
+    from pid_sdk.decoder import Decoder
+
+    out = Path(args.output)
+    if out.suffix.lower() != ".png":
+        raise InputError("The output must be a .png file.", received=str(out), expected="NAME.png")
+    if not out.parent.exists():
+        raise InputError(f"The output folder {out.parent} does not exist.", fix=f"mkdir -p {out.parent}")
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be >= 1.", received=args.batch_size)
+    latents = read_latent_file(args.latent, trust_pickle=args.trust_pickle)
+    if latents.ndim == 3:
+        latents = latents[None]
+    text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
+    dec = Decoder.load(args.model, preset=args.preset, device=args.device, precision=args.precision,
+                       trust_pickle=args.trust_pickle, text_encoder=args.text_encoder)
+    images = []
+    with _progress(len(latents), args.steps, args.quiet) as bar:
+        for start in range(0, len(latents), args.batch_size):
+            chunk = latents[start:start + args.batch_size]
+            images.extend(dec.decode(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma,
+                                     prompt=args.prompt, text_embeddings=text, steps=args.steps,
+                                     seed=args.seed + start, sampler=args.sampler, normalized=not args.raw,
+                                     output="pil", on_step=lambda i, n: bar.update(len(chunk))))
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        write_png_atomic(image, path)
+        print(f"wrote {path} ({image.width}x{image.height})")
+    return 0
+
+
+def _progress(batch: int, steps: int, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=batch * steps, unit="step", desc="decode", disable=quiet, leave=False)
+
+
+def read_latent_file(path: str, *, trust_pickle: bool = False, what: str = "latent") -> torch.Tensor:
+    """A tensor from .safetensors (key `latent` or the only tensor), .pt/.pth (weights only) or .npy."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"No {what} file at {p}.", fix="check the path")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            value = load_file(str(p))
+        elif p.suffix == ".npy":
+            import numpy as np
+
+            value = torch.from_numpy(np.load(p, allow_pickle=False))
+        elif p.suffix in (".pt", ".pth"):
+            value = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
+        else:
+            raise InputError(f"Unsupported {what} file type.", received=p.suffix,
+                             expected=".safetensors, .pt, .pth or .npy")
+    except PiDError:
+        raise
+    except Exception as exc:
+        raise InputError(f"Cannot read the {what} file {p}.", received=f"{type(exc).__name__}: {exc}"[:300],
+                         expected="a complete .safetensors / .pt / .npy file holding one tensor",
+                         fix="save it with safetensors.torch.save_file({'latent': z}, path)") from None
+    return _single_tensor(value, p, what)
+
+
+def _single_tensor(value, path: Path, what: str) -> torch.Tensor:
+    if isinstance(value, dict):
+        tensors = {k: v for k, v in value.items() if isinstance(v, torch.Tensor)}
+        key = "latent" if "latent" in tensors else (next(iter(tensors)) if len(tensors) == 1 else None)
+        if key is None:
+            raise InputError(f"{path} holds several tensors and none is named 'latent'.",
+                             received=sorted(tensors), expected="one tensor, or one named 'latent'")
+        value = tensors[key]
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"{path} does not hold a tensor.", received=type(value).__name__, expected="a tensor")
+    return value
+
+
+def write_png_atomic(image, path: Path) -> None:
+    """Write beside the target and rename: a failure never leaves a partial PNG."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

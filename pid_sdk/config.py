@@ -1,0 +1,231 @@
+"""Model configurations and named presets.
+
+Every official family is a preset built from one base with `dataclasses.replace`; any dimension can be changed the
+same way, so a small model of any shape is one `replace` away.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, replace
+
+from pid_sdk.errors import ConfigError
+
+ROPE_MODES = ("plain", "ntk")
+GATE_TYPES = ("per_token_per_dim", "per_token")
+PADDING_MODES = ("zeros", "replicate")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The PixelDiT T2I backbone (spec section 2)."""
+
+    in_channels: int = 3
+    patch_size: int = 16
+    hidden_size: int = 1536
+    num_heads: int = 24
+    patch_depth: int = 14
+    pixel_depth: int = 2
+    pixel_hidden_size: int = 16
+    pixel_attn_hidden_size: int = 1152
+    pixel_num_heads: int = 16
+    pixel_mlp_hidden_size: int = 64
+    mlp_hidden_size: int = 6144  # SwiGLU inner width is int(2 * this / 3)
+    txt_embed_dim: int = 2304
+    txt_max_length: int = 300
+    rope_theta: float = 10000.0
+    text_rope_theta: float = 10000.0
+    rope_scale: float = 16.0  # image positions span [0, rope_scale] whatever the grid size
+    rope_mode: str = "plain"
+    rope_ref: int = 1024  # NTK reference size in pixels (grid = rope_ref / patch_size)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def pixel_head_dim(self) -> int:
+        return self.pixel_attn_hidden_size // self.pixel_num_heads
+
+    @property
+    def swiglu_hidden_size(self) -> int:
+        return int(2 * self.mlp_hidden_size / 3)
+
+    @property
+    def pixels_per_patch(self) -> int:
+        return self.patch_size * self.patch_size
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The PiD latent adapter `lq_proj` and its gates (spec section 5.1, 5.2)."""
+
+    latent_channels: int = 16  # as the LDM delivers them, before any unpatchify
+    hidden_dim: int = 512
+    num_res_blocks: int = 4
+    num_groups: int = 4
+    interval: int = 2  # a gate before every `interval`-th patch block
+    gate: str = "per_token_per_dim"
+    padding_mode: str = "zeros"
+    pit_inject: bool = False
+    sr_scale: int = 4
+    latent_factor: int = 8  # pixels per latent cell of the source image
+    unpatchify_factor: int = 1
+
+
+@dataclass(frozen=True)
+class PiDConfig:
+    """A whole network: the backbone, and the adapter unless it is the bare PixelDiT."""
+
+    name: str
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    adapter: AdapterConfig | None = None
+    latent_space: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def num_gates(self) -> int:
+        return 0 if self.adapter is None else math.ceil(self.backbone.patch_depth / self.adapter.interval)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PiDConfig":
+        try:
+            backbone = BackboneConfig(**data["backbone"])
+            adapter = AdapterConfig(**data["adapter"]) if data.get("adapter") else None
+            rest = {k: v for k, v in data.items() if k not in ("backbone", "adapter")}
+            return cls(backbone=backbone, adapter=adapter, **rest)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(
+                "The model configuration could not be read.",
+                received=f"{sorted(data)} ({exc})",
+                expected="a dict written by PiDConfig.to_dict()",
+                fix="re-create the artefact with `pid-sdk convert`",
+            ) from None
+
+
+def validate(cfg: PiDConfig) -> None:
+    b, a = cfg.backbone, cfg.adapter
+    checks = [
+        (b.hidden_size % b.num_heads == 0, "hidden_size must be divisible by num_heads"),
+        (b.pixel_attn_hidden_size % b.pixel_num_heads == 0, "pixel_attn_hidden_size must divide by pixel_num_heads"),
+        (b.head_dim % 4 == 0, "the patch head_dim must be a multiple of 4 (2D RoPE)"),
+        (b.pixel_head_dim % 4 == 0, "the pixel head_dim must be a multiple of 4 (2D RoPE)"),
+        (b.pixel_hidden_size % 4 == 0, "pixel_hidden_size must be a multiple of 4 (pixel sin-cos)"),
+        (b.rope_mode in ROPE_MODES, f"rope_mode must be one of {ROPE_MODES}"),
+    ]
+    if a is not None:
+        checks += [
+            (a.gate in GATE_TYPES, f"gate must be one of {GATE_TYPES}"),
+            (a.padding_mode in PADDING_MODES, f"padding_mode must be one of {PADDING_MODES}"),
+            (a.hidden_dim % a.num_groups == 0, "adapter hidden_dim must divide by num_groups"),
+            (a.latent_channels % a.unpatchify_factor**2 == 0, "latent_channels must divide by unpatchify_factor^2"),
+        ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"Invalid model configuration {cfg.name!r}: {message}.", received=cfg)
+
+
+PIXELDIT = BackboneConfig()
+ADAPTER_V1 = AdapterConfig()
+ADAPTER_V1PT5 = replace(ADAPTER_V1, hidden_dim=1024, gate="per_token", padding_mode="replicate", pit_inject=True)
+NTK_1024 = replace(PIXELDIT, rope_mode="ntk", rope_ref=1024)
+NTK_2048 = replace(PIXELDIT, rope_mode="ntk", rope_ref=2048)
+
+_PID_2K = PiDConfig("pid-2k", NTK_1024, ADAPTER_V1, "flux1", "PiD v1 2k, 4x, 16-channel latents (FLUX.1, SD3)")
+_PID_2KTO4K = replace(_PID_2K, name="pid-2kto4k", latent_space="sd3", description="PiD v1 2k->4k, 4x, SD3")
+_PID_V1PT5 = PiDConfig(
+    "pid-2kto4k-v1.5", NTK_2048, ADAPTER_V1PT5, "flux1", "PiD v1.5 2k->4k, 4x, 16-channel (FLUX.1, Qwen-Image)"
+)
+
+_OFFICIAL = [
+    PiDConfig("pixeldit-1.3b", PIXELDIT, None, None, "PixelDiT-1300M-1024px text-to-image backbone"),
+    PiDConfig("pixeldit-1.3b-2kto4k", NTK_2048, None, None, "PixelDiT finetuned 2k->4k (NTK RoPE, ref 2048)"),
+    _PID_2K,
+    replace(
+        _PID_2K,
+        name="pid-2k-flux2",
+        adapter=replace(ADAPTER_V1, latent_channels=128, latent_factor=16),
+        latent_space="flux2",
+        description="PiD v1 2k, 4x, FLUX.2 (128-channel patchified latent)",
+    ),
+    replace(
+        _PID_2K,
+        name="pid-2k-dinov2",
+        adapter=replace(ADAPTER_V1, latent_channels=768, latent_factor=16),
+        latent_space="dinov2",
+        description="PiD v1 2k, 4x, DINOv2-B features (RAE)",
+    ),
+    replace(
+        _PID_2K,
+        name="pid-2k-sr8x-siglip",
+        adapter=replace(ADAPTER_V1, latent_channels=1152, latent_factor=16, sr_scale=8),
+        latent_space="siglip",
+        description="PiD v1 2k, 8x, SigLIP-2 features (Scale-RAE)",
+    ),
+    _PID_2KTO4K,
+    replace(
+        _PID_2KTO4K,
+        name="pid-2kto4k-sdxl",
+        adapter=replace(ADAPTER_V1, latent_channels=4),
+        latent_space="sdxl",
+        description="PiD v1 2k->4k, 4x, SDXL",
+    ),
+    _PID_V1PT5,
+    replace(_PID_V1PT5, name="pid-2kto4k-v1.5-qwenimage", latent_space="qwenimage",
+            description="PiD v1.5 2k->4k, 4x, Qwen-Image"),
+    replace(
+        _PID_V1PT5,
+        name="pid-2kto4k-v1.5-flux2",
+        adapter=replace(ADAPTER_V1PT5, latent_channels=128, latent_factor=16, unpatchify_factor=2),
+        latent_space="flux2",
+        description="PiD v1.5 2k->4k, 4x, FLUX.2",
+    ),
+]
+
+TINY_BACKBONE = replace(
+    PIXELDIT,
+    hidden_size=64,
+    num_heads=4,
+    patch_depth=3,
+    pixel_depth=1,
+    pixel_hidden_size=8,
+    pixel_attn_hidden_size=32,
+    pixel_num_heads=2,
+    pixel_mlp_hidden_size=32,
+    mlp_hidden_size=192,
+    txt_embed_dim=32,
+    txt_max_length=16,
+)
+
+
+def tiny(cfg: PiDConfig) -> PiDConfig:
+    """The same family at test size: every code path of the full model, a few hundred thousand parameters."""
+    backbone = replace(TINY_BACKBONE, rope_mode=cfg.backbone.rope_mode, rope_ref=cfg.backbone.rope_ref)
+    adapter = None if cfg.adapter is None else replace(cfg.adapter, hidden_dim=32, num_res_blocks=2)
+    return replace(cfg, name=f"tiny-{cfg.name}", backbone=backbone, adapter=adapter,
+                   description=f"test-size {cfg.name}, random weights")
+
+
+PRESETS: dict[str, PiDConfig] = {c.name: c for c in _OFFICIAL}
+PRESETS.update({tiny(c).name: tiny(c) for c in _OFFICIAL})
+PRESETS["tiny"] = replace(PRESETS["tiny-pid-2k"], name="tiny")
+OFFICIAL_PRESETS = tuple(c.name for c in _OFFICIAL)
+
+
+def get_preset(name: str) -> PiDConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown preset {name!r}.",
+            received=name,
+            expected=", ".join(PRESETS),
+            fix="pick one of the names above (`pid-sdk info --presets` lists them)",
+        ) from None

@@ -1,0 +1,248 @@
+"""`Decoder`: load any PiD model and decode latents into images 4x (SigLIP: 8x) their pixel size."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pid_sdk.checkpoints import LoadedModel, load_checkpoint
+from pid_sdk.config import PiDConfig, get_preset
+from pid_sdk.errors import ConfigError, InputError
+from pid_sdk.latents import LatentSpace, get_latent_space
+from pid_sdk.model import build_model, randomize
+from pid_sdk.runtime import TorchBackend
+from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
+
+SAMPLERS = ("sde", "ode", "teacher")
+OUTPUTS = ("tensor", "numpy", "pil")
+
+
+class Decoder:
+    """A loaded model on one device. Build it with `Decoder.load`."""
+
+    def __init__(self, loaded: LoadedModel, *, device: str | torch.device | None = None,
+                 precision: str | None = None, text_encoder=None):
+        if loaded.config.adapter is None:
+            raise ConfigError(
+                f"{loaded.config.name} is the bare PixelDiT backbone: it has no latent adapter and cannot decode.",
+                received=loaded.path, expected="a PiD checkpoint (keys lq_proj.*)",
+                fix="load a PiD model (e.g. PiD_res2k_sr4x_official_flux_distill_4step/model_ema_bf16.pth)")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError("Unknown precision.", received=precision, expected="fp32 or bf16")
+        self.config: PiDConfig = loaded.config
+        self.source = loaded.path
+        # Parameters stay fp32 and bf16 comes from autocast: the official runtime's precision policy (spec 7.4).
+        self.model = loaded.model.float().to(self.device).eval()
+        self.text_encoder = _text_encoder(text_encoder, self.device)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, preset: str | None = None, seed: int = 0,
+             device: str | torch.device | None = None, precision: str | None = None, trust_pickle: bool = False,
+             text_encoder=None) -> "Decoder":
+        """An artefact folder, an official/repacked checkpoint file, or `preset=` with seeded random weights."""
+        if path is None and preset is None:
+            raise ConfigError("Decoder.load needs a path or a preset.", fix="Decoder.load('model_dir') or preset='tiny'")
+        if path is None:
+            cfg = get_preset(preset)
+            model = randomize(build_model(cfg), seed)
+            loaded = LoadedModel(model, cfg, "random", f"preset:{preset} (seeded random weights, seed {seed})", [])
+        else:
+            loaded = load_checkpoint(path, preset=preset, trust_pickle=trust_pickle)
+        return cls(loaded, device=device, precision=precision, text_encoder=text_encoder)
+
+    @property
+    def latent_space(self) -> str | None:
+        return self.config.latent_space
+
+    def output_size(self, latent_hw: tuple[int, int], latent_space: str | None = None) -> tuple[int, int]:
+        space = get_latent_space(latent_space or self.latent_space)
+        return space.output_size(*latent_hw, self.config.adapter.sr_scale)
+
+    def decode(
+        self,
+        latent,
+        *,
+        latent_space: str | None = None,
+        latent_sigma: float | Tensor = 0.0,
+        prompt: str | list[str] | None = None,
+        text_embeddings: Tensor | None = None,
+        negative_embeddings: Tensor | None = None,
+        steps: int = 4,
+        seed: int | None = None,
+        sampler: str = "sde",
+        guidance: float = 5.0,
+        normalized: bool = True,
+        stats: dict[str, Tensor] | None = None,
+        output: str = "tensor",
+        on_step: Callable[[int, int], None] | None = None,
+    ):
+        """Decode [B, C, h, w] (or [C, h, w]) latents. Returns [B, 3, H, W] in [-1, 1], uint8 [B, H, W, 3] or PIL.
+
+        `latent_sigma` is the noise level of a partially denoised capture (0 = clean), in the LDM's own frame
+        (SDXL: the Euler sigma). `sampler` is "sde" (default) or "ode" for distilled students, "teacher" for
+        the undistilled DPM-Solver++ model with text-only guidance.
+        """
+        _check_choice("sampler", sampler, SAMPLERS)
+        _check_choice("output", output, OUTPUTS)
+        if not isinstance(steps, int) or steps < 1:
+            raise InputError("steps must be a positive integer.", received=steps, expected="1, 2, 3, 4 (default), ...")
+        space = get_latent_space(latent_space or self._require_space())
+        z = self._check_latent(latent, space, normalized, stats)
+        sigma = _check_sigma(latent_sigma, z.shape[0], space)
+        z, sigma = space.from_capture(z, sigma)
+        text = self._text(prompt, text_embeddings, z.shape[0])
+        height, width = space.output_size(z.shape[-2], z.shape[-1], self.config.adapter.sr_scale)
+        gen = torch.Generator(self.device)
+        gen.manual_seed(seed) if seed is not None else gen.seed()
+        shape = (z.shape[0], 3, height, width)
+        cond = self._backend(text, z, sigma, height, width)
+        fn = _model_fn(cond)
+        if sampler == "teacher":
+            uncond = self._backend(self._negative(negative_embeddings, text), z, sigma, height, width)
+            image = sample_teacher(fn, shape, steps=steps, shift=dynamic_shift(height, width), guidance=guidance,
+                                   uncond_fn=_model_fn(uncond), generator=gen, device=self.device, on_step=on_step)
+        else:
+            image = sample_student(fn, shape, steps=steps, mode=sampler, generator=gen, device=self.device,
+                                   on_step=on_step)
+        return to_output(image.cpu(), output)
+
+    # --- input checks ----------------------------------------------------------------------------------------
+    def _require_space(self) -> str:
+        if self.latent_space is None:
+            raise InputError("The model does not say which latent space it decodes.", received=None,
+                             expected="latent_space= one of flux1, sd3, sdxl, flux2, qwenimage, dinov2, siglip",
+                             fix="pass latent_space= (the LDM that produced the latent)")
+        return self.latent_space
+
+    def _check_latent(self, latent, space: LatentSpace, normalized: bool, stats) -> Tensor:
+        z = _as_float_tensor(latent, "latent")
+        if z.ndim == 3:
+            z = z[None]
+        if z.ndim != 4:
+            raise InputError("The latent has the wrong rank.", received=f"shape {tuple(z.shape)}",
+                             expected="[B, C, h, w] or [C, h, w]", fix="pass one latent or a batch of latents")
+        if z.shape[-1] < 1 or z.shape[-2] < 1 or z.shape[0] < 1:
+            raise InputError("The latent is empty.", received=f"shape {tuple(z.shape)}", expected="h, w >= 1")
+        if not torch.isfinite(z).all():
+            bad = (~torch.isfinite(z)).sum().item()
+            raise InputError("The latent contains NaN or Inf values.", received=f"{bad} non-finite values",
+                             expected="finite numbers", fix="check the LDM output (fp16 overflow is a common cause)")
+        accepted = [space.channels] + ([space.vae_form[0]] if space.vae_form else [])
+        if z.shape[1] not in accepted:
+            raise InputError(f"The latent has the wrong number of channels for latent space {space.name!r}.",
+                             received=f"{z.shape[1]} channels (shape {tuple(z.shape)})",
+                             expected=f"{' or '.join(map(str, accepted))} channels ({space.description})",
+                             fix="pass the latent_space of the LDM that produced it")
+        z = space.normalize(z, stats) if not normalized else space.to_model_form(z)
+        want = self.config.adapter.latent_channels
+        if z.shape[1] != want:
+            raise InputError(f"This model decodes {want}-channel latents, not {space.name!r} latents.",
+                             received=f"latent_space={space.name} ({z.shape[1]} channels)",
+                             expected=f"{want} channels ({self.latent_space})",
+                             fix=f"load the PiD model for {space.name}, or pass latents of {self.latent_space}")
+        if self.latent_space and get_latent_space(self.latent_space).name != space.name:
+            warnings.warn(f"Decoding {space.name} latents with a model trained for {self.latent_space}.", stacklevel=3)
+        return z
+
+    def _text(self, prompt, embeddings, batch: int) -> Tensor:
+        b = self.config.backbone
+        if prompt is not None and embeddings is not None:
+            raise InputError("Pass either prompt= or text_embeddings=, not both.", fix="drop one of them")
+        if prompt is not None:
+            if self.text_encoder is None:
+                raise ConfigError("prompt= needs a text encoder.", received=prompt,
+                                  expected="Decoder.load(..., text_encoder='path/to/gemma-2-2b-it')",
+                                  fix="pass text_encoder= when loading, or pass text_embeddings=")
+            prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+            embeddings = self.text_encoder.encode(prompts)
+        if embeddings is None:  # no caption: the zero embedding used for caption dropout
+            return torch.zeros(batch, b.txt_max_length, b.txt_embed_dim)
+        return self._check_text(embeddings, batch)
+
+    def _check_text(self, embeddings, batch: int) -> Tensor:
+        b = self.config.backbone
+        e = _as_float_tensor(embeddings, "text_embeddings")
+        if e.ndim == 2:
+            e = e[None]
+        ok = e.ndim == 3 and e.shape[-1] == b.txt_embed_dim and 1 <= e.shape[1] <= b.txt_max_length
+        if not ok or e.shape[0] not in (1, batch):
+            raise InputError("The text embeddings have the wrong shape.", received=f"shape {tuple(e.shape)}",
+                             expected=f"[{batch} or 1, L <= {b.txt_max_length}, {b.txt_embed_dim}]",
+                             fix="pass Gemma-2-2B-it last hidden states (prompt= computes them for you)")
+        if not torch.isfinite(e).all():
+            raise InputError("The text embeddings contain NaN or Inf values.", expected="finite numbers")
+        return e.expand(batch, -1, -1)
+
+    def _negative(self, negative, text: Tensor) -> Tensor:
+        if negative is not None:
+            return self._check_text(negative, text.shape[0])
+        if self.text_encoder is not None:
+            from pid_sdk.text import DEFAULT_NEGATIVE
+
+            return self.text_encoder.encode([DEFAULT_NEGATIVE] * text.shape[0])
+        raise InputError("The teacher's guidance needs a negative embedding.", received=None,
+                         expected="negative_embeddings= or a text encoder", fix="pass one of them, or guidance=1")
+
+    def _backend(self, text: Tensor, z: Tensor, sigma: Tensor, height: int, width: int) -> TorchBackend:
+        backend = TorchBackend(self.model, self.device, self.precision)
+        backend.prepare(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
+        return backend
+
+
+def _model_fn(backend: TorchBackend):
+    return lambda x, sigma: backend.infer({"x": x, "sigma": sigma})["v"]
+
+
+def _text_encoder(spec, device: torch.device):
+    if spec is None or not isinstance(spec, (str, Path)):
+        return spec
+    from pid_sdk.text import TextEncoder
+
+    return TextEncoder(spec, device=device)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"Unknown {name}.", received=value, expected=", ".join(choices))
+
+
+def _as_float_tensor(value, name: str) -> Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if not isinstance(value, Tensor):
+        raise InputError(f"{name} must be a tensor.", received=type(value).__name__,
+                         expected="torch.Tensor or numpy.ndarray")
+    if not value.is_floating_point():
+        raise InputError(f"{name} has an integer or boolean dtype.", received=str(value.dtype),
+                         expected="float16, bfloat16, float32 or float64",
+                         fix=f"pass the {name} as the model produced it (floating point), e.g. x.float()")
+    return value.detach().to("cpu", torch.float32)
+
+
+def _check_sigma(latent_sigma, batch: int, space: LatentSpace) -> Tensor:
+    sigma = torch.as_tensor(latent_sigma, dtype=torch.float32).reshape(-1)
+    upper = float("inf") if space.noise_form == "vp" else 1.0
+    if sigma.numel() not in (1, batch) or not torch.isfinite(sigma).all() or (sigma < 0).any() or (sigma > upper).any():
+        raise InputError("latent_sigma is out of range.", received=latent_sigma,
+                         expected=f"one value or {batch} values in [0, {upper}] ({space.name} noise frame)",
+                         fix="pass the LDM's noise level at the captured step (0 for a finished latent)")
+    return sigma.expand(batch).clone()
+
+
+def to_output(image: Tensor, output: str):
+    """[B, 3, H, W] in [-1, 1] -> the requested form."""
+    if output == "tensor":
+        return image
+    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if output == "numpy":
+        return array
+    from PIL import Image
+
+    return [Image.fromarray(a) for a in array]

@@ -1,0 +1,37 @@
+"""One error family for everything a user can get wrong.
+
+Every message says what was received, what was expected and how to fix it, so the CLI can print it as is.
+"""
+
+from __future__ import annotations
+
+
+class PiDError(Exception):
+    """Base class of every error pid_sdk raises on purpose."""
+
+    def __init__(self, what: str, *, received: object = None, expected: object = None, fix: str | None = None):
+        self.what, self.received, self.expected, self.fix = what, received, expected, fix
+        parts = [what]
+        if received is not None:
+            parts.append(f"  received: {received}")
+        if expected is not None:
+            parts.append(f"  expected: {expected}")
+        if fix:
+            parts.append(f"  fix: {fix}")
+        super().__init__("\n".join(parts))
+
+
+class InputError(PiDError):
+    """A latent, text embedding or argument that the decoder cannot take."""
+
+
+class CheckpointError(PiDError):
+    """A weights file that cannot be read, trusted or matched to a model."""
+
+
+class ConfigError(PiDError):
+    """An unknown preset, latent space or inconsistent model dimensions."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle that needs code execution to load, refused without an explicit trust flag."""

@@ -1,0 +1,112 @@
+"""Building blocks shared by the backbone and the adapter. Submodule names equal the official checkpoint keys."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """Normalises in float32 and rounds back to the input dtype before the (possibly fp32) weight multiplies."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+def timestep_features(t: Tensor, dim: int = 256, max_period: float = 10.0) -> Tensor:
+    """[B] timesteps in [0, 1000] -> [B, dim] as cat[cos, sin]; the official max_period is 10, not 10000."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, hidden_size: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_features(t, self.freq_dim))
+
+
+class Projection(nn.Module):
+    """A Linear under the name `proj` (checkpoint layout of the embedders)."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+class TextEmbedder(nn.Module):
+    def __init__(self, txt_dim: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(txt_dim, hidden_size)
+        self.norm = RMSNorm(hidden_size)
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.norm(self.proj(y))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class PixelMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def adaln(dim: int, chunks: int) -> nn.Sequential:
+    """adaLN projection of the (already SiLU-ed) conditioning; a Sequential so the key is `.0.weight`."""
+    return nn.Sequential(nn.Linear(dim, chunks * dim))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """q, k, v [B, heads, N, Dh] -> [B, N, heads*Dh]."""
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, Dh]
+    return out.transpose(1, 2).flatten(2)  # [B, N, heads*Dh]
+
+
+def pixel_sincos(height: int, width: int, dim: int) -> Tensor:
+    """Absolute pixel position table [H, W, dim] in float64: x (column) first, then y; sin then cos per half."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = torch.outer(pos, omega)  # [n, dim/4]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)  # [n, dim/2]
+
+    ex = encode(torch.arange(width, dtype=torch.float64))[None].expand(height, -1, -1)  # [H, W, dim/2]
+    ey = encode(torch.arange(height, dtype=torch.float64))[:, None].expand(-1, width, -1)  # [H, W, dim/2]
+    return torch.cat([ex, ey], dim=-1)  # [H, W, dim]

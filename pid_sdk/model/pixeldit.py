@@ -1,0 +1,228 @@
+"""The PixelDiT T2I backbone (spec section 2): MM-DiT patch blocks over [text, image], then PiT pixel blocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pid_sdk.config import BackboneConfig
+from pid_sdk.model.layers import (
+    PixelMLP,
+    Projection,
+    RMSNorm,
+    SwiGLU,
+    TextEmbedder,
+    TimestepEmbedder,
+    adaln,
+    attention,
+    modulate,
+    pixel_sincos,
+)
+from pid_sdk.model.rope import apply_rope, rope_1d_angles, rope_2d_angles, rotation
+
+Rope = tuple[Tensor, Tensor]
+
+
+@dataclass
+class Geometry:
+    """Everything that depends on the image size and text length but not on the step: computed once per decode."""
+
+    height: int
+    width: int
+    image_rope: Rope  # patch attention, [L, head_dim/2]
+    text_rope: Rope  # [Ltxt, head_dim/2]
+    pixel_rope: Rope  # PiT attention over patches, [L, pixel_head_dim/2]
+    pixel_pos: Tensor  # [H, W, pixel_hidden] in float64
+    patch: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.height // self.patch, self.width // self.patch
+
+
+class MMDiTJointAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv_x = nn.Linear(dim, 3 * dim, bias=False)
+        self.qkv_y = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_norm_x, self.k_norm_x = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
+        self.q_norm_y, self.k_norm_y = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
+        self.proj_x = nn.Linear(dim, dim)
+        self.proj_y = nn.Linear(dim, dim)
+
+    def _qkv(self, linear: nn.Linear, t: Tensor) -> Tensor:
+        b, n, _ = t.shape
+        return linear(t).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, heads, n, Dh]
+
+    def forward(self, x: Tensor, y: Tensor, image_rope: Rope, text_rope: Rope) -> tuple[Tensor, Tensor]:
+        qx, kx, vx = self._qkv(self.qkv_x, x)  # [B, heads, L, Dh]
+        qy, ky, vy = self._qkv(self.qkv_y, y)  # [B, heads, Ltxt, Dh]
+        qx, kx = apply_rope(self.q_norm_x(qx), *image_rope), apply_rope(self.k_norm_x(kx), *image_rope)
+        qy, ky = apply_rope(self.q_norm_y(qy), *text_rope), apply_rope(self.k_norm_y(ky), *text_rope)
+        out = attention(torch.cat([qy, qx], 2), torch.cat([ky, kx], 2), torch.cat([vy, vx], 2))  # [B, Ltxt+L, D]
+        n_text = y.shape[1]
+        return out[:, n_text:], out[:, :n_text]
+
+
+class MMDiTBlock(nn.Module):
+    """Dual-stream block; both streams are modulated by the timestep only."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        d = cfg.hidden_size
+        self.norm_x1, self.norm_y1, self.norm_x2, self.norm_y2 = RMSNorm(d), RMSNorm(d), RMSNorm(d), RMSNorm(d)
+        self.attn = MMDiTJointAttention(d, cfg.num_heads)
+        self.mlp_x = SwiGLU(d, cfg.swiglu_hidden_size)
+        self.mlp_y = SwiGLU(d, cfg.swiglu_hidden_size)
+        self.adaLN_modulation_img = adaln(d, 6)
+        self.adaLN_modulation_txt = adaln(d, 6)
+
+    def forward(self, x: Tensor, y: Tensor, c: Tensor, geo: Geometry, text_out: bool = True) -> tuple[Tensor, Tensor]:
+        mx = self.adaLN_modulation_img(c).chunk(6, dim=-1)  # 6 x [B, 1, D]
+        my = self.adaLN_modulation_txt(c).chunk(6, dim=-1)
+        ax, ay = self.attn(modulate(self.norm_x1(x), mx[0], mx[1]), modulate(self.norm_y1(y), my[0], my[1]),
+                           geo.image_rope, geo.text_rope)
+        x = x + mx[2] * self.attn.proj_x(ax)
+        x = x + mx[5] * self.mlp_x(modulate(self.norm_x2(x), mx[3], mx[4]))
+        if not text_out:  # the last block's text output is never read (its branch is frozen in training)
+            return x, y
+        y = y + my[2] * self.attn.proj_y(ay)
+        y = y + my[5] * self.mlp_y(modulate(self.norm_y2(y), my[3], my[4]))
+        return x, y
+
+
+class RotaryAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, rope: Rope) -> Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, heads, n, Dh]
+        q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
+        return self.proj(attention(q, k, v))  # [B, n, dim]
+
+
+class PiTBlock(nn.Module):
+    """Pixel block: per-pixel adaLN, one attention token per patch (4096 -> 1152), expansion, pixel MLP."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        p, c = cfg.pixels_per_patch, cfg.pixel_hidden_size
+        self.pixels, self.channels = p, c
+        self.norm1, self.norm2 = RMSNorm(c), RMSNorm(c)
+        self.compress_to_attn = nn.Linear(p * c, cfg.pixel_attn_hidden_size)
+        self.expand_from_attn = nn.Linear(cfg.pixel_attn_hidden_size, p * c)
+        self.attn = RotaryAttention(cfg.pixel_attn_hidden_size, cfg.pixel_num_heads)
+        self.mlp = PixelMLP(c, cfg.pixel_mlp_hidden_size)
+        self.adaLN_modulation = nn.Sequential(nn.Linear(cfg.hidden_size, 6 * p * c))
+
+    def forward(self, x: Tensor, s_cond: Tensor, geo: Geometry) -> Tensor:
+        bl, p, c = x.shape  # [B*L, 256, 16]
+        n_patches = geo.grid[0] * geo.grid[1]
+        m = self.adaLN_modulation(s_cond).view(bl, p, 6 * c).chunk(6, dim=-1)  # 6 x [B*L, 256, 16]
+        h = modulate(self.norm1(x), m[0], m[1]).reshape(bl // n_patches, n_patches, p * c)  # [B, L, 4096]
+        h = self.attn(self.compress_to_attn(h), geo.pixel_rope)  # [B, L, 1152]
+        h = self.expand_from_attn(h).reshape(bl, p, c)  # [B*L, 256, 16]
+        x = x + m[2] * h
+        return x + m[5] * self.mlp(modulate(self.norm2(x), m[3], m[4]))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.linear = nn.Linear(dim, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.norm(x))
+
+
+class PixelDiT(nn.Module):
+    """Text-to-image backbone. `forward(x, sigma, text)` returns the velocity v = eps - x0."""
+
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, p = cfg.hidden_size, cfg.patch_size
+        self.s_embedder = Projection(cfg.in_channels * p * p, d)
+        self.t_embedder = TimestepEmbedder(d)
+        self.y_embedder = TextEmbedder(cfg.txt_embed_dim, d)
+        self.y_pos_embedding = nn.Parameter(torch.zeros(1, cfg.txt_max_length, d))
+        self.patch_blocks = nn.ModuleList(MMDiTBlock(cfg) for _ in range(cfg.patch_depth))
+        self.pixel_embedder = Projection(cfg.in_channels, cfg.pixel_hidden_size)
+        self.pixel_blocks = nn.ModuleList(PiTBlock(cfg) for _ in range(cfg.pixel_depth))
+        self.final_layer = FinalLayer(cfg.pixel_hidden_size, cfg.in_channels)
+
+    # --- once per decode -------------------------------------------------------------------------------------
+    def geometry(self, height: int, width: int, text_len: int, device: torch.device | str) -> Geometry:
+        cfg = self.cfg
+        gh, gw = height // cfg.patch_size, width // cfg.patch_size
+        ref = cfg.rope_ref / cfg.patch_size if cfg.rope_mode == "ntk" else None
+
+        def grid_rope(head_dim: int) -> Rope:
+            angles = rope_2d_angles(head_dim, gh, gw, theta=cfg.rope_theta, scale=cfg.rope_scale, ref_grid=ref)
+            return rotation(angles, device)
+
+        text = rotation(rope_1d_angles(cfg.head_dim, text_len, theta=cfg.text_rope_theta), device)
+        pos = pixel_sincos(height, width, cfg.pixel_hidden_size).to(device)
+        return Geometry(height, width, grid_rope(cfg.head_dim), text, grid_rope(cfg.pixel_head_dim), pos,
+                        cfg.patch_size)
+
+    def embed_text(self, text: Tensor) -> Tensor:
+        """[B, Ltxt, txt_dim] -> text tokens [B, min(Ltxt, max), D]; does not depend on the step."""
+        n = min(text.shape[1], self.cfg.txt_max_length)
+        return self.y_embedder(text[:, :n]) + self.y_pos_embedding[:, :n]
+
+    # --- every step ------------------------------------------------------------------------------------------
+    def denoise(self, x: Tensor, sigma: Tensor, text_tokens: Tensor, geo: Geometry, latent=None) -> Tensor:
+        b = x.shape[0]
+        p = self.cfg.patch_size
+        t = (1000.0 * sigma.float()).expand(b)
+        patches = F.unfold(x, p, stride=p).transpose(1, 2)  # [B, L, 3*p*p], vector order (c, kh, kw)
+        s = self.s_embedder(patches)  # [B, L, D]
+        t_emb = self.t_embedder(t)[:, None]  # [B, 1, D]
+        c = F.silu(t_emb)
+        y = text_tokens
+        last = len(self.patch_blocks) - 1
+        for i, block in enumerate(self.patch_blocks):
+            s = self.inject_patch(i, s, latent)
+            s, y = block(s, y, c, geo, text_out=i != last)
+        s = self.inject_pixel(F.silu(t_emb + s), latent)  # [B, L, D]
+        pixels = self.embed_pixels(x, geo)  # [B*L, p*p, Cp]
+        s_cond = s.reshape(-1, s.shape[-1])  # [B*L, D]
+        for block in self.pixel_blocks:
+            pixels = block(pixels, s_cond, geo)
+        return self.unpatchify_pixels(self.final_layer(pixels), b, geo)
+
+    def inject_patch(self, index: int, s: Tensor, latent) -> Tensor:
+        return s
+
+    def inject_pixel(self, s: Tensor, latent) -> Tensor:
+        return s
+
+    def embed_pixels(self, x: Tensor, geo: Geometry) -> Tensor:
+        b, _, h, w = x.shape
+        p, gh, gw = self.cfg.patch_size, h // self.cfg.patch_size, w // self.cfg.patch_size
+        e = self.pixel_embedder(x.permute(0, 2, 3, 1))  # [B, H, W, Cp]
+        e = e + geo.pixel_pos.to(x.dtype)  # the official code casts the table to the image dtype
+        e = e.view(b, gh, p, gw, p, -1).permute(0, 1, 3, 2, 4, 5)  # [B, gh, gw, p, p, Cp]
+        return e.reshape(b * gh * gw, p * p, -1)  # [B*L, p*p, Cp], in-patch index = row*p + col
+
+    def unpatchify_pixels(self, out: Tensor, b: int, geo: Geometry) -> Tensor:
+        p = self.cfg.patch_size
+        n_patches = out.shape[0] // b
+        out = out.view(b, n_patches, p * p, -1).permute(0, 3, 2, 1)  # [B, 3, p*p, L]
+        out = out.reshape(b, -1, n_patches)  # [B, 3*p*p, L]
+        return F.fold(out, (geo.height, geo.width), kernel_size=p, stride=p)  # [B, 3, H, W]
+
+    def forward(self, x: Tensor, sigma: Tensor, text: Tensor) -> Tensor:
+        geo = self.geometry(x.shape[-2], x.shape[-1], min(text.shape[1], self.cfg.txt_max_length), x.device)
+        return self.denoise(x, sigma, self.embed_text(text), geo)

@@ -1,0 +1,3 @@
+from pid_sdk.runtime.torch_backend import TorchBackend
+
+__all__ = ["TorchBackend"]
