@@ -1,0 +1,231 @@
+"""Every supported checkpoint layout loads strictly and gives back the same network."""
+
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from pid_sdk.checkpoints import (
+    canonical_state_dict,
+    infer_config,
+    load_artefact,
+    load_checkpoint,
+    save_artefact,
+)
+from pid_sdk.config import OFFICIAL_PRESETS, PRESETS
+from pid_sdk.errors import CheckpointError, PiDError, UnsafeCheckpointError
+from pid_sdk.model import build_model, randomize
+
+FAMILIES = ["tiny-pid-2k", "tiny-pid-2kto4k-v1.5", "tiny-pid-2kto4k-v1.5-flux2", "tiny-pid-2k-sr8x-siglip"]
+
+
+def reference(name: str, seed: int = 0):
+    return randomize(build_model(PRESETS[name]), seed).eval()
+
+
+def bf16(sd: dict) -> dict:
+    return {k: v.to(torch.bfloat16) for k, v in sd.items()}
+
+
+def assert_same_weights(model, sd_ref: dict):
+    got = model.state_dict()
+    assert set(got) == set(sd_ref)
+    for k, v in sd_ref.items():
+        torch.testing.assert_close(got[k].float(), v.float(), rtol=0, atol=0, msg=k)
+
+
+def split_adaln(sd: dict, channels: int) -> dict:
+    """The ComfyUI in-memory layout: per pixel, chunks 0-2 -> _msa, 3-5 -> _mlp."""
+    out = {}
+    for k, v in sd.items():
+        if ".adaLN_modulation.0." in k and k.startswith("pixel_blocks."):
+            block, kind = k.split(".adaLN_modulation.0.")
+            tail = v.shape[1:]
+            six = v.reshape(-1, 6, channels, *tail)
+            out[f"{block}.adaLN_modulation_msa.{kind}"] = six[:, :3].reshape(-1, *tail).clone()
+            out[f"{block}.adaLN_modulation_mlp.{kind}"] = six[:, 3:].reshape(-1, *tail).clone()
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_official_pid_pth_round_trip(tmp_path, name):
+    sd = bf16(reference(name).state_dict())
+    extra = {"lq_proj.lq_aux_rgb_head.0.weight": torch.ones(32), "lq_proj.lq_aux_rgb_head.3.weight": torch.ones(48, 32)}
+    blob = {f"net.{k}": v for k, v in {**sd, **extra}.items()}
+    blob.update({f"net_ema.{k}": v for k, v in sd.items()})
+    blob.update({"fake_score.x.weight": torch.ones(3), "discriminator.head.weight": torch.ones(2)})
+    path = tmp_path / "model_ema_bf16.pth"
+    torch.save(blob, path)
+    loaded = load_checkpoint(path)
+    assert loaded.source == "official-pid"
+    assert loaded.config.backbone == PRESETS[name].backbone and loaded.config.adapter == PRESETS[name].adapter
+    assert_same_weights(loaded.model, sd)
+    assert any("lq_aux_rgb_head" in k for k in loaded.dropped)
+
+
+def test_original_pixeldit_pth_round_trip(tmp_path):
+    sd = reference("tiny-pixeldit-1.3b").state_dict()
+    blob = {"state_dict": {**{f"core.{k}": v for k, v in sd.items()},
+                           "_repa_projector.0.weight": torch.ones(4, 4), "pos_embed": torch.ones(1, 4, 64)}}
+    path = tmp_path / "pixeldit_t2i_v1.pth"
+    torch.save(blob, path)
+    loaded = load_checkpoint(path)
+    assert loaded.source == "original-pixeldit" and loaded.config.backbone.rope_mode == "plain"
+    assert_same_weights(loaded.model, sd)
+
+
+@pytest.mark.parametrize("prefix", ["", "net.", "model.diffusion_model."])
+@pytest.mark.parametrize("split", [False, True])
+def test_safetensors_repacks_round_trip(tmp_path, prefix, split):
+    name = "tiny-pid-2kto4k-v1.5"
+    sd = reference(name).state_dict()
+    stored = split_adaln(sd, PRESETS[name].backbone.pixel_hidden_size) if split else sd
+    path = tmp_path / "pid_flux1_repack.safetensors"
+    save_file({prefix + k: v.contiguous() for k, v in stored.items()}, str(path))
+    loaded = load_checkpoint(path)
+    assert_same_weights(loaded.model, sd)
+
+
+def test_split_adaln_maps_chunks_back_per_pixel():
+    w = torch.arange(2 * 6 * 3, dtype=torch.float32).view(-1, 1)  # 2 pixels, 3 channels
+    sd = {"pixel_blocks.0.adaLN_modulation.0.weight": w, "pixel_embedder.proj.weight": torch.zeros(3, 3)}
+    split = split_adaln(sd, 3)
+    assert split["pixel_blocks.0.adaLN_modulation_msa.weight"][:, 0].tolist()[:10] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 18]
+    merged, _, _ = canonical_state_dict(split)
+    torch.testing.assert_close(merged["pixel_blocks.0.adaLN_modulation.0.weight"], w)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_sdk_artefact_round_trip(tmp_path, dtype):
+    model = reference("tiny-pid-2k")
+    out = save_artefact(model, PRESETS["tiny-pid-2k"], tmp_path / "art", dtype=dtype, source="test", latent_space="sd3")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["preset"] == "tiny-pid-2k" and manifest["latent_space"] == "sd3"
+    assert manifest["dtype"] == str(dtype).removeprefix("torch.") and len(manifest["sha256"]["model.safetensors"]) == 64
+    loaded = load_checkpoint(out)
+    assert loaded.config.latent_space == "sd3"
+    assert_same_weights(loaded.model, {k: v.to(dtype) for k, v in model.state_dict().items()})
+    assert all(v.dtype == dtype for v in load_file(str(out / "model.safetensors")).values())
+
+
+def test_artefact_file_format_is_pinned(tmp_path):
+    out = save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.safetensors"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"format", "format_version", "preset", "config", "latent_space", "source", "dtype", "parameters",
+            "sha256", "pid_sdk_version"} <= set(manifest)
+    assert manifest["format"] == "pid-sdk-model" and manifest["format_version"] == 1
+    assert set(manifest["config"]) == {"name", "backbone", "adapter", "latent_space", "description"}
+
+
+def test_artefact_sha_mismatch_and_missing_manifest(tmp_path):
+    out = save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a")
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_artefact(out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="manifest"):
+        load_checkpoint(out)
+
+
+def test_save_artefact_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("keep")
+    with pytest.raises(CheckpointError, match="not empty"):
+        save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a")
+    assert (tmp_path / "a" / "x").read_text() == "keep"
+
+
+@pytest.mark.parametrize("name", OFFICIAL_PRESETS)
+def test_official_presets_are_detected_from_shapes(name):
+    with torch.device("meta"):
+        sd = build_model(PRESETS[name]).state_dict()
+    hint = {"pid-2kto4k": "PiD_res2kto4k_sr4x_official_sd3_distill_4step",
+            "pid-2kto4k-sdxl": "PiD_res2kto4k_sr4x_official_sdxl_distill_4step",
+            "pid-2kto4k-v1.5-qwenimage": "PiD_v1pt5_res2kto4k_sr4x_official_qwenimage_distill_4step",
+            "pixeldit-1.3b-2kto4k": "PixelDiT_finetune_2kto4k"}.get(name, "")
+    cfg = infer_config(sd, hint=hint)
+    assert cfg.name == name
+    assert cfg.backbone == PRESETS[name].backbone and cfg.adapter == PRESETS[name].adapter
+
+
+def test_tiny_checkpoint_detects_a_custom_config(tmp_path):
+    sd = reference("tiny-pid-2k").state_dict()
+    cfg = infer_config(sd)
+    assert cfg.backbone == PRESETS["tiny-pid-2k"].backbone and cfg.adapter == PRESETS["tiny-pid-2k"].adapter
+
+
+# --- bad files ------------------------------------------------------------------------------------------------
+class CodeRunningObject:
+    def __reduce__(self):
+        return (print, ("this would run code",))
+
+
+def test_pickle_needing_code_is_refused_unless_trusted(tmp_path):
+    sd = reference("tiny").state_dict()
+    path = tmp_path / "unsafe.pth"
+    torch.save({**{f"net.{k}": v for k, v in sd.items()}, "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="trust_pickle=True"):
+        load_checkpoint(path)
+    assert_same_weights(load_checkpoint(path, trust_pickle=True).model, sd)
+    torch.save({"x": CodeRunningObject()}, tmp_path / "evil.pth")
+    with pytest.raises(UnsafeCheckpointError):
+        load_checkpoint(tmp_path / "evil.pth")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_and_empty_files(tmp_path, suffix):
+    sd = reference("tiny").state_dict()
+    full = tmp_path / f"full{suffix}"
+    torch.save(sd, full) if suffix == ".pth" else save_file(sd, str(full))
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(cut)
+    empty = tmp_path / f"empty{suffix}"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="No checkpoint"):
+        load_checkpoint(tmp_path / f"missing{suffix}")
+
+
+def test_checkpoint_of_another_model(tae_dir):
+    with pytest.raises(CheckpointError, match="not a PiD or PixelDiT checkpoint"):
+        load_checkpoint(tae_dir / "taef1_decoder.safetensors")
+
+
+def test_unknown_variant_reports_missing_unexpected_and_best_preset(tmp_path):
+    sd = reference("tiny-pid-2k").state_dict()
+    sd["lq_proj.new_branch.weight"] = torch.ones(3)
+    del sd["pixel_blocks.0.mlp.fc2.bias"]
+    path = tmp_path / "variant.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "missing 1: pixel_blocks.0.mlp.fc2.bias" in msg and "unexpected 1: lq_proj.new_branch.weight" in msg
+    assert "best matching preset" in msg
+
+
+def test_wrong_preset_reports_shapes(tmp_path):
+    path = tmp_path / "v1.safetensors"
+    save_file(reference("tiny-pid-2k").state_dict(), str(path))
+    with pytest.raises(PiDError) as err:
+        load_checkpoint(path, preset="tiny-pid-2kto4k-v1.5")
+    assert "wrong shape" in str(err.value) and "missing" in str(err.value)
+
+
+def test_meta_build_assigns_the_file_tensors_without_copy():
+    from pid_sdk.checkpoints import load_state_dict_strict
+
+    sd = reference("tiny").state_dict()
+    model = load_state_dict_strict(PRESETS["tiny"], sd)
+    params = dict(model.named_parameters())
+    assert all(params[k].data_ptr() == v.data_ptr() for k, v in sd.items())
