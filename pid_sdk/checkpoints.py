@@ -195,11 +195,18 @@ def _infer_backbone(sd: dict[str, Tensor]):
         pixel_hidden_size=sd["pixel_embedder.proj.weight"].shape[0],
         pixel_attn_hidden_size=pixel_attn,
         pixel_num_heads=pixel_attn // sd["pixel_blocks.0.attn.q_norm.weight"].shape[0],
-        pixel_mlp_hidden_size=sd["pixel_blocks.0.mlp.fc1.weight"].shape[0],
-        mlp_hidden_size=math.ceil(3 * swiglu / 2),
+        pixel_mlp_ratio=sd["pixel_blocks.0.mlp.fc1.weight"].shape[0] / sd["pixel_embedder.proj.weight"].shape[0],
+        mlp_ratio=_mlp_ratio(d, swiglu),
         txt_embed_dim=sd["y_embedder.proj.weight"].shape[1],
         txt_max_length=sd["y_pos_embedding"].shape[1],
     )
+
+
+def _mlp_ratio(hidden: int, swiglu: int) -> float:
+    """The mlp_ratio r with int(2 * int(hidden * r) / 3) == swiglu (the official FeedForward's 2/3 rule)."""
+    width = math.ceil(3 * swiglu / 2)
+    ratio = width / hidden
+    return ratio if int(hidden * ratio) == width else (width + 1e-9) / hidden
 
 
 def _infer_adapter(sd: dict[str, Tensor], backbone):

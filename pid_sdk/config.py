@@ -30,8 +30,8 @@ class BackboneConfig:
     pixel_hidden_size: int = 16
     pixel_attn_hidden_size: int = 1152
     pixel_num_heads: int = 16
-    pixel_mlp_hidden_size: int = 64
-    mlp_hidden_size: int = 6144  # SwiGLU inner width is int(2 * this / 3)
+    mlp_ratio: float = 4.0  # SwiGLU inner width is int(2 * int(hidden_size * mlp_ratio) / 3)
+    pixel_mlp_ratio: float = 4.0
     txt_embed_dim: int = 2304
     txt_max_length: int = 300
     rope_theta: float = 10000.0
@@ -50,7 +50,11 @@ class BackboneConfig:
 
     @property
     def swiglu_hidden_size(self) -> int:
-        return int(2 * self.mlp_hidden_size / 3)
+        return int(2 * int(self.hidden_size * self.mlp_ratio) / 3)
+
+    @property
+    def pixel_mlp_hidden_size(self) -> int:
+        return int(self.pixel_hidden_size * self.pixel_mlp_ratio)
 
     @property
     def pixels_per_patch(self) -> int:
@@ -198,8 +202,7 @@ TINY_BACKBONE = replace(
     pixel_hidden_size=8,
     pixel_attn_hidden_size=32,
     pixel_num_heads=2,
-    pixel_mlp_hidden_size=32,
-    mlp_hidden_size=192,
+    mlp_ratio=3.0,
     txt_embed_dim=32,
     txt_max_length=16,
 )

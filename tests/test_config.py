@@ -138,7 +138,7 @@ def test_any_dimension_is_settable():
     base = PRESETS["tiny-pid-2kto4k-v1.5"]
     cfg = replace(base, backbone=replace(base.backbone, hidden_size=48, num_heads=3, patch_depth=5, pixel_depth=2,
                                          pixel_hidden_size=4, pixel_attn_hidden_size=24, pixel_num_heads=2,
-                                         txt_embed_dim=20, txt_max_length=7, mlp_hidden_size=96),
+                                         txt_embed_dim=20, txt_max_length=7, mlp_ratio=2.0),
                   adapter=replace(base.adapter, hidden_dim=16, latent_channels=8, num_res_blocks=1, interval=3))
     model = build_model(cfg)
     sd = model.state_dict()
@@ -146,6 +146,8 @@ def test_any_dimension_is_settable():
     assert sd["lq_proj.latent_proj.0.weight"].shape == (16, 8, 3, 3)
     assert len(model.lq_proj.output_heads) == 2  # ceil(5 / 3)
     assert sd["pixel_blocks.1.adaLN_modulation.0.weight"].shape == (6 * 4 * 256, 48)
+    assert sd["patch_blocks.4.mlp_x.w1.weight"].shape == (64, 48)  # int(2 * int(48 * 2.0) / 3)
+    assert sd["pixel_blocks.0.mlp.fc1.weight"].shape == (16, 4)
 
 
 def test_bad_configs_raise_config_error():

@@ -64,7 +64,7 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
 
     def sample(name: str, shape: torch.Size) -> Tensor:
-        noise = torch.randn(shape, generator=gen)
+        noise = torch.randn(shape, generator=gen, device="cpu")  # CPU stream: same weights on every device
         if name.endswith("log_alpha"):
             return torch.full(shape, torch.log(torch.tensor(5.0)).item())
         if "norm" in name:  # RMSNorm and GroupNorm scales and shifts

@@ -1,0 +1,100 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from pid_sdk.cli import main
+from pid_sdk.config import PRESETS
+from pid_sdk.model import build_model, randomize
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "sample_latent_flux1.safetensors"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_decode_the_bundled_sample(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    code, stdout, err = run(capsys, "decode", SAMPLE, "--preset", "tiny", "-o", out, "--quiet")
+    assert code == 0, err
+    img = Image.open(out)
+    assert img.size == (512, 512) and "wrote" in stdout
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy", ".safetensors"])
+def test_decode_file_types_and_batches(tmp_path, capsys, suffix):
+    z = torch.randn(2, 16, 2, 3)
+    path = tmp_path / f"z{suffix}"
+    if suffix == ".pt":
+        torch.save(z, path)
+    elif suffix == ".npy":
+        np.save(path, z.numpy())
+    else:
+        save_file({"latent": z}, str(path))
+    code, _, err = run(capsys, "decode", path, "--preset", "tiny", "-o", tmp_path / "o.png", "--steps", "2",
+                       "--batch-size", "2", "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.glob("o_*.png")) == ["o_0.png", "o_1.png"]
+    assert Image.open(tmp_path / "o_1.png").size == (96, 64)
+
+
+def test_convert_then_info_then_decode(tmp_path, capsys):
+    ckpt = tmp_path / "model_ema_bf16.pth"
+    sd = randomize(build_model(PRESETS["tiny-pid-2k"]), 0).state_dict()
+    torch.save({f"net.{k}": v.to(torch.bfloat16) for k, v in sd.items()}, ckpt)
+    code, stdout, err = run(capsys, "convert", ckpt, tmp_path / "art", "--dtype", "fp32", "--latent-space", "sd3")
+    assert code == 0, err
+    code, stdout, _ = run(capsys, "info", tmp_path / "art")
+    assert code == 0 and "latent space:  sd3" in stdout and "parameters:" in stdout and "memory 2048x2048" in stdout
+    code, _, err = run(capsys, "decode", SAMPLE, "--model", tmp_path / "art", "-o", tmp_path / "x.png", "--quiet")
+    assert code == 0, err
+
+
+def test_info_presets(capsys):
+    code, stdout, _ = run(capsys, "info", "--presets")
+    assert code == 0 and "pid-2kto4k-v1.5-flux2" in stdout
+
+
+@pytest.mark.parametrize("case", ["channels", "nan", "missing", "bad_model", "bad_space", "bad_output", "truncated"])
+def test_bad_input_is_a_message_exit_2_and_no_png(tmp_path, capsys, case):
+    latent = tmp_path / "z.safetensors"
+    z = torch.randn(1, 16, 2, 2)
+    if case == "channels":
+        z = torch.randn(1, 7, 2, 2)
+    if case == "nan":
+        z[0, 0, 0, 0] = float("nan")
+    save_file({"latent": z}, str(latent))
+    if case == "truncated":
+        latent.write_bytes(latent.read_bytes()[:40])
+    args = ["decode", latent, "--preset", "tiny", "-o", tmp_path / "out.png", "--quiet"]
+    if case == "missing":
+        args[1] = tmp_path / "nope.safetensors"
+    if case == "bad_model":
+        (tmp_path / "m.pth").write_bytes(b"not a checkpoint")
+        args[2:4] = ["--model", tmp_path / "m.pth"]
+    if case == "bad_space":
+        args += ["--latent-space", "sd9"]
+    if case == "bad_output":
+        args[5] = tmp_path / "out.jpg"
+    code, stdout, err = run(capsys, *args)
+    assert code == 2
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(".*png"))
+
+
+def test_installed_entry_point_runs_without_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("pid-sdk")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pid_sdk.cli"]
+    res = subprocess.run(cmd + ["decode", str(tmp_path / "none.npy"), "--preset", "tiny", "-o", str(tmp_path / "o.png")],
+                         capture_output=True, text=True, env={**os.environ, "PID_SDK_DEBUG": ""})
+    assert res.returncode == 2 and "No latent file" in res.stderr and "Traceback" not in res.stderr
