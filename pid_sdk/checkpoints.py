@@ -247,13 +247,14 @@ def _same_network(a: PiDConfig, b: PiDConfig) -> bool:
 
 
 def _name_after_preset(cfg: PiDConfig, hint: str) -> PiDConfig:
+    """Name the config after the official preset it equals; the file name picks between equal networks."""
     matches = [PRESETS[n] for n in OFFICIAL_PRESETS if _same_network(PRESETS[n], cfg)]
     if not matches:
         return cfg
-    by_space = [m for m in matches if m.latent_space == cfg.latent_space]
-    by_hint = [m for m in by_space or matches if ("2kto4k" in m.name) == ("2kto4k" in hint.lower())]
-    best = (by_hint or by_space or matches)[0]
-    return replace(best, latent_space=cfg.latent_space or best.latent_space)
+    is_4k = "2kto4k" in hint.lower()
+    matches = [m for m in matches if ("2kto4k" in m.name) == is_4k] or matches
+    matches = [m for m in matches if m.latent_space == cfg.latent_space] or matches
+    return replace(matches[0], latent_space=cfg.latent_space or matches[0].latent_space)
 
 
 # --- strict loading -------------------------------------------------------------------------------------------
@@ -318,7 +319,8 @@ def load_checkpoint(path: str | Path, *, preset: str | None = None, trust_pickle
     if path.is_dir():
         return load_artefact(path)
     sd, source, dropped = canonical_state_dict(read_file(path, trust_pickle=trust_pickle))
-    cfg = get_preset(preset) if preset else infer_config(sd, hint=path.name, source=source)
+    hint = f"{path.parent.name}/{path.name}"  # official files sit in a folder named after the experiment
+    cfg = get_preset(preset) if preset else infer_config(sd, hint=hint, source=source)
     return LoadedModel(load_state_dict_strict(cfg, sd), cfg, source, str(path), dropped)
 
 

@@ -142,8 +142,16 @@ ADAPTER_V1PT5 = replace(ADAPTER_V1, hidden_dim=1024, gate="per_token", padding_m
 NTK_1024 = replace(PIXELDIT, rope_mode="ntk", rope_ref=1024)
 NTK_2048 = replace(PIXELDIT, rope_mode="ntk", rope_ref=2048)
 
+
+
+def variant(base: PiDConfig, name: str, latent_space: str, description: str, **adapter: object) -> PiDConfig:
+    """Another latent space of a family: same backbone, adapter fields changed."""
+    return replace(base, name=name, latent_space=latent_space, description=description,
+                   adapter=replace(base.adapter, **adapter))
+
+
 _PID_2K = PiDConfig("pid-2k", NTK_1024, ADAPTER_V1, "flux1", "PiD v1 2k, 4x, 16-channel latents (FLUX.1, SD3)")
-_PID_2KTO4K = replace(_PID_2K, name="pid-2kto4k", latent_space="sd3", description="PiD v1 2k->4k, 4x, SD3")
+_PID_2KTO4K = variant(_PID_2K, "pid-2kto4k", "sd3", "PiD v1 2k->4k, 4x, SD3")
 _PID_V1PT5 = PiDConfig(
     "pid-2kto4k-v1.5", NTK_2048, ADAPTER_V1PT5, "flux1", "PiD v1.5 2k->4k, 4x, 16-channel (FLUX.1, Qwen-Image)"
 )
@@ -152,45 +160,18 @@ _OFFICIAL = [
     PiDConfig("pixeldit-1.3b", PIXELDIT, None, None, "PixelDiT-1300M-1024px text-to-image backbone"),
     PiDConfig("pixeldit-1.3b-2kto4k", NTK_2048, None, None, "PixelDiT finetuned 2k->4k (NTK RoPE, ref 2048)"),
     _PID_2K,
-    replace(
-        _PID_2K,
-        name="pid-2k-flux2",
-        adapter=replace(ADAPTER_V1, latent_channels=128, latent_factor=16),
-        latent_space="flux2",
-        description="PiD v1 2k, 4x, FLUX.2 (128-channel patchified latent)",
-    ),
-    replace(
-        _PID_2K,
-        name="pid-2k-dinov2",
-        adapter=replace(ADAPTER_V1, latent_channels=768, latent_factor=16),
-        latent_space="dinov2",
-        description="PiD v1 2k, 4x, DINOv2-B features (RAE)",
-    ),
-    replace(
-        _PID_2K,
-        name="pid-2k-sr8x-siglip",
-        adapter=replace(ADAPTER_V1, latent_channels=1152, latent_factor=16, sr_scale=8),
-        latent_space="siglip",
-        description="PiD v1 2k, 8x, SigLIP-2 features (Scale-RAE)",
-    ),
+    variant(_PID_2K, "pid-2k-flux2", "flux2", "PiD v1 2k, 4x, FLUX.2 (128-channel patchified latent)",
+            latent_channels=128, latent_factor=16),
+    variant(_PID_2K, "pid-2k-dinov2", "dinov2", "PiD v1 2k, 4x, DINOv2-B features (RAE)",
+            latent_channels=768, latent_factor=16),
+    variant(_PID_2K, "pid-2k-sr8x-siglip", "siglip", "PiD v1 2k, 8x, SigLIP-2 features (Scale-RAE)",
+            latent_channels=1152, latent_factor=16, sr_scale=8),
     _PID_2KTO4K,
-    replace(
-        _PID_2KTO4K,
-        name="pid-2kto4k-sdxl",
-        adapter=replace(ADAPTER_V1, latent_channels=4),
-        latent_space="sdxl",
-        description="PiD v1 2k->4k, 4x, SDXL",
-    ),
+    variant(_PID_2KTO4K, "pid-2kto4k-sdxl", "sdxl", "PiD v1 2k->4k, 4x, SDXL", latent_channels=4),
     _PID_V1PT5,
-    replace(_PID_V1PT5, name="pid-2kto4k-v1.5-qwenimage", latent_space="qwenimage",
-            description="PiD v1.5 2k->4k, 4x, Qwen-Image"),
-    replace(
-        _PID_V1PT5,
-        name="pid-2kto4k-v1.5-flux2",
-        adapter=replace(ADAPTER_V1PT5, latent_channels=128, latent_factor=16, unpatchify_factor=2),
-        latent_space="flux2",
-        description="PiD v1.5 2k->4k, 4x, FLUX.2",
-    ),
+    variant(_PID_V1PT5, "pid-2kto4k-v1.5-qwenimage", "qwenimage", "PiD v1.5 2k->4k, 4x, Qwen-Image"),
+    variant(_PID_V1PT5, "pid-2kto4k-v1.5-flux2", "flux2", "PiD v1.5 2k->4k, 4x, FLUX.2",
+            latent_channels=128, latent_factor=16, unpatchify_factor=2),
 ]
 
 TINY_BACKBONE = replace(

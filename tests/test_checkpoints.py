@@ -155,6 +155,19 @@ def test_official_presets_are_detected_from_shapes(name):
     assert cfg.backbone == PRESETS[name].backbone and cfg.adapter == PRESETS[name].adapter
 
 
+@pytest.mark.parametrize("hint,name,space", [
+    ("PiD_res2k_sr4x_official_sd3_distill_4step", "pid-2k", "sd3"),
+    ("PiD_res2kto4k_sr4x_official_sd3_distill_4step", "pid-2kto4k", "sd3"),
+    ("PiD_res2k_sr4x_official_flux_distill_4step", "pid-2k", "flux1"),
+    ("model_ema_bf16.pth", "pid-2k", "flux1"),
+])
+def test_file_name_picks_between_equal_networks(hint, name, space):
+    with torch.device("meta"):
+        sd = build_model(PRESETS["pid-2k"]).state_dict()
+    cfg = infer_config(sd, hint=hint)
+    assert (cfg.name, cfg.latent_space) == (name, space)
+
+
 def test_tiny_checkpoint_detects_a_custom_config(tmp_path):
     sd = reference("tiny-pid-2k").state_dict()
     cfg = infer_config(sd)
