@@ -222,6 +222,10 @@ def write_png_atomic(image, path: Path) -> None:
     try:
         image.save(tmp, format="PNG")
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"Cannot write {path}.", received=str(exc), expected="a writable folder with free space",
+                         fix="check the folder's permissions and free space") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

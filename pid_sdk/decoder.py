@@ -19,6 +19,7 @@ from pid_sdk.runtime import TorchBackend
 from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
 
 SAMPLERS = ("sde", "ode", "teacher")
+MAX_OUTPUT_SIDE = 8192  # twice the largest official resolution; raise Decoder.max_output_side on purpose
 OUTPUTS = ("tensor", "numpy", "pil")
 
 
@@ -41,6 +42,7 @@ class Decoder:
         # Parameters stay fp32 and bf16 comes from autocast: the official runtime's precision policy (spec 7.4).
         self.model = loaded.model.float().to(self.device).eval()
         self.text_encoder = _text_encoder(text_encoder, self.device)
+        self.max_output_side = MAX_OUTPUT_SIDE
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, preset: str | None = None, seed: int = 0,
@@ -140,6 +142,7 @@ class Decoder:
                              received=f"{z.shape[1]} channels (shape {tuple(z.shape)})",
                              expected=f"{' or '.join(map(str, accepted))} channels ({space.description})",
                              fix="pass the latent_space of the LDM that produced it")
+        _check_size(z, space, self.config.adapter.sr_scale, self.max_output_side)
         z = space.normalize(z, stats) if not normalized else space.to_model_form(z)
         want = self.config.adapter.latent_channels
         if z.shape[1] != want:
@@ -224,6 +227,23 @@ def _as_float_tensor(value, name: str) -> Tensor:
                          expected="float16, bfloat16, float32 or float64",
                          fix=f"pass the {name} as the model produced it (floating point), e.g. x.float()")
     return value.detach().to("cpu", torch.float32)
+
+
+def _check_size(z: Tensor, space: LatentSpace, sr_scale: int, max_side: int) -> None:
+    h, w = z.shape[-2:]
+    if space.vae_form and z.shape[1] == space.vae_form[0]:
+        f = space.factor // space.vae_form[1]
+        if h % f or w % f:
+            raise InputError(f"A {z.shape[1]}-channel {space.name} latent must have even height and width to be "
+                             f"patchified {f}x{f}.", received=f"{h}x{w}", expected=f"multiples of {f}",
+                             fix="crop or pad the latent by one row / column")
+        h, w = h // f, w // f
+    out_h, out_w = space.output_size(h, w, sr_scale)
+    if max(out_h, out_w) > max_side:
+        raise InputError("The latent is too large: the decoded image would exceed the size limit.",
+                         received=f"latent {tuple(z.shape)} -> {out_h}x{out_w} pixels",
+                         expected=f"an output side <= {max_side} (latent side <= {max_side // (space.factor * sr_scale)})",
+                         fix="check that you passed a latent, not an image; or raise Decoder.max_output_side")
 
 
 def _check_sigma(latent_sigma, batch: int, space: LatentSpace) -> Tensor:

@@ -98,3 +98,15 @@ def test_installed_entry_point_runs_without_traceback(tmp_path):
     res = subprocess.run(cmd + ["decode", str(tmp_path / "none.npy"), "--preset", "tiny", "-o", str(tmp_path / "o.png")],
                          capture_output=True, text=True, env={**os.environ, "PID_SDK_DEBUG": ""})
     assert res.returncode == 2 and "No latent file" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_failed_write_leaves_no_partial_png(tmp_path, capsys, monkeypatch):
+    def broken_save(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    code, _, err = run(capsys, "decode", SAMPLE, "--preset", "tiny", "-o", tmp_path / "out.png", "--quiet",
+                       "--steps", "1")
+    assert code == 2 and "Cannot write" in err and "disk full" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -151,6 +151,28 @@ def test_bad_arguments(tiny):
         tiny.decode(z, sampler="teacher")
 
 
+def test_size_limits():
+    dec = Decoder.load(preset="tiny-pid-2k-flux2")
+    with pytest.raises(InputError, match="even height and width"):
+        dec.decode(torch.randn(1, 32, 5, 4))
+    with pytest.raises(InputError, match="too large"):
+        dec.decode(torch.randn(1, 128, 160, 4))  # 160 * 16 * 4 = 10240 px
+
+
+def test_raw_latents_are_normalised_when_asked(tiny):
+    raw = torch.randn(1, 16, 4, 4) * 3 + 0.1
+    norm = pid_sdk.get_latent_space("flux1").normalize(raw)
+    torch.testing.assert_close(tiny.decode(raw, normalized=False, seed=0), tiny.decode(norm, seed=0))
+    flux2 = Decoder.load(preset="tiny-pid-2k-flux2")
+    with pytest.raises(InputError, match="statistics"):
+        flux2.decode(torch.randn(1, 32, 4, 4), normalized=False)
+    stats = {"mean": torch.zeros(128), "var": torch.ones(128) - 1e-4}
+    torch.testing.assert_close(flux2.decode(torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(0)),
+                                            normalized=False, stats=stats, seed=0),
+                               flux2.decode(torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(0)),
+                                            seed=0), rtol=1e-4, atol=1e-4)
+
+
 def test_backbone_alone_cannot_decode():
     with pytest.raises(ConfigError, match="bare PixelDiT"):
         Decoder.load(preset="tiny-pixeldit-1.3b")
