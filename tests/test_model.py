@@ -173,3 +173,19 @@ def test_pid_is_the_backbone_plus_adapter():
     assert isinstance(model, PiD)
     backbone_keys = set(build_model(PRESETS["tiny-pixeldit-1.3b"]).state_dict())
     assert backbone_keys <= set(model.state_dict())
+
+
+def test_ntk_model_equals_plain_model_at_the_reference_size():
+    from dataclasses import replace
+
+    base = PRESETS["tiny-pid-2k"]
+    plain = replace(base, backbone=replace(base.backbone, rope_mode="plain"))
+    ntk = replace(base, backbone=replace(base.backbone, rope_mode="ntk", rope_ref=128))  # 128 px = an 8x8 grid
+    a, b = randomize(build_model(plain), 5).eval(), randomize(build_model(ntk), 5).eval()
+    x, text, z = torch.randn(1, 3, 128, 128), torch.randn(1, 4, 32), torch.randn(1, 16, 4, 4)
+    args = (torch.tensor(0.5), text, z, torch.tensor(0.1))
+    with torch.no_grad():
+        torch.testing.assert_close(b(x, *args), a(x, *args), rtol=0, atol=0)
+        wide, zw = torch.randn(1, 3, 128, 256), torch.randn(1, 16, 4, 8)  # 8x16 grid: columns off the reference
+        differ = (b(wide, args[0], text, zw, args[3]) - a(wide, args[0], text, zw, args[3])).abs().max()
+    assert differ > 1e-4
