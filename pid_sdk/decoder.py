@@ -33,7 +33,7 @@ class Decoder:
                 f"{loaded.config.name} is the bare PixelDiT backbone: it has no latent adapter and cannot decode.",
                 received=loaded.path, expected="a PiD checkpoint (keys lq_proj.*)",
                 fix="load a PiD model (e.g. PiD_res2k_sr4x_official_flux_distill_4step/model_ema_bf16.pth)")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = _resolve_device(device)
         self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError("Unknown precision.", received=precision, expected="fp32 or bf16")
@@ -197,6 +197,22 @@ class Decoder:
         backend = TorchBackend(self.model, self.device, self.precision)
         backend.prepare(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
         return backend
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("Unknown device.", received=device, expected="cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("A CUDA device was asked for, but this PyTorch sees no CUDA GPU.", received=device,
+                          expected=f"a CUDA build of torch and a GPU (torch {torch.__version__})",
+                          fix="pass device='cpu', or install a CUDA build of torch")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError("Unsupported device.", received=device, expected="cpu or cuda")
+    return dev
 
 
 def _model_fn(backend: TorchBackend):

@@ -173,6 +173,14 @@ def test_raw_latents_are_normalised_when_asked(tiny):
                                             seed=0), rtol=1e-4, atol=1e-4)
 
 
+def test_bad_devices():
+    with pytest.raises(ConfigError, match="Unknown device"):
+        Decoder.load(preset="tiny", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            Decoder.load(preset="tiny", device="cuda")
+
+
 def test_backbone_alone_cannot_decode():
     with pytest.raises(ConfigError, match="bare PixelDiT"):
         Decoder.load(preset="tiny-pixeldit-1.3b")
