@@ -189,3 +189,15 @@ def test_ntk_model_equals_plain_model_at_the_reference_size():
         wide, zw = torch.randn(1, 3, 128, 256), torch.randn(1, 16, 4, 8)  # 8x16 grid: columns off the reference
         differ = (b(wide, args[0], text, zw, args[3]) - a(wide, args[0], text, zw, args[3])).abs().max()
     assert differ > 1e-4
+
+
+def test_patchify_and_unpatchify_equal_unfold_and_fold():
+    from pid_sdk.model.pixeldit import patchify
+
+    model = build_model(PRESETS["tiny-pixeldit-1.3b"])
+    x = torch.randn(2, 3, 32, 48)
+    torch.testing.assert_close(patchify(x, 16), F.unfold(x, 16, stride=16).transpose(1, 2), rtol=0, atol=0)
+    tokens = torch.randn(2 * 6, 256, 3)
+    geo = model.geometry(32, 48, 1, "cpu")
+    folded = F.fold(tokens.view(2, 6, 256, 3).permute(0, 3, 2, 1).reshape(2, 768, 6), (32, 48), 16, stride=16)
+    torch.testing.assert_close(model.unpatchify_pixels(tokens, 2, geo), folded, rtol=0, atol=0)

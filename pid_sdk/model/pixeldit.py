@@ -43,6 +43,13 @@ class Geometry:
         return self.height // self.patch, self.width // self.patch
 
 
+def patchify(x: Tensor, p: int) -> Tensor:
+    """[B, C, H, W] -> [B, L, C*p*p] in F.unfold's order (c, kh, kw), patches row-major; plain reshapes export well."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # [B, gh, gw, C, p, p]
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
 class MMDiTJointAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -186,8 +193,7 @@ class PixelDiT(nn.Module):
         b = x.shape[0]
         p = self.cfg.patch_size
         t = (1000.0 * sigma.float()).expand(b)
-        patches = F.unfold(x, p, stride=p).transpose(1, 2)  # [B, L, 3*p*p], vector order (c, kh, kw)
-        s = self.s_embedder(patches)  # [B, L, D]
+        s = self.s_embedder(patchify(x, p))  # [B, L, D]
         t_emb = self.t_embedder(t)[:, None]  # [B, 1, D]
         c = F.silu(t_emb)
         y = text_tokens
@@ -217,11 +223,11 @@ class PixelDiT(nn.Module):
         return e.reshape(b * gh * gw, p * p, -1)  # [B*L, p*p, Cp], in-patch index = row*p + col
 
     def unpatchify_pixels(self, out: Tensor, b: int, geo: Geometry) -> Tensor:
+        """[B*L, p*p, C] pixel tokens -> [B, C, H, W]; the same as F.fold over non-overlapping patches."""
         p = self.cfg.patch_size
-        n_patches = out.shape[0] // b
-        out = out.view(b, n_patches, p * p, -1).permute(0, 3, 2, 1)  # [B, 3, p*p, L]
-        out = out.reshape(b, -1, n_patches)  # [B, 3*p*p, L]
-        return F.fold(out, (geo.height, geo.width), kernel_size=p, stride=p)  # [B, 3, H, W]
+        gh, gw = geo.grid
+        out = out.view(b, gh, gw, p, p, -1).permute(0, 5, 1, 3, 2, 4)  # [B, C, gh, p, gw, p]
+        return out.reshape(b, -1, geo.height, geo.width)
 
     def forward(self, x: Tensor, sigma: Tensor, text: Tensor) -> Tensor:
         geo = self.geometry(x.shape[-2], x.shape[-1], min(text.shape[1], self.cfg.txt_max_length), x.device)
