@@ -75,7 +75,7 @@ def test_training_init_gates_start_at_sigmoid_2_minus_5_sigma(v15):
     s = torch.zeros(3, 10, cfg.backbone.hidden_size)
     sigma = torch.tensor([0.0, 0.4, 1.0])
     with torch.no_grad():
-        g = gate.gate(s, torch.zeros_like(s), sigma)
+        g = gate.gate(s, gate.offset(torch.zeros_like(s), sigma))
     expect = torch.sigmoid(2 - 5 * sigma)
     torch.testing.assert_close(g[:, 0, 0], expect)
     assert g.shape[-1] == (1 if v15 else cfg.backbone.hidden_size)

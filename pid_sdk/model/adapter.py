@@ -48,19 +48,27 @@ class ResBlock(nn.Module):
 
 
 class LatentGate(nn.Module):
-    """s + sigmoid(W[s, l] + b - exp(log_alpha) * sigma_latent) * l: noisier latents are trusted less."""
+    """s + sigmoid(W[s, l] + b - exp(log_alpha) * sigma_latent) * l: noisier latents are trusted less.
+
+    W[s, l] + b splits into W_s s (every step) and W_l l + b - exp(log_alpha) sigma (once per decode: `offset`).
+    """
 
     def __init__(self, dim: int, width: int):
         super().__init__()
+        self.dim = dim
         self.content_proj = nn.Linear(2 * dim, width)
         self.log_alpha = nn.Parameter(torch.tensor(0.0))
 
-    def gate(self, s: Tensor, feat: Tensor, latent_sigma: Tensor) -> Tensor:
-        logits = self.content_proj(torch.cat([s, feat], dim=-1))  # [B, L, width]
-        return torch.sigmoid(logits - self.log_alpha.exp() * latent_sigma.float().view(-1, 1, 1))
+    def offset(self, feat: Tensor, latent_sigma: Tensor) -> Tensor:
+        """The step-independent part of the gate logits, [B, L, width]."""
+        logits = F.linear(feat, self.content_proj.weight[:, self.dim:], self.content_proj.bias)
+        return logits - self.log_alpha.exp() * latent_sigma.float().view(-1, 1, 1)
 
-    def forward(self, s: Tensor, feat: Tensor, latent_sigma: Tensor) -> Tensor:
-        return s + self.gate(s, feat, latent_sigma) * feat
+    def gate(self, s: Tensor, offset: Tensor) -> Tensor:
+        return torch.sigmoid(F.linear(s, self.content_proj.weight[:, : self.dim]) + offset)
+
+    def forward(self, s: Tensor, feat: Tensor, offset: Tensor) -> Tensor:
+        return s + self.gate(s, offset) * feat
 
     def init_weights(self) -> None:
         nn.init.trunc_normal_(self.content_proj.weight, std=0.01)
@@ -70,11 +78,10 @@ class LatentGate(nn.Module):
 
 @dataclass
 class LatentFeatures:
-    """The adapter's output for one decode; independent of the sampler step."""
+    """The adapter's output for one decode; independent of the sampler step. The PiT injection (v1.5) is last."""
 
-    heads: list[Tensor]  # one [B, L, D] per gate
-    pit: Tensor | None  # [B, L, D] for the PiT injection (v1.5)
-    latent_sigma: Tensor  # [B]
+    tokens: list[Tensor]  # one [B, L, D] per gate
+    offsets: list[Tensor]  # the matching gate offsets, [B, L, width]
 
 
 class LatentAdapter(nn.Module):

@@ -92,9 +92,18 @@ def adaln(dim: int, chunks: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, chunks * dim))
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """q, k, v [B, heads, N, Dh] -> [B, N, heads*Dh]."""
+def attention(q: Tensor, k: Tensor, v: Tensor, compute_dtype: torch.dtype | None = None) -> Tensor:
+    """q, k, v [B, heads, N, Dh] -> [B, N, heads*Dh].
+
+    `compute_dtype` runs the attention in another dtype and casts back: TensorRT-RTX builds its fused attention
+    from fp16 inputs (bf16 and fp32 attention crash its CPU build).
+    """
+    if compute_dtype is not None:
+        dtype = v.dtype
+        q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
     out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, Dh]
+    if compute_dtype is not None:
+        out = out.to(dtype)
     return out.transpose(1, 2).flatten(2)  # [B, N, heads*Dh]
 
 

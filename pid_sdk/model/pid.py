@@ -23,20 +23,24 @@ class PiD(PixelDiT):
             self.pit_lq_gate = LatentGate(cfg.backbone.hidden_size, width)
 
     def encode_latent(self, latent: Tensor, latent_sigma: Tensor, geo: Geometry) -> LatentFeatures:
-        """Once per decode: the latent's injection tokens do not depend on the step."""
+        """Once per decode: the injection tokens and the step-independent part of every gate."""
         heads, pit = self.lq_proj(latent, geo.grid)
-        return LatentFeatures(heads, pit, latent_sigma.float().expand(latent.shape[0]))
+        gates = list(self.lq_proj.gate_modules)
+        if pit is not None:
+            heads, gates = heads + [pit], gates + [self.pit_lq_gate]
+        sigma = latent_sigma.float().expand(latent.shape[0])
+        return LatentFeatures(heads, [g.offset(h, sigma) for g, h in zip(gates, heads)])
 
     def inject_patch(self, index: int, s: Tensor, latent: LatentFeatures | None) -> Tensor:
         if latent is None or index % self.interval:
             return s
         k = index // self.interval
-        return self.lq_proj.gate_modules[k](s, latent.heads[k], latent.latent_sigma)
+        return self.lq_proj.gate_modules[k](s, latent.tokens[k], latent.offsets[k])
 
     def inject_pixel(self, s: Tensor, latent: LatentFeatures | None) -> Tensor:
-        if latent is None or latent.pit is None:
+        if latent is None or not hasattr(self, "pit_lq_gate"):
             return s
-        return self.pit_lq_gate(s, latent.pit, latent.latent_sigma)
+        return self.pit_lq_gate(s, latent.tokens[-1], latent.offsets[-1])
 
     def forward(self, x: Tensor, sigma: Tensor, text: Tensor, latent: Tensor, latent_sigma: Tensor) -> Tensor:
         geo = self.geometry(x.shape[-2], x.shape[-1], min(text.shape[1], self.cfg.txt_max_length), x.device)

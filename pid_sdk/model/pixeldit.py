@@ -54,6 +54,7 @@ class MMDiTJointAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
+        self.compute_dtype: torch.dtype | None = None
         self.qkv_x = nn.Linear(dim, 3 * dim, bias=False)
         self.qkv_y = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm_x, self.k_norm_x = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
@@ -70,7 +71,8 @@ class MMDiTJointAttention(nn.Module):
         qy, ky, vy = self._qkv(self.qkv_y, y)  # [B, heads, Ltxt, Dh]
         qx, kx = apply_rope(self.q_norm_x(qx), *image_rope), apply_rope(self.k_norm_x(kx), *image_rope)
         qy, ky = apply_rope(self.q_norm_y(qy), *text_rope), apply_rope(self.k_norm_y(ky), *text_rope)
-        out = attention(torch.cat([qy, qx], 2), torch.cat([ky, kx], 2), torch.cat([vy, vx], 2))  # [B, Ltxt+L, D]
+        out = attention(torch.cat([qy, qx], 2), torch.cat([ky, kx], 2), torch.cat([vy, vx], 2),
+                        self.compute_dtype)  # [B, Ltxt+L, D]
         n_text = y.shape[1]
         return out[:, n_text:], out[:, :n_text]
 
@@ -106,6 +108,7 @@ class RotaryAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
+        self.compute_dtype: torch.dtype | None = None
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
@@ -114,7 +117,7 @@ class RotaryAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, heads, n, Dh]
         q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-        return self.proj(attention(q, k, v))  # [B, n, dim]
+        return self.proj(attention(q, k, v, self.compute_dtype))  # [B, n, dim]
 
 
 class PiTBlock(nn.Module):
@@ -167,6 +170,12 @@ class PixelDiT(nn.Module):
         self.pixel_embedder = Projection(cfg.in_channels, cfg.pixel_hidden_size)
         self.pixel_blocks = nn.ModuleList(PiTBlock(cfg) for _ in range(cfg.pixel_depth))
         self.final_layer = FinalLayer(cfg.pixel_hidden_size, cfg.in_channels)
+
+    def set_attention_dtype(self, dtype: torch.dtype | None) -> None:
+        """Run every attention in `dtype` (None: the input dtype)."""
+        for m in self.modules():
+            if isinstance(m, (MMDiTJointAttention, RotaryAttention)):
+                m.compute_dtype = dtype
 
     # --- once per decode -------------------------------------------------------------------------------------
     def geometry(self, height: int, width: int, text_len: int, device: torch.device | str) -> Geometry:

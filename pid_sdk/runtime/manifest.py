@@ -1,0 +1,128 @@
+"""The engine-set manifest: one folder, many graphs / engines, each entry with its bucket, precision and hashes.
+
+    engine_dir/
+      manifest.json
+      weights.safetensors                          the shared weights (PyTorch fallback, refit of stripped plans)
+      onnx/<H>x<W>-b<B>-<precision>/{text,adapter,denoiser}.onnx
+      <target>/<H>x<W>-b<B>-<precision>/{text,adapter,denoiser}.plan
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pid_sdk.checkpoints import sha256_file
+from pid_sdk.config import PiDConfig
+from pid_sdk.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+FORMAT = "pid-sdk-engines"
+VERSION = 1
+GRAPHS = ("text", "adapter", "denoiser")
+BACKENDS = ("onnx", "tensorrt", "tensorrt_rtx")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One graph set: three files that together run a decode for one bucket, batch and precision."""
+
+    backend: str
+    bucket: tuple[int, int]
+    batch: int
+    precision: str
+    files: dict[str, str]  # graph -> path relative to the engine folder
+    sha256: dict[str, str]
+    io: dict  # graph -> {"inputs": [...], "outputs": [...]} with name, shape, dtype
+    target: str | None = None  # rtx5090, h100, gb200 ...
+    sm: tuple[int, ...] = ()  # compute capabilities the plans run on (x10: 90, 100, 120)
+    trt_version: str | None = None
+    hardware_compatibility: str = "none"
+    stripped: bool = False
+    version_compatible: bool = False
+    source: str | None = None  # the onnx entry a plan was built from
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["bucket"], d["sm"] = list(self.bucket), list(self.sm)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Entry":
+        d = dict(d)
+        d["bucket"], d["sm"] = tuple(d["bucket"]), tuple(d.get("sm", ()))
+        return cls(**d)
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}:{self.target or '-'}:{self.bucket[0]}x{self.bucket[1]}:b{self.batch}:{self.precision}"
+
+
+@dataclass
+class Manifest:
+    config: PiDConfig
+    model_sha256: str
+    entries: list[Entry]
+    weights: str | None = None  # relative path of the shared weights file
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": VERSION, "preset": self.config.name,
+                "config": self.config.to_dict(), "model_sha256": self.model_sha256, "weights": self.weights,
+                "entries": [e.to_dict() for e in self.entries]}
+
+    def add(self, entry: Entry) -> None:
+        self.entries = [e for e in self.entries if e.key != entry.key] + [entry]
+
+
+def is_engine_dir(path: str | Path) -> bool:
+    p = Path(path) / MANIFEST
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no engine manifest ({MANIFEST}).",
+                              fix="export graphs into it with `pid-sdk export` first")
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT or data.get("format_version") != VERSION:
+            raise CheckpointError(f"{path} is not a pid-sdk engine manifest of a supported version.",
+                                  received=f"format={data.get('format')} version={data.get('format_version')}",
+                                  expected=f"format={FORMAT} version={VERSION}", fix="re-export the engine set")
+        return Manifest(PiDConfig.from_dict(data["config"]), data["model_sha256"],
+                        [Entry.from_dict(e) for e in data["entries"]], data.get("weights"))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is damaged.", received=str(exc)[:200], fix="re-export the engine set") from None
+
+
+def write_manifest(folder: str | Path, manifest: Manifest) -> None:
+    folder = Path(folder)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(manifest.to_dict(), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, folder / MANIFEST)
+
+
+def verify_files(folder: str | Path, entry: Entry) -> None:
+    """Every file of the entry exists and matches its sha256."""
+    folder = Path(folder)
+    for graph, rel in entry.files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"The {graph} file of {entry.key} is missing.", received=str(path),
+                                  fix="rebuild this entry (pid-sdk export / pid-sdk build)")
+        digest = sha256_file(path)
+        if digest != entry.sha256.get(rel):
+            raise CheckpointError(f"The {graph} file of {entry.key} does not match the manifest's sha256 "
+                                  "(modified, truncated or replaced).", received=digest,
+                                  expected=entry.sha256.get(rel), fix="rebuild this entry")
