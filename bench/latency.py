@@ -33,7 +33,7 @@ def build_decoder(preset: str, device: str) -> Decoder:
     cfg = get_preset(preset)
     with torch.device(device):
         model = build_model(cfg)
-    return Decoder(LoadedModel(model, cfg, "random", f"preset:{preset} (random init)", []), device=device)
+    return Decoder.from_model(LoadedModel(model, cfg, "random", f"preset:{preset} (random init)", []), device=device)
 
 
 def time_decode(dec: Decoder, side: int, runs: int, warmup: int) -> dict:

@@ -15,7 +15,8 @@ from pid_sdk.config import PiDConfig, get_preset
 from pid_sdk.errors import ConfigError, InputError
 from pid_sdk.latents import LatentSpace, get_latent_space
 from pid_sdk.model import build_model, randomize
-from pid_sdk.runtime import TorchBackend
+from pid_sdk.runtime.manifest import is_engine_dir
+from pid_sdk.runtime.torch_backend import TorchRuntime
 from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
 
 SAMPLERS = ("sde", "ode", "teacher")
@@ -24,40 +25,70 @@ OUTPUTS = ("tensor", "numpy", "pil")
 
 
 class Decoder:
-    """A loaded model on one device. Build it with `Decoder.load`."""
+    """A model ready to decode on one backend. Build it with `Decoder.load`."""
 
-    def __init__(self, loaded: LoadedModel, *, device: str | torch.device | None = None,
-                 precision: str | None = None, text_encoder=None):
-        if loaded.config.adapter is None:
+    def __init__(self, config: PiDConfig, runtime, *, text_encoder=None, source: str = ""):
+        if config.adapter is None:
             raise ConfigError(
-                f"{loaded.config.name} is the bare PixelDiT backbone: it has no latent adapter and cannot decode.",
-                received=loaded.path, expected="a PiD checkpoint (keys lq_proj.*)",
+                f"{config.name} is the bare PixelDiT backbone: it has no latent adapter and cannot decode.",
+                received=source, expected="a PiD checkpoint (keys lq_proj.*)",
                 fix="load a PiD model (e.g. PiD_res2k_sr4x_official_flux_distill_4step/model_ema_bf16.pth)")
-        self.device = _resolve_device(device)
-        self.precision = precision or ("bf16" if self.device.type == "cuda" else "fp32")
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError("Unknown precision.", received=precision, expected="fp32 or bf16")
-        self.config: PiDConfig = loaded.config
-        self.source = loaded.path
-        # Parameters stay fp32 and bf16 comes from autocast: the official runtime's precision policy (spec 7.4).
-        self.model = loaded.model.float().to(self.device).eval()
-        self.text_encoder = _text_encoder(text_encoder, self.device)
+        self.config, self.runtime, self.source = config, runtime, source
+        self.text_encoder = _text_encoder(text_encoder, runtime.device)
         self.max_output_side = MAX_OUTPUT_SIDE
 
     @classmethod
+    def from_model(cls, loaded: LoadedModel, *, device: str | torch.device | None = None,
+                   precision: str | None = None, text_encoder=None) -> "Decoder":
+        """The PyTorch backend over a loaded model: CPU fp32; CUDA with fp32 parameters under bf16 autocast."""
+        dev = _resolve_device(device)
+        precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError("Unknown precision.", received=precision, expected="fp32 or bf16")
+        if loaded.config.adapter is None:  # refuse before moving 1.3B parameters anywhere
+            return cls(loaded.config, None, source=loaded.path)
+        # Parameters stay fp32 and bf16 comes from autocast: the official runtime's precision policy (spec 7.4).
+        runtime = TorchRuntime(loaded.model.float().to(dev).eval(), dev, precision)
+        return cls(loaded.config, runtime, text_encoder=text_encoder, source=loaded.path)
+
+    @classmethod
     def load(cls, path: str | Path | None = None, *, preset: str | None = None, seed: int = 0,
-             device: str | torch.device | None = None, precision: str | None = None, trust_pickle: bool = False,
-             text_encoder=None) -> "Decoder":
-        """An artefact folder, an official/repacked checkpoint file, or `preset=` with seeded random weights."""
+             backend: str = "auto", device: str | torch.device | None = None, precision: str | None = None,
+             trust_pickle: bool = False, text_encoder=None, device_info=None, providers=None) -> "Decoder":
+        """An engine folder, an artefact folder, an official/repacked checkpoint, or `preset=` with random weights.
+
+        For an engine folder `backend` picks TensorRT, ONNX Runtime or PyTorch; "auto" takes the first that runs
+        here and warns with the reason for each one it skips.
+        """
         if path is None and preset is None:
             raise ConfigError("Decoder.load needs a path or a preset.", fix="Decoder.load('model_dir') or preset='tiny'")
+        if path is not None and is_engine_dir(path):
+            from pid_sdk.runtime.engine_set import open_engine_set
+
+            manifest, runtime = open_engine_set(path, backend, device_info, providers)
+            return cls(manifest.config, runtime, text_encoder=text_encoder, source=str(path))
+        if backend not in ("auto", "pytorch"):
+            raise ConfigError(f"A checkpoint runs on the PyTorch backend, not {backend}.", received=str(path),
+                              fix="export and build engines first (pid-sdk export / pid-sdk build)")
         if path is None:
             cfg = get_preset(preset)
             model = randomize(build_model(cfg), seed)
             loaded = LoadedModel(model, cfg, "random", f"preset:{preset} (seeded random weights, seed {seed})", [])
         else:
             loaded = load_checkpoint(path, preset=preset, trust_pickle=trust_pickle)
-        return cls(loaded, device=device, precision=precision, text_encoder=text_encoder)
+        return cls.from_model(loaded, device=device, precision=precision, text_encoder=text_encoder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def precision(self) -> str:
+        return self.runtime.precision
+
+    @property
+    def backend_name(self) -> str:
+        return self.runtime.name
 
     @property
     def latent_space(self) -> str | None:
@@ -104,10 +135,11 @@ class Decoder:
         gen = torch.Generator(self.device)
         gen.manual_seed(seed) if seed is not None else gen.seed()
         shape = (z.shape[0], 3, height, width)
-        cond = self._backend(text, z, sigma, height, width)
+        cond = self.runtime.backend(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
         fn = _model_fn(cond)
         if sampler == "teacher":
-            uncond = self._backend(self._negative(negative_embeddings, text), z, sigma, height, width)
+            negative = self._negative(negative_embeddings, text)
+            uncond = self.runtime.backend(text=negative, latent=z, latent_sigma=sigma, height=height, width=width)
             image = sample_teacher(fn, shape, steps=steps, shift=dynamic_shift(height, width), guidance=guidance,
                                    uncond_fn=_model_fn(uncond), generator=gen, device=self.device, on_step=on_step)
         else:
@@ -193,11 +225,6 @@ class Decoder:
         raise InputError("The teacher's guidance needs a negative embedding.", received=None,
                          expected="negative_embeddings= or a text encoder", fix="pass one of them, or guidance=1")
 
-    def _backend(self, text: Tensor, z: Tensor, sigma: Tensor, height: int, width: int) -> TorchBackend:
-        backend = TorchBackend(self.model, self.device, self.precision)
-        backend.prepare(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
-        return backend
-
 
 def _resolve_device(device) -> torch.device:
     if device is None:
@@ -215,7 +242,7 @@ def _resolve_device(device) -> torch.device:
     return dev
 
 
-def _model_fn(backend: TorchBackend):
+def _model_fn(backend):
     return lambda x, sigma: backend.infer({"x": x, "sigma": sigma})["v"]
 
 

@@ -80,7 +80,8 @@ def test_sdxl_capture_is_converted_from_the_euler_frame():
     dec = Decoder.load(preset="tiny-pid-2kto4k-sdxl")
     z = torch.randn(1, 4, 4, 4)
     got = dec.decode(z * 1.25, latent_sigma=0.75, seed=0)  # Euler frame: /sqrt(0.75^2 + 1) = /1.25, sigma 0.6
-    backend = dec._backend(torch.zeros(1, 16, 32), z, torch.tensor([0.6]), 128, 128)
+    backend = dec.runtime.backend(text=torch.zeros(1, 16, 32), latent=z, latent_sigma=torch.tensor([0.6]),
+                                  height=128, width=128)
     want = sample_student(lambda x, s: backend.infer({"x": x, "sigma": s})["v"], (1, 3, 128, 128),
                           generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)  # z * 1.25 / 1.25 rounds

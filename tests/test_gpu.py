@@ -81,6 +81,6 @@ def test_full_size_decode_2048():
     cfg = PRESETS["pid-2k"]
     with torch.device("cuda"):
         model = build_model(cfg)
-    dec = Decoder(LoadedModel(model, cfg, "random", "test", []), device="cuda")
+    dec = Decoder.from_model(LoadedModel(model, cfg, "random", "test", []), device="cuda")
     img = dec.decode(torch.randn(1, 16, 64, 64), seed=0)
     assert img.shape == (1, 3, 2048, 2048) and torch.isfinite(img).all()

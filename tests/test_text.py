@@ -84,7 +84,7 @@ def test_decode_with_a_prompt(gemma_dir):
     cfg = PRESETS["tiny"]
     enc = TextEncoder(gemma_dir, max_length=cfg.backbone.txt_max_length)
     cfg = replace(cfg, backbone=replace(cfg.backbone, txt_embed_dim=HIDDEN))
-    dec = Decoder(LoadedModel(randomize(build_model(cfg), 0), cfg, "random", "test", []), text_encoder=enc)
+    dec = Decoder.from_model(LoadedModel(randomize(build_model(cfg), 0), cfg, "random", "test", []), text_encoder=enc)
     z = torch.randn(1, 16, 4, 4)
     a = dec.decode(z, prompt="a cat", seed=0)
     b = dec.decode(z, prompt="a red sofa", seed=0)

@@ -1,3 +1,5 @@
-from pid_sdk.runtime.torch_backend import TorchBackend
+"""Backends (one small class each, imported lazily where they need optional packages) and engine selection."""
 
-__all__ = ["TorchBackend"]
+from pid_sdk.runtime.torch_backend import TorchBackend, TorchRuntime
+
+__all__ = ["TorchBackend", "TorchRuntime"]

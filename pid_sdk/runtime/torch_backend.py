@@ -23,7 +23,8 @@ class TorchBackend:
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def prepare(self, *, text: Tensor, latent: Tensor | None, latent_sigma: Tensor, height: int, width: int) -> None:
+    def prepare(self, *, text: Tensor, latent: Tensor | None, latent_sigma: Tensor, height: int,
+                width: int) -> "TorchBackend":
         model = self.model
         text_len = min(text.shape[1], model.cfg.txt_max_length)
         geo = model.geometry(height, width, text_len, self.device)
@@ -31,6 +32,7 @@ class TorchBackend:
             tokens = model.embed_text(text.to(self.device))
             feats = None if latent is None else model.encode_latent(latent.to(self.device), latent_sigma.to(self.device), geo)
         self._state = (geo, tokens, feats)
+        return self
 
     @torch.no_grad()
     def infer(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -44,3 +46,16 @@ class TorchBackend:
         with self.autocast():
             v = self.model.denoise(x, sigma, tokens, geo, feats)
         return {"v": v.float()}
+
+
+class TorchRuntime:
+    """Any size, any batch: one TorchBackend per decode over the same model."""
+
+    name = "pytorch"
+
+    def __init__(self, model: nn.Module, device: torch.device, precision: str):
+        self.model, self.device, self.precision = model, device, precision
+
+    def backend(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int) -> TorchBackend:
+        backend = TorchBackend(self.model, self.device, self.precision)  # one per decode: prepared state is its own
+        return backend.prepare(text=text, latent=latent, latent_sigma=latent_sigma, height=height, width=width)
