@@ -72,6 +72,27 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--trust-pickle", action="store_true")
     dec.add_argument("--quiet", action="store_true", help="no progress bar")
     dec.set_defaults(run=_decode)
+
+    exp = sub.add_parser("export", help="export ONNX graph sets (text, adapter, denoiser) per size into an engine folder")
+    exp.add_argument("folder", help="engine folder (created, or extended when it exists)")
+    exp.add_argument("--model", help="checkpoint or artefact (default: the folder's own weights)")
+    exp.add_argument("--preset", help="a preset with seeded random weights")
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--size", action="append", help="output HEIGHTxWIDTH (repeatable; default: the preset's buckets)")
+    exp.add_argument("--batch", type=int, default=1)
+    exp.add_argument("--precision", action="append", choices=["fp32", "bf16", "fp16"],
+                     help="graph precision (repeatable; default fp32)")
+    exp.add_argument("--attention-dtype", choices=["fp16"], help="run attention in this dtype (TensorRT-RTX needs fp16)")
+    exp.add_argument("--trust-pickle", action="store_true")
+    exp.set_defaults(run=_export)
+
+    cmp_ = sub.add_parser("compare", help="parity of an engine folder's backend against its PyTorch reference")
+    cmp_.add_argument("folder", help="engine folder")
+    cmp_.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    cmp_.add_argument("--size", action="append", help="HEIGHTxWIDTH entries to check (default: all of the backend)")
+    cmp_.add_argument("--steps", type=int, default=4)
+    cmp_.add_argument("--seed", type=int, default=0)
+    cmp_.set_defaults(run=_compare)
     return p
 
 
@@ -134,6 +155,49 @@ def _convert(args) -> int:
                         source=f"{loaded.source}:{Path(args.source).name}", latent_space=args.latent_space)
     print(f"wrote {out} ({loaded.config.name}, {args.dtype}, {len(loaded.dropped)} training-only tensors dropped)")
     return 0
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+def _export(args) -> int:
+    from export.engine_set import export_engine_set
+    from pid_sdk.buckets import Bucket, default_buckets
+
+    if args.batch < 1:
+        raise InputError("--batch must be >= 1.", received=args.batch)
+    name = args.preset or (args.model and Path(args.model).name) or ""
+    sizes = [Bucket.parse(s) for s in args.size] if args.size else list(default_buckets(name))
+    manifest = export_engine_set(args.folder, model=args.model, preset=args.preset, seed=args.seed, sizes=sizes,
+                                 batch=args.batch, precisions=args.precision or ["fp32"],
+                                 attention_dtype=args.attention_dtype, trust_pickle=args.trust_pickle)
+    print(f"{args.folder}: {len(manifest.entries)} entries ({manifest.config.name})")
+    return 0
+
+
+# --- compare --------------------------------------------------------------------------------------------------
+def _compare(args) -> int:
+    from pid_sdk.compare import run_parity
+    from pid_sdk.decoder import Decoder
+    from pid_sdk.latents import get_latent_space
+
+    reference = Decoder.load(args.folder, backend="pytorch")
+    candidate = Decoder.load(args.folder, backend=args.backend)
+    kinds = ("tensorrt", "tensorrt_rtx") if args.backend == "tensorrt" else ("onnx",)
+    entries = [e for e in candidate.runtime.manifest.entries if e.backend in kinds
+               and (not args.size or f"{e.bucket[0]}x{e.bucket[1]}" in args.size)]
+    if not entries:
+        raise InputError("Nothing to compare.", received=args.size or "all sizes",
+                         expected=f"{args.backend} entries in {args.folder}", fix="pid-sdk export / pid-sdk build first")
+    space = get_latent_space(reference.latent_space)
+    gen = torch.Generator().manual_seed(args.seed)
+    failed = 0
+    for e in entries:
+        lh, lw = (s // (space.factor * reference.config.adapter.sr_scale) for s in e.bucket)
+        latent = torch.randn(e.batch, space.channels, lh, lw, generator=gen)
+        report = run_parity(reference, candidate, latent, precision=e.precision, steps=args.steps, seed=args.seed)
+        print(f"== {e.key}\n{report}")
+        failed += not report.passed
+    print(f"{len(entries) - failed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 # --- decode ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,65 @@
+"""`pid-sdk export`: a model in, an engine folder out (shared weights, ONNX graph sets, manifest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from export.onnx_export import export_graph_set
+from pid_sdk.buckets import Bucket
+from pid_sdk.checkpoints import LoadedModel, _read_safetensors, load_checkpoint, load_state_dict_strict, sha256_file
+from pid_sdk.config import get_preset
+from pid_sdk.errors import CheckpointError
+from pid_sdk.model import build_model, randomize
+from pid_sdk.runtime.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+
+WEIGHTS = "weights.safetensors"
+
+
+def load_source(model: str | None, preset: str | None, seed: int, trust_pickle: bool, folder: Path) -> LoadedModel:
+    if model:
+        return load_checkpoint(model, preset=preset, trust_pickle=trust_pickle)
+    if preset:
+        cfg = get_preset(preset)
+        return LoadedModel(randomize(build_model(cfg), seed), cfg, "random", f"preset:{preset} seed {seed}", [])
+    manifest = read_manifest(folder)  # re-export from the folder's own weights
+    sd = _read_safetensors(folder / manifest.weights)
+    return LoadedModel(load_state_dict_strict(manifest.config, sd), manifest.config, "engine-set", str(folder), [])
+
+
+def open_or_create(folder: Path, loaded: LoadedModel) -> Manifest:
+    """The folder's manifest, after checking it belongs to this model; a new one with the weights otherwise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS
+    if (folder / MANIFEST).exists():
+        manifest = read_manifest(folder)
+        if manifest.config.backbone != loaded.config.backbone or manifest.config.adapter != loaded.config.adapter:
+            raise CheckpointError(f"{folder} holds engines of another model ({manifest.config.name}).",
+                                  received=loaded.config.name, fix="export into a new folder")
+        return manifest
+    tensors = {k: v.detach().float().contiguous() for k, v in loaded.model.state_dict().items()}
+    save_file(tensors, str(weights), metadata={"preset": loaded.config.name, "source": loaded.path})
+    manifest = Manifest(loaded.config, sha256_file(weights), [], WEIGHTS)
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def export_engine_set(folder: str | Path, *, model: str | None = None, preset: str | None = None, seed: int = 0,
+                      sizes: list[Bucket], batch: int = 1, precisions: list[str] = ("fp32",),
+                      attention_dtype: str | None = None, trust_pickle: bool = False, log=print) -> Manifest:
+    folder = Path(folder)
+    loaded = load_source(model, preset, seed, trust_pickle, folder)
+    manifest = open_or_create(folder, loaded)
+    for bucket in sizes:
+        for precision in precisions:
+            net = build_model(loaded.config)
+            net.load_state_dict(loaded.model.state_dict())
+            entry = export_graph_set(net, loaded.config, bucket, folder, batch=batch, precision=precision,
+                                     attention_dtype=attention_dtype, log=log)
+            manifest.add(entry)
+            write_manifest(folder, manifest)
+            del net
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return manifest

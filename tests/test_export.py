@@ -1,0 +1,231 @@
+"""ONNX export, ONNX Runtime parity against PyTorch, the engine manifest and engine selection."""
+
+import json
+import shutil
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import pid_sdk  # noqa: E402
+from export.engine_set import export_engine_set  # noqa: E402
+from export.onnx_export import inspect_graph  # noqa: E402
+from pid_sdk.buckets import Bucket  # noqa: E402
+from pid_sdk.compare import TOLERANCES, compare, run_parity  # noqa: E402
+from pid_sdk.config import PRESETS  # noqa: E402
+from pid_sdk.errors import CheckpointError, ConfigError, PiDError  # noqa: E402
+from pid_sdk.runtime.manifest import Entry, read_manifest, write_manifest  # noqa: E402
+from pid_sdk.runtime.selection import DeviceInfo, runs_on, select_entry  # noqa: E402
+
+# one tiny preset per latent space, with a small non-square bucket each
+CASES = {
+    "flux1": ("tiny-pid-2k", "64x96"),
+    "sd3": ("tiny-pid-2kto4k", "64x96"),
+    "sdxl": ("tiny-pid-2kto4k-sdxl", "96x64"),
+    "flux2": ("tiny-pid-2k-flux2", "64x128"),
+    "flux2-v1.5": ("tiny-pid-2kto4k-v1.5-flux2", "64x128"),
+    "qwenimage": ("tiny-pid-2kto4k-v1.5-qwenimage", "64x96"),
+    "dinov2": ("tiny-pid-2k-dinov2", "128x64"),
+    "siglip": ("tiny-pid-2k-sr8x-siglip", "128x256"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def exported(request, tmp_path_factory):
+    preset, size = CASES[request.param]
+    folder = tmp_path_factory.mktemp(request.param.replace(".", ""))
+    export_engine_set(folder, preset=preset, sizes=[Bucket.parse(size)], log=lambda *_: None)
+    return folder, preset, Bucket.parse(size)
+
+
+def test_graphs_are_static_opset_23_with_one_attention_op_per_attention(exported):
+    folder, preset, _ = exported
+    cfg = PRESETS[preset]
+    entry = read_manifest(folder).entries[0]
+    report = {g: inspect_graph(folder / rel) for g, rel in entry.files.items()}
+    for g, r in report.items():
+        assert r["opset"] == 23 and r["static"] and not r["forbidden"] and not r["custom"] and not r["complex"], g
+    assert report["denoiser"]["ops"]["Attention"] == cfg.backbone.patch_depth + cfg.backbone.pixel_depth
+    assert "Attention" not in report["adapter"]["ops"] and "Softmax" not in report["denoiser"]["ops"]
+
+
+def test_tensor_names_equal_forward_arguments(exported):
+    entry = read_manifest(exported[0]).entries[0]
+    names = {g: ([t["name"] for t in io["inputs"]], [t["name"] for t in io["outputs"]]) for g, io in entry.io.items()}
+    assert names == {"text": (["text"], ["text_tokens"]),
+                     "adapter": (["latent", "latent_sigma"], ["latent_tokens", "gate_offsets"]),
+                     "denoiser": (["x", "sigma", "text_tokens", "latent_tokens", "gate_offsets"], ["v"])}
+
+
+def test_onnxruntime_matches_pytorch_per_step_and_image(exported):
+    folder, preset, bucket = exported
+    ref = pid_sdk.Decoder.load(folder, backend="pytorch")
+    ort = pid_sdk.Decoder.load(folder, backend="onnxruntime")
+    assert ort.backend_name == "onnxruntime"
+    assert ort.runtime._create(ort.runtime.entry_for(bucket.height, bucket.width, 1)).providers_in_use == {
+        "text": "CPUExecutionProvider", "adapter": "CPUExecutionProvider", "denoiser": "CPUExecutionProvider"}
+    space = pid_sdk.get_latent_space(ref.latent_space)
+    lh, lw = bucket.latent_size(space.factor, ref.config.adapter.sr_scale)
+    latent = torch.randn(1, space.channels, lh, lw, generator=torch.Generator().manual_seed(0))
+    report = run_parity(ref, ort, latent, precision="fp32", latent_sigma=0.2)
+    assert report.passed, str(report)
+    assert report.image.max_abs <= 1e-4 and len(report.steps) == 4
+
+
+def test_pytorch_fallback_is_the_reference(exported):
+    folder, preset, bucket = exported
+    ref = pid_sdk.Decoder.load(preset=preset)
+    fallback = pid_sdk.Decoder.load(folder, backend="pytorch")
+    space = pid_sdk.get_latent_space(ref.latent_space)
+    z = torch.randn(1, space.channels, *bucket.latent_size(space.factor, ref.config.adapter.sr_scale))
+    torch.testing.assert_close(fallback.decode(z, seed=1), ref.decode(z, seed=1), rtol=0, atol=0)
+
+
+# --- one folder for the rest ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    f = tmp_path_factory.mktemp("set")
+    export_engine_set(f, preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
+    return f
+
+
+def copy(folder, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(folder, out)
+    return out
+
+
+def test_manifest_format_is_pinned(folder):
+    data = json.loads((folder / "manifest.json").read_text())
+    assert set(data) == {"format", "format_version", "preset", "config", "model_sha256", "weights", "entries"}
+    assert data["format"] == "pid-sdk-engines" and data["format_version"] == 1
+    entry = data["entries"][0]
+    assert {"backend", "bucket", "batch", "precision", "files", "sha256", "io", "target", "sm", "trt_version",
+            "hardware_compatibility", "stripped", "version_compatible", "source"} == set(entry)
+    assert entry["bucket"] == [64, 64] and set(entry["files"]) == {"text", "adapter", "denoiser"}
+    assert all(len(h) == 64 for h in entry["sha256"].values())
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "modified"])
+def test_damaged_graph_files_are_refused(folder, tmp_path, damage):
+    f = copy(folder, tmp_path)
+    path = f / read_manifest(f).entries[0].files["denoiser"]
+    if damage == "missing":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 1
+        path.write_bytes(bytes(data))
+    dec = pid_sdk.Decoder.load(f, backend="onnxruntime")
+    with pytest.raises(CheckpointError, match="missing" if damage == "missing" else "sha256"):
+        dec.decode(torch.randn(1, 16, 2, 2))
+
+
+def test_a_size_without_engine_names_the_export_command(folder):
+    dec = pid_sdk.Decoder.load(folder, backend="onnxruntime")
+    with pytest.raises(ConfigError) as err:
+        dec.decode(torch.randn(1, 16, 3, 2))
+    assert "pid-sdk export" in str(err.value) and "96x64" in str(err.value)
+
+
+def test_text_of_another_length_is_refused_by_static_graphs(folder):
+    dec = pid_sdk.Decoder.load(folder, backend="onnxruntime")
+    with pytest.raises(PiDError, match="static shape"):
+        dec.decode(torch.randn(1, 16, 2, 2), text_embeddings=torch.randn(1, 5, 32))
+
+
+def test_exporting_another_model_into_the_folder_is_refused(folder, tmp_path):
+    f = copy(folder, tmp_path)
+    with pytest.raises(CheckpointError, match="another model"):
+        export_engine_set(f, preset="tiny-pid-2kto4k-v1.5", sizes=[Bucket(64, 64)], log=lambda *_: None)
+
+
+def test_auto_falls_back_with_a_reason(folder):
+    with pytest.warns(UserWarning, match="Falling back to onnxruntime: tensorrt"):
+        dec = pid_sdk.Decoder.load(folder)
+    assert dec.backend_name == "onnxruntime"
+    with pytest.raises(ConfigError, match="no TensorRT engines"):
+        pid_sdk.Decoder.load(folder, backend="tensorrt")
+    with pytest.raises(ConfigError, match="Unknown backend"):
+        pid_sdk.Decoder.load(folder, backend="openvino")
+
+
+# --- selection on simulated GPUs ------------------------------------------------------------------------------
+def engine(target, sm, version, bucket=(2048, 2048), precision="bf16", backend="tensorrt", **kw):
+    return Entry(backend, bucket, 1, precision, {}, {}, {}, target=target, sm=sm, trt_version=version, **kw)
+
+
+H100 = DeviceInfo(90, tensorrt="10.13.0.35", name="H100")
+RTX5090 = DeviceInfo(120, tensorrt_rtx="1.7.1.116", name="RTX 5090")
+GB200 = DeviceInfo(100, tensorrt="10.13.0.35", name="GB200")
+
+
+@pytest.fixture()
+def matrix(folder, tmp_path):
+    f = copy(folder, tmp_path)
+    m = read_manifest(f)
+    for e in [engine("h100", (90,), "10.13.0.35"), engine("h100", (90,), "10.13.0.35", precision="fp8"),
+              engine("gb200", (100,), "10.13.0.35"),
+              engine("rtx5090", (120,), "1.7.1.116", backend="tensorrt_rtx")]:
+        m.add(e)
+    write_manifest(f, m)
+    return f, read_manifest(f)
+
+
+def test_selection_picks_the_gpus_engine_preferring_fp8(matrix):
+    f, m = matrix
+    assert select_entry(m, str(f), "tensorrt", (2048, 2048), 1, H100).key == "tensorrt:h100:2048x2048:b1:fp8"
+    assert select_entry(m, str(f), "tensorrt", (2048, 2048), 1, GB200).target == "gb200"
+    assert select_entry(m, str(f), "tensorrt", (2048, 2048), 1, RTX5090).backend == "tensorrt_rtx"
+
+
+@pytest.mark.parametrize("device,reason", [
+    (DeviceInfo(90, tensorrt="10.14.1.0"), "built with tensorrt 10.13.0.35, installed 10.14.1.0"),
+    (DeviceInfo(89, tensorrt="10.13.0.35"), "this GPU is sm 89"),
+    (DeviceInfo(None), "no CUDA GPU"),
+    (DeviceInfo(90), "tensorrt is not installed"),
+])
+def test_selection_explains_what_it_wanted(matrix, device, reason):
+    f, m = matrix
+    with pytest.raises(ConfigError) as err:
+        select_entry(m, str(f), "tensorrt", (2048, 2048), 1, device)
+    assert reason in str(err.value) and "pid-sdk build" in str(err.value)
+
+
+def test_no_engine_for_the_bucket_gives_the_build_command(matrix):
+    f, m = matrix
+    with pytest.raises(ConfigError) as err:
+        select_entry(m, str(f), "tensorrt", (1536, 2688), 1, H100)
+    assert "--target h100 --size 1536x2688" in str(err.value)
+
+
+def test_version_compatible_and_hardware_compatible_plans():
+    e = engine("h100", (90,), "10.13.0.35", version_compatible=True)
+    assert runs_on(e, DeviceInfo(90, tensorrt="10.14.0"))[0] and not runs_on(e, DeviceInfo(90, tensorrt="10.12.0"))[0]
+    assert not runs_on(e, DeviceInfo(90, tensorrt="11.0.0"))[0]
+    amp = engine("any", (80,), "10.13.0.35", hardware_compatibility="ampere_plus")
+    assert runs_on(amp, DeviceInfo(120, tensorrt="10.13.0.35"))[0] and not runs_on(amp, DeviceInfo(75, tensorrt="10.13.0.35"))[0]
+
+
+def test_auto_prefers_tensorrt_when_an_engine_runs(matrix):
+    f, _ = matrix
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: TensorRT is the first choice and it is available
+        dec = pid_sdk.Decoder.load(f, device_info=H100)
+    assert dec.backend_name == "tensorrt"
+
+
+def test_compare_reports_the_tolerance_that_would_pass():
+    ref = torch.linspace(-1, 1, 1000)
+    out = ref.clone()
+    out[0] += 0.5
+    c = compare("x", out, ref, "fp32")
+    assert not c.passed and c.needed.max_abs == pytest.approx(0.5) and "FAIL" in str(c)
+    assert compare("x", ref + 1e-6, ref, "fp32").passed
+    assert set(TOLERANCES) == {"fp32", "fp16", "bf16", "fp8"}
