@@ -74,7 +74,8 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
         io_spec[name] = describe_io(folder / rel)
         log(f"exported {rel} in {time.perf_counter() - t0:.1f}s ({(folder / rel).stat().st_size / 2**20:.1f} MiB)")
     model.set_attention_dtype(None)
-    return Entry("onnx", (bucket.height, bucket.width), batch, precision, files, hashes, io_spec)
+    return Entry("onnx", (bucket.height, bucket.width), batch, precision, files, hashes, io_spec,
+                 attention_dtype=attention_dtype)
 
 
 def export_one(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path) -> None:

@@ -86,6 +86,19 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--trust-pickle", action="store_true")
     exp.set_defaults(run=_export)
 
+    bld = sub.add_parser("build", help="build TensorRT / TensorRT-RTX engines from an engine folder's ONNX graphs")
+    bld.add_argument("folder", help="engine folder with exported ONNX graph sets")
+    bld.add_argument("--target", action="append", help="rtx5090, rtx4090, h100, h200, gb200 (repeatable)")
+    bld.add_argument("--matrix", help="build every target of a build matrix (engines/matrix.json)")
+    bld.add_argument("--size", action="append", help="only these HEIGHTxWIDTH graph sets")
+    bld.add_argument("--batch", type=int)
+    bld.add_argument("--precision", action="append", choices=["fp32", "bf16", "fp16", "fp8"])
+    bld.add_argument("--strip", action="store_true", help="weight-stripped plans, refitted from the ONNX weights")
+    bld.add_argument("--version-compatible", action="store_true")
+    bld.add_argument("--hardware-compat", choices=["none", "ampere_plus", "same_compute_capability"], default="none")
+    bld.add_argument("--timing-cache", help="timing cache file, read and updated (reuse it across builds)")
+    bld.set_defaults(run=_build)
+
     cmp_ = sub.add_parser("compare", help="parity of an engine folder's backend against its PyTorch reference")
     cmp_.add_argument("folder", help="engine folder")
     cmp_.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
@@ -170,6 +183,27 @@ def _export(args) -> int:
                                  batch=args.batch, precisions=args.precision or ["fp32"],
                                  attention_dtype=args.attention_dtype, trust_pickle=args.trust_pickle)
     print(f"{args.folder}: {len(manifest.entries)} entries ({manifest.config.name})")
+    return 0
+
+
+# --- build ----------------------------------------------------------------------------------------------------
+def _build(args) -> int:
+    from export.build import BuildOptions, build_engines, load_matrix
+    from pid_sdk.buckets import Bucket
+
+    targets = list(args.target or [])
+    if args.matrix:
+        targets += list(load_matrix(Path(args.matrix))["targets"])
+    if not targets:
+        raise InputError("Nothing to build.", fix="pass --target rtx5090 (or h100, gb200) or --matrix engines/matrix.json")
+    sizes = [(b.height, b.width) for b in map(Bucket.parse, args.size)] if args.size else None
+    options = BuildOptions(strip=args.strip, version_compatible=args.version_compatible,
+                           hardware_compatibility=args.hardware_compat,
+                           timing_cache=Path(args.timing_cache) if args.timing_cache else None)
+    for target in targets:
+        built = build_engines(args.folder, target, sizes=sizes, batch=args.batch, precisions=args.precision,
+                              options=options)
+        print(f"{target}: {len(built)} engine sets")
     return 0
 
 

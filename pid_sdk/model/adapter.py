@@ -68,7 +68,9 @@ class LatentGate(nn.Module):
         return torch.sigmoid(F.linear(s, self.content_proj.weight[:, : self.dim]) + offset)
 
     def forward(self, s: Tensor, feat: Tensor, offset: Tensor) -> Tensor:
-        return s + self.gate(s, offset) * feat
+        # The sum is fp32 (the gate is). Cast to the parameters' dtype: fp32 under autocast, as the official runtime
+        # keeps the residual stream after the first gate; bf16 in a model cast to bf16, so its matmuls stay bf16.
+        return (s + self.gate(s, offset) * feat).to(self.content_proj.weight.dtype)
 
     def init_weights(self) -> None:
         nn.init.trunc_normal_(self.content_proj.weight, std=0.01)

@@ -42,7 +42,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_features(t, self.freq_dim))
+        # like the official code: the fp32 features take the MLP's dtype (a no-op for fp32 weights under autocast)
+        return self.mlp(timestep_features(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
 class Projection(nn.Module):

@@ -44,6 +44,7 @@ class Entry:
     stripped: bool = False
     version_compatible: bool = False
     source: str | None = None  # the onnx entry a plan was built from
+    attention_dtype: str | None = None  # set when attention runs in another dtype than the graph
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
