@@ -48,18 +48,47 @@ def open_or_create(folder: Path, loaded: LoadedModel) -> Manifest:
 
 def export_engine_set(folder: str | Path, *, model: str | None = None, preset: str | None = None, seed: int = 0,
                       sizes: list[Bucket], batch: int = 1, precisions: list[str] = ("fp32",),
-                      attention_dtype: str | None = None, trust_pickle: bool = False, log=print) -> Manifest:
+                      attention_dtype: str | None = None, trust_pickle: bool = False, calib_latents=None,
+                      calib_samples: int = 4, log=print) -> Manifest:
     folder = Path(folder)
     loaded = load_source(model, preset, seed, trust_pickle, folder)
     manifest = open_or_create(folder, loaded)
     for bucket in sizes:
         for precision in precisions:
+            scales = None
+            if precision.startswith("fp8"):
+                scales = fp8_scales(folder, manifest, loaded, bucket, calib_latents, calib_samples, seed, log)
             net = build_model(loaded.config)
             net.load_state_dict(loaded.model.state_dict())
             entry = export_graph_set(net, loaded.config, bucket, folder, batch=batch, precision=precision,
-                                     attention_dtype=attention_dtype, log=log)
+                                     attention_dtype=attention_dtype, fp8_scales=scales, log=log)
             manifest.add(entry)
             write_manifest(folder, manifest)
             del net
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return manifest
+
+
+def fp8_scales(folder: Path, manifest: Manifest, loaded: LoadedModel, bucket: Bucket, calib_latents, samples: int,
+               seed: int, log) -> dict:
+    """The bucket's saved scales, or a modelopt calibration over the 4 student steps at the bucket's size."""
+    from export.fp8 import calibrate, load_scales, save_scales, student_forward_loop
+    from pid_sdk.latents import get_latent_space
+
+    path = folder / f"fp8_scales-{bucket.name}.json"
+    if path.exists():
+        log(f"using {path.name} (no recalibration)")
+        return load_scales(path, manifest.model_sha256)
+    cfg = loaded.config
+    space = get_latent_space(cfg.latent_space)
+    lh, lw = bucket.latent_size(space.factor, cfg.adapter.sr_scale)
+    if calib_latents is None:
+        gen = torch.Generator().manual_seed(seed)
+        calib_latents = [torch.randn(1, space.channels, lh, lw, generator=gen) for _ in range(samples)]
+    loop = student_forward_loop(list(calib_latents), bucket.height, bucket.width, cfg.backbone.txt_max_length,
+                                cfg.backbone.txt_embed_dim, seed)
+    scales = calibrate(loaded.model, loop)
+    save_scales(path, scales, model_sha256=manifest.model_sha256, bucket=(bucket.height, bucket.width),
+                samples=len(calib_latents))
+    log(f"calibrated {len(scales)} layers over {len(calib_latents)} latents x 4 steps -> {path.name}")
+    return scales

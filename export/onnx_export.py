@@ -21,7 +21,9 @@ from pid_sdk.latents import get_latent_space
 from pid_sdk.runtime.manifest import Entry
 
 OPSET = 23
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# graph precision -> the dtype of everything that is not FP8 (fp8-fp32 runs under ONNX Runtime on a CPU)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16,
+              "fp8-fp32": torch.float32}
 FORBIDDEN_OPS = {"Einsum"}
 EXTERNAL_DATA_BYTES = 1 << 30  # graphs over 1 GiB keep their weights beside them (protobuf's limit is 2 GiB)
 
@@ -55,12 +57,17 @@ def graph_modules(model: nn.Module, cfg: PiDConfig, bucket: Bucket, dtype: torch
 
 
 def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: Path, *, batch: int = 1,
-                     precision: str = "fp32", attention_dtype: str | None = None, log=print) -> Entry:
+                     precision: str = "fp32", attention_dtype: str | None = None, fp8_scales: dict | None = None,
+                     log=print) -> Entry:
     """Write text/adapter/denoiser.onnx under `folder` (the engine set) and return their manifest entry."""
     if precision not in PRECISIONS:
         raise ConfigError("Unknown precision.", received=precision, expected=", ".join(PRECISIONS))
     dtype = PRECISIONS[precision]
     model = model.to(dtype).eval()
+    if precision.startswith("fp8"):
+        from export.fp8 import apply_fp8
+
+        apply_fp8(model, fp8_scales)
     model.set_attention_dtype(PRECISIONS[attention_dtype] if attention_dtype else None)
     rel_dir = Path("onnx") / f"{bucket.name}-b{batch}-{precision}"
     (folder / rel_dir).mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
     for name, module in graph_modules(model, cfg, bucket, dtype).items():
         rel = rel_dir / f"{name}.onnx"
         t0 = time.perf_counter()
-        export_one(module, inputs[name], OUTPUT_NAMES[name], folder / rel)
+        export_one(module, inputs[name], OUTPUT_NAMES[name], folder / rel, fp8=precision.startswith("fp8"))
         files[name], hashes[str(rel)] = str(rel), sha256_file(folder / rel)
         io_spec[name] = describe_io(folder / rel)
         log(f"exported {rel} in {time.perf_counter() - t0:.1f}s ({(folder / rel).stat().st_size / 2**20:.1f} MiB)")
@@ -78,13 +85,20 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
                  attention_dtype=attention_dtype)
 
 
-def export_one(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path) -> None:
+def export_one(module: nn.Module, inputs: dict[str, torch.Tensor], outputs: list[str], path: Path,
+               fp8: bool = False) -> None:
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > EXTERNAL_DATA_BYTES
+    table = None
+    if fp8:
+        from export.fp8 import onnx_translation
+
+        table = onnx_translation()
     with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         program = torch.onnx.export(module, tuple(inputs.values()), dynamo=True, opset_version=OPSET,
-                                    input_names=list(inputs), output_names=outputs, verbose=False)
+                                    input_names=list(inputs), output_names=outputs, verbose=False,
+                                    custom_translation_table=table)
     program.save(str(path), external_data=large)
 
 

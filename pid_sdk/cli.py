@@ -80,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--size", action="append", help="output HEIGHTxWIDTH (repeatable; default: the preset's buckets)")
     exp.add_argument("--batch", type=int, default=1)
-    exp.add_argument("--precision", action="append", choices=["fp32", "bf16", "fp16"],
-                     help="graph precision (repeatable; default fp32)")
+    exp.add_argument("--precision", action="append", choices=["fp32", "bf16", "fp16", "fp8", "fp8-fp32"],
+                     help="graph precision (repeatable; default fp32). fp8: FP8 linears in a bf16 graph; "
+                     "fp8-fp32: the same in an fp32 graph, which ONNX Runtime runs on a CPU")
+    exp.add_argument("--calib-samples", type=int, default=4, help="random calibration latents for fp8")
     exp.add_argument("--attention-dtype", choices=["fp16"], help="run attention in this dtype (TensorRT-RTX needs fp16)")
     exp.add_argument("--trust-pickle", action="store_true")
     exp.set_defaults(run=_export)
@@ -181,7 +183,8 @@ def _export(args) -> int:
     sizes = [Bucket.parse(s) for s in args.size] if args.size else list(default_buckets(name))
     manifest = export_engine_set(args.folder, model=args.model, preset=args.preset, seed=args.seed, sizes=sizes,
                                  batch=args.batch, precisions=args.precision or ["fp32"],
-                                 attention_dtype=args.attention_dtype, trust_pickle=args.trust_pickle)
+                                 attention_dtype=args.attention_dtype, trust_pickle=args.trust_pickle,
+                                 calib_samples=args.calib_samples)
     print(f"{args.folder}: {len(manifest.entries)} entries ({manifest.config.name})")
     return 0
 

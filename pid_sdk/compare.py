@@ -43,7 +43,7 @@ class Comparison:
 
     @property
     def tolerance(self) -> Tolerance:
-        return TOLERANCES[self.precision]
+        return TOLERANCES[self.precision.split("-")[0]]  # fp8-fp32 is judged as fp8
 
     @property
     def passed(self) -> bool:

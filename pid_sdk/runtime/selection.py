@@ -85,7 +85,8 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
     kinds = ("tensorrt", "tensorrt_rtx") if backend == "tensorrt" else ("onnx",)
     candidates = [e for e in same_shape if e.backend in kinds]
     reasons = []
-    for e in sorted(candidates, key=lambda e: PRECISION_ORDER.index(e.precision) if e.precision in PRECISION_ORDER else 9):
+    order = PRECISION_ORDER[backend]
+    for e in sorted(candidates, key=lambda e: order.index(e.precision) if e.precision in order else len(order)):
         ok, why = (True, "") if e.backend == "onnx" else runs_on(e, device)
         if ok:
             return e
@@ -100,7 +101,9 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
     )
 
 
-PRECISION_ORDER = ("fp8", "bf16", "fp16", "fp32")
+# TensorRT: the fastest first. ONNX Runtime: what its CPU provider runs first (it has no bf16 kernels).
+PRECISION_ORDER = {"tensorrt": ("fp8", "bf16", "fp16", "fp32"),
+                   "onnxruntime": ("fp32", "fp8-fp32", "fp16", "bf16", "fp8")}
 
 
 def build_command(folder: str, backend: str, bucket: tuple[int, int], batch: int, device: DeviceInfo) -> str:

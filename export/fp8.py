@@ -1,0 +1,150 @@
+"""FP8 (E4M3, per-tensor) for the transformer's linear layers: nvidia-modelopt calibrates, the scales are saved as
+their own versioned file, and the export writes standard QuantizeLinear / DequantizeLinear pairs around each
+quantized Linear (input and weight). Embedders, adaLN, gates, the adapter and the final layer stay unquantized.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pid_sdk.errors import CheckpointError, ConfigError
+
+E4M3_MAX = 448.0
+SCALES_FORMAT = "pid-sdk-fp8-scales"
+SCALES_VERSION = 1
+QUANTIZED = re.compile(
+    r"^(patch_blocks\.\d+\.(attn\.(qkv|proj)_[xy]|mlp_[xy]\.w[123])"
+    r"|pixel_blocks\.\d+\.(compress_to_attn|expand_from_attn|attn\.qkv|attn\.proj))$"
+)
+
+
+def quantized_layers(model: nn.Module) -> list[str]:
+    last = f"patch_blocks.{model.cfg.patch_depth - 1}."
+    unused = (last + "attn.proj_y", last + "mlp_y.")  # the last block's text output is never computed
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and QUANTIZED.match(n) and not n.startswith(unused)]
+
+
+# --- the Q/DQ op: FP8 rounding in PyTorch, QuantizeLinear + DequantizeLinear in ONNX -----------------------------
+@torch.library.custom_op("pid_sdk::fp8_qdq", mutates_args=())
+def fp8_qdq(x: Tensor, scale: Tensor) -> Tensor:
+    return (x / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+@fp8_qdq.register_fake
+def _fp8_qdq_fake(x: Tensor, scale: Tensor) -> Tensor:
+    return torch.empty_like(x)
+
+
+def onnx_translation() -> dict:
+    """The exporter's translation of the op into standard opset-19+ FP8 Q/DQ."""
+    import onnx
+    from onnxscript import opset23 as op
+
+    def fp8_qdq_onnx(x, scale):
+        zero = op.Constant(value=onnx.helper.make_tensor("zero", onnx.TensorProto.FLOAT8E4M3FN, [], [0]))
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero), scale, zero)
+
+    return {torch.ops.pid_sdk.fp8_qdq.default: fp8_qdq_onnx}
+
+
+class FP8Linear(nn.Module):
+    def __init__(self, linear: nn.Linear, input_scale: float, weight_scale: float):
+        super().__init__()
+        self.linear = linear
+        dtype = linear.weight.dtype
+        self.register_buffer("input_scale", torch.tensor(input_scale, dtype=dtype))
+        self.register_buffer("weight_scale", torch.tensor(weight_scale, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = fp8_qdq(self.linear.weight, self.weight_scale)
+        return F.linear(fp8_qdq(x, self.input_scale.to(x.dtype)), w, self.linear.bias)
+
+
+def apply_fp8(model: nn.Module, scales: dict[str, dict[str, float]]) -> nn.Module:
+    """Swap every calibrated Linear for its FP8 Q/DQ form (in place)."""
+    for name in quantized_layers(model):
+        parent, attr = _parent(model, name)
+        s = scales[name]
+        setattr(parent, attr, FP8Linear(getattr(parent, attr), s["input_amax"] / E4M3_MAX, s["weight_amax"] / E4M3_MAX))
+    return model
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    path, attr = name.rsplit(".", 1)
+    return model.get_submodule(path), attr
+
+
+# --- calibration with nvidia-modelopt -------------------------------------------------------------------------
+def modelopt_config() -> dict:
+    """FP8 per-tensor on the quantized layers only, max calibration."""
+    e4m3 = {"num_bits": (4, 3), "axis": None}
+    enabled = [{"quantizer_name": f"*{n}.{q}", "cfg": e4m3} for n in ("attn.qkv_*", "attn.proj_*", "mlp_x.w*",
+               "mlp_y.w*", "compress_to_attn", "expand_from_attn", "attn.qkv", "attn.proj")
+               for q in ("input_quantizer", "weight_quantizer")]
+    off = [{"quantizer_name": f"*{n}*", "enable": False}
+           for n in ("adaLN", "embedder", "final_layer", "lq_proj", "pit_lq_gate", "mlp.fc")]
+    return {"quant_cfg": [{"quantizer_name": "*", "enable": False}, *enabled, *off], "algorithm": "max"}
+
+
+def calibrate(model: nn.Module, forward_loop) -> dict[str, dict[str, float]]:
+    """amax of every quantized layer's input and weight, from modelopt over `forward_loop(model)`."""
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError:
+        raise ConfigError("FP8 calibration needs nvidia-modelopt.",
+                          fix="pip install nvidia-modelopt requests huggingface_hub (or 'pid-sdk[tensorrt]')") from None
+    work = copy.deepcopy(model).float().eval()
+    mtq.quantize(work, modelopt_config(), forward_loop)
+    scales = {}
+    for name in quantized_layers(model):
+        layer = work.get_submodule(name)
+        amax_in, amax_w = layer.input_quantizer.amax, layer.weight_quantizer.amax
+        if amax_in is None or amax_w is None:
+            raise CheckpointError(f"Calibration did not reach {name}.", fix="check the calibration forward loop")
+        scales[name] = {"input_amax": float(amax_in.max()), "weight_amax": float(amax_w.max())}
+    return scales
+
+
+def student_forward_loop(latents: list[Tensor], height: int, width: int, text_len: int, text_dim: int, seed: int = 0):
+    """Runs the 4-step student on every calibration latent at the bucket's real size, so every step is seen."""
+    from pid_sdk.runtime.torch_backend import TorchBackend
+    from pid_sdk.sampling import sample_student
+
+    def loop(model: nn.Module) -> None:
+        backend = TorchBackend(model, torch.device("cpu"), "fp32")
+        for i, z in enumerate(latents):
+            text = torch.zeros(z.shape[0], text_len, text_dim)
+            step = backend.prepare(text=text, latent=z, latent_sigma=torch.zeros(z.shape[0]), height=height,
+                                   width=width)
+            sample_student(lambda x, s: step.infer({"x": x, "sigma": s})["v"], (z.shape[0], 3, height, width),
+                           generator=torch.Generator().manual_seed(seed + i))
+
+    return loop
+
+
+def save_scales(path: Path, scales: dict, *, model_sha256: str, bucket: tuple[int, int], samples: int) -> None:
+    data = {"format": SCALES_FORMAT, "format_version": SCALES_VERSION, "model_sha256": model_sha256,
+            "calibration": {"bucket": list(bucket), "samples": samples, "steps": 4, "algorithm": "max",
+                            "date": datetime.date.today().isoformat()},
+            "scales": scales}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_scales(path: Path, model_sha256: str) -> dict:
+    data = json.loads(path.read_text())
+    if data.get("format") != SCALES_FORMAT or data.get("format_version") != SCALES_VERSION:
+        raise CheckpointError(f"{path} is not a pid-sdk FP8 scales file of a supported version.",
+                              received=data.get("format"), fix="recalibrate (pid-sdk export --precision fp8)")
+    if data["model_sha256"] != model_sha256:
+        raise CheckpointError(f"{path} was calibrated for other weights.", received=data["model_sha256"][:12],
+                              expected=model_sha256[:12], fix="delete it to recalibrate for these weights")
+    return data["scales"]
