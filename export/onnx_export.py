@@ -77,7 +77,10 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
         rel = rel_dir / f"{name}.onnx"
         t0 = time.perf_counter()
         export_one(module, inputs[name], OUTPUT_NAMES[name], folder / rel, fp8=precision.startswith("fp8"))
-        files[name], hashes[str(rel)] = str(rel), sha256_file(folder / rel)
+        files[name] = str(rel)
+        for part in (rel, rel.with_name(rel.name + ".data")):  # the graph, and its external weights if any
+            if (folder / part).exists():
+                hashes[str(part)] = sha256_file(folder / part)
         io_spec[name] = describe_io(folder / rel)
         log(f"exported {rel} in {time.perf_counter() - t0:.1f}s ({(folder / rel).stat().st_size / 2**20:.1f} MiB)")
     model.set_attention_dtype(None)

@@ -229,3 +229,21 @@ def test_compare_reports_the_tolerance_that_would_pass():
     assert not c.passed and c.needed.max_abs == pytest.approx(0.5) and "FAIL" in str(c)
     assert compare("x", ref + 1e-6, ref, "fp32").passed
     assert set(TOLERANCES) == {"fp32", "fp16", "bf16", "fp8"}
+
+
+def test_external_weights_are_hashed_and_checked(tmp_path, monkeypatch):
+    import export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # what a 1.3B model gets: weights beside the graph
+    export_engine_set(tmp_path, preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
+    entry = read_manifest(tmp_path).entries[0]
+    data = [rel for rel in entry.sha256 if rel.endswith(".onnx.data")]
+    assert len(data) == 3
+    ort = pid_sdk.Decoder.load(tmp_path, backend="onnxruntime")
+    z = torch.randn(1, 16, 2, 2)
+    torch.testing.assert_close(ort.decode(z, seed=0), pid_sdk.Decoder.load(preset="tiny").decode(z, seed=0),
+                               rtol=0, atol=1e-4)
+    path = tmp_path / data[0]
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(CheckpointError, match=".onnx.data of"):
+        pid_sdk.Decoder.load(tmp_path, backend="onnxruntime").decode(z)

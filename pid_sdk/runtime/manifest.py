@@ -115,15 +115,19 @@ def write_manifest(folder: str | Path, manifest: Manifest) -> None:
 
 
 def verify_files(folder: str | Path, entry: Entry) -> None:
-    """Every file of the entry exists and matches its sha256."""
+    """Every file of the entry (graphs and their external weights) exists and matches its sha256."""
     folder = Path(folder)
-    for graph, rel in entry.files.items():
+    unhashed = set(entry.files.values()) - set(entry.sha256)
+    if unhashed:
+        raise CheckpointError(f"The manifest lists files of {entry.key} without a sha256.", received=sorted(unhashed),
+                              fix="rebuild this entry (pid-sdk export / pid-sdk build)")
+    for rel, want in entry.sha256.items():
         path = folder / rel
         if not path.is_file():
-            raise CheckpointError(f"The {graph} file of {entry.key} is missing.", received=str(path),
+            raise CheckpointError(f"{rel} of {entry.key} is missing.", received=str(path),
                                   fix="rebuild this entry (pid-sdk export / pid-sdk build)")
         digest = sha256_file(path)
-        if digest != entry.sha256.get(rel):
-            raise CheckpointError(f"The {graph} file of {entry.key} does not match the manifest's sha256 "
-                                  "(modified, truncated or replaced).", received=digest,
-                                  expected=entry.sha256.get(rel), fix="rebuild this entry")
+        if digest != want:
+            raise CheckpointError(f"{rel} of {entry.key} does not match the manifest's sha256 "
+                                  "(modified, truncated or replaced).", received=digest, expected=want,
+                                  fix="rebuild this entry")

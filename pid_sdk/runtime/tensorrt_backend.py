@@ -121,8 +121,7 @@ class TensorRTStep:
         b = self.backend
         with torch.cuda.stream(b.stream):
             self.io["x"].copy_(feeds["x"], non_blocking=True)
-            self.io["sigma"].copy_(torch.as_tensor(feeds["sigma"], dtype=torch.float32).expand_as(self.io["sigma"]),
-                                   non_blocking=True)
+            self.io["sigma"].fill_(float(feeds["sigma"]))  # a kernel argument: no host-to-device copy, no sync
             if self.graph is None:
                 b._run("denoiser", self.io)  # first run outside capture: TensorRT's lazy initialisation
                 self.graph = torch.cuda.CUDAGraph()
