@@ -9,10 +9,11 @@ from safetensors.torch import save_file
 
 from export.onnx_export import export_graph_set
 from pid_sdk.buckets import Bucket
-from pid_sdk.checkpoints import LoadedModel, _read_safetensors, load_checkpoint, load_state_dict_strict, sha256_file
+from pid_sdk.checkpoints import LoadedModel, load_checkpoint, sha256_file
 from pid_sdk.config import get_preset
 from pid_sdk.errors import CheckpointError
 from pid_sdk.model import build_model, randomize
+from pid_sdk.runtime.engine_set import load_weights
 from pid_sdk.runtime.manifest import MANIFEST, Manifest, read_manifest, write_manifest
 
 WEIGHTS = "weights.safetensors"
@@ -25,8 +26,7 @@ def load_source(model: str | None, preset: str | None, seed: int, trust_pickle: 
         cfg = get_preset(preset)
         return LoadedModel(randomize(build_model(cfg), seed), cfg, "random", f"preset:{preset} seed {seed}", [])
     manifest = read_manifest(folder)  # re-export from the folder's own weights
-    sd = _read_safetensors(folder / manifest.weights)
-    return LoadedModel(load_state_dict_strict(manifest.config, sd), manifest.config, "engine-set", str(folder), [])
+    return LoadedModel(load_weights(folder, manifest), manifest.config, "engine-set", str(folder), [])
 
 
 def open_or_create(folder: Path, loaded: LoadedModel) -> Manifest:

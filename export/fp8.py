@@ -125,7 +125,8 @@ def student_forward_loop(latents: list[Tensor], height: int, width: int, text_le
             text = torch.zeros(z.shape[0], text_len, text_dim)
             step = backend.prepare(text=text, latent=z, latent_sigma=torch.zeros(z.shape[0]), height=height,
                                    width=width)
-            sample_student(lambda x, s: step.infer({"x": x, "sigma": s})["v"], (z.shape[0], 3, height, width),
+            velocity = step.infer  # one prepared decode per calibration latent
+            sample_student(lambda x, s, f=velocity: f({"x": x, "sigma": s})["v"], (z.shape[0], 3, height, width),
                            generator=torch.Generator().manual_seed(seed + i))
 
     return loop

@@ -54,11 +54,11 @@ def read_file(path: str | Path, *, trust_pickle: bool = False) -> dict:
         raise CheckpointError(f"The checkpoint {path} is empty (0 bytes).", expected="a weights file",
                               fix="download or convert it again")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
+        return read_safetensors(path)
     return _read_pickle(path, trust_pickle)
 
 
-def _read_safetensors(path: Path) -> dict:
+def read_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
     try:
@@ -400,5 +400,5 @@ def load_artefact(folder: str | Path, *, verify: bool = True) -> LoadedModel:
         raise CheckpointError(f"{weights} does not match the sha256 in its manifest (modified or truncated).",
                               received=sha256_file(weights), expected=want, fix="convert the model again")
     cfg = PiDConfig.from_dict(manifest["config"])
-    sd = _read_safetensors(weights)
+    sd = read_safetensors(weights)
     return LoadedModel(load_state_dict_strict(cfg, sd), cfg, "artefact", str(folder), [], manifest)

@@ -261,7 +261,7 @@ def _decode(args) -> int:
             images.extend(dec.decode(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma,
                                      prompt=args.prompt, text_embeddings=text, steps=args.steps,
                                      seed=args.seed + start, sampler=args.sampler, normalized=not args.raw,
-                                     output="pil", on_step=lambda i, n, k=len(chunk): bar.update(k)))
+                                     output="pil", on_step=lambda i, n, k=len(chunk): bar.update(k)))  # noqa: B008
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
     for image, path in zip(images, paths):
         write_png_atomic(image, path)

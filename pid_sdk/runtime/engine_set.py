@@ -92,14 +92,20 @@ def _open(kind: str, folder: Path, manifest: Manifest, device: DeviceInfo, provi
     return _torch_runtime(folder, manifest)
 
 
-def _torch_runtime(folder: Path, manifest: Manifest):
-    from pid_sdk.checkpoints import _read_safetensors, load_state_dict_strict
-    from pid_sdk.runtime.torch_backend import TorchRuntime
+def load_weights(folder: Path, manifest: Manifest):
+    """The model from the folder's shared weights, strictly loaded into the manifest's configuration."""
+    from pid_sdk.checkpoints import load_state_dict_strict, read_safetensors
 
     if not manifest.weights or not (folder / manifest.weights).is_file():
         raise ConfigError("The engine set carries no weights for the PyTorch fallback.",
                           fix="re-export it with pid-sdk export (weights.safetensors is written beside the graphs)")
-    model = load_state_dict_strict(manifest.config, _read_safetensors(folder / manifest.weights))
+    return load_state_dict_strict(manifest.config, read_safetensors(folder / manifest.weights))
+
+
+def _torch_runtime(folder: Path, manifest: Manifest):
+    from pid_sdk.runtime.torch_backend import TorchRuntime
+
+    model = load_weights(folder, manifest)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = "bf16" if device.type == "cuda" else "fp32"
     return TorchRuntime(model.float().to(device).eval(), device, precision)
