@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
 # --- info -----------------------------------------------------------------------------------------------------
 def _info(args) -> int:
     from pid_sdk.config import PRESETS, get_preset
+    from pid_sdk.runtime.manifest import is_engine_dir, read_manifest
 
     if args.presets:
         for name, cfg in PRESETS.items():
@@ -121,6 +122,13 @@ def _info(args) -> int:
         return 0
     if args.preset:
         cfg, params, source = get_preset(args.preset), None, "preset"
+    elif args.model and is_engine_dir(args.model):
+        manifest = read_manifest(args.model)
+        print(describe(manifest.config, None, f"engine folder {args.model}"))
+        for e in manifest.entries:
+            extra = f" sm {list(e.sm)} {e.trt_version}" if e.backend != "onnx" else ""
+            print(f"  {e.key}{extra}{' stripped' if e.stripped else ''}")
+        return 0
     elif args.model:
         from pid_sdk.checkpoints import load_checkpoint
 

@@ -99,6 +99,14 @@ def copy(folder, tmp_path):
     return out
 
 
+def test_info_lists_the_entries_of_an_engine_folder(folder, capsys):
+    from pid_sdk.cli import main
+
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "preset:        tiny" in out and "onnx:-:64x64:b1:fp32" in out
+
+
 def test_manifest_format_is_pinned(folder):
     data = json.loads((folder / "manifest.json").read_text())
     assert set(data) == {"format", "format_version", "preset", "config", "model_sha256", "weights", "entries"}
