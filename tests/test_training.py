@@ -1,0 +1,223 @@
+"""Training and DMD2 distillation at tiny scale: each loss behaves as it should."""
+
+import copy
+
+import pytest
+import torch
+
+from pid_sdk.config import PRESETS
+from pid_sdk.latents import get_latent_space
+from pid_sdk.model import build_model, randomize
+from training.distill import (
+    DMD2,
+    Conditioning,
+    DistillConfig,
+    GanHead,
+    dm_loss,
+    fake_score_loss,
+    gan_losses,
+    guided_velocity,
+    student_sample,
+)
+from training.ema import EMA
+from training.flow import add_noise, sample_sigma, velocity_target, x0_from_v
+from training.trainer import TrainConfig, Trainer
+
+FLUX = get_latent_space("flux1")
+
+
+def tiny_model(seed=0):
+    return randomize(build_model(PRESETS["tiny"]), seed)
+
+
+def batch(n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(n, 3, 64, 64, generator=g) * 2 - 1, "latent": torch.randn(n, 16, 2, 2, generator=g)}
+
+
+def test_sigma_sampling_is_logit_normal_then_shifted():
+    s = sample_sigma(20000, generator=torch.Generator().manual_seed(0))
+    assert 0 < s.min() and s.max() < 1 and abs(s.median().item() - 0.5) < 0.02
+    shifted = sample_sigma(20000, shift=3.0, generator=torch.Generator().manual_seed(0))
+    assert abs(shifted.median().item() - 0.75) < 0.02  # 3 * 0.5 / (1 + 2 * 0.5)
+
+
+def test_flow_identities():
+    x0, eps, s = torch.randn(3, 3, 4, 4), torch.randn(3, 3, 4, 4), torch.tensor([0.1, 0.5, 0.9])
+    x = add_noise(x0, s, eps)
+    torch.testing.assert_close(x0_from_v(x, s, velocity_target(x0, eps)), x0)
+
+
+def smooth_batch(n=2):
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
+    img = torch.stack([xx, yy, xx * yy])[None].repeat(n, 1, 1, 1)
+    return {"image": img, "latent": torch.randn(n, 16, 2, 2, generator=torch.Generator().manual_seed(0))}
+
+
+def eval_loss(trainer, b):
+    state = trainer.gen.get_state()
+    trainer.gen.manual_seed(123)
+    with torch.no_grad():
+        loss = sum(trainer.loss(b).item() for _ in range(4)) / 4
+    trainer.gen.set_state(state)
+    return loss
+
+
+def test_training_loss_decreases():
+    trainer = Trainer(tiny_model(), FLUX, TrainConfig(lr=2e-3, caption_dropout=0, latent_dropout=0))
+    b = smooth_batch()
+    first = eval_loss(trainer, b)
+    for _ in range(40):
+        trainer.step(b)
+    assert eval_loss(trainer, b) < 0.7 * first
+
+
+def test_noisy_latent_conditioning_and_dropouts_are_applied():
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m, self.cfg, self.config = m, m.cfg, m.config
+
+        def forward(self, x, sigma, text, latent, latent_sigma):
+            seen.update(text=text, latent=latent, latent_sigma=latent_sigma)
+            return self.m(x, sigma, text, latent, latent_sigma)
+
+    cfg = TrainConfig(caption_dropout=1.0, latent_dropout=0.0, latent_noise_prob=1.0)
+    t = Trainer(Spy(tiny_model()), FLUX, cfg)
+    b = batch(8)
+    b["text"] = torch.ones(8, 16, 32)
+    t.loss(b)
+    assert torch.all(seen["text"] == 0)  # every caption dropped
+    assert torch.all((seen["latent_sigma"] > 0) & (seen["latent_sigma"] <= 0.8))
+    assert not torch.allclose(seen["latent"], b["latent"])  # noised in the flow form
+    t.cfg = TrainConfig(latent_dropout=1.0)
+    t.loss(b)
+    assert torch.all(seen["latent"] == 0)
+
+
+def test_freeze_backbone_trains_only_the_adapter():
+    model = tiny_model()
+    before = copy.deepcopy(model.state_dict())
+    t = Trainer(model, FLUX, TrainConfig(freeze_backbone=True, lr=1e-2))
+    t.step(batch())
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("lq_proj.") for k in changed)
+
+
+def test_ema_update():
+    model = tiny_model()
+    ema = EMA(model, decay=0.9)
+    p0 = next(ema.model.parameters()).clone()
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(next(ema.model.parameters()), p0 + 0.1)
+
+
+def test_checkpoint_resume_continues_exactly(tmp_path):
+    b = batch()
+    a = Trainer(tiny_model(), FLUX, TrainConfig())
+    for _ in range(4):
+        a.step(b)
+    r = Trainer(tiny_model(), FLUX, TrainConfig())
+    for _ in range(2):
+        r.step(b)
+    r.save(tmp_path)
+    resumed = Trainer(tiny_model(1), FLUX, TrainConfig())
+    resumed.resume(tmp_path)
+    for _ in range(2):
+        resumed.step(b)
+    assert resumed.step_count == 4
+    for (k, v), w in zip(a.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(w, v, msg=k)
+
+
+# --- DMD2 -----------------------------------------------------------------------------------------------------
+def cond_for(b):
+    return Conditioning(torch.randn(b["latent"].shape[0], 16, 32), b["latent"], torch.zeros(b["latent"].shape[0]))
+
+
+def test_guidance_is_text_only_cfg():
+    model, b = tiny_model(), batch()
+    cond = cond_for(b)
+    x, s = torch.randn(2, 3, 64, 64), torch.tensor([0.5, 0.5])
+    with torch.no_grad():
+        v_c, v_u = cond(model, x, s), cond(model, x, s, text=torch.zeros_like(cond.text))
+        torch.testing.assert_close(guided_velocity(model, cond, x, s, 3.0), v_u + 3.0 * (v_c - v_u))
+
+
+def test_dm_loss_vanishes_when_the_fake_score_equals_the_real_one():
+    teacher, b = tiny_model(), batch()
+    cond, gen = cond_for(b), torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 64, 64, requires_grad=True)
+    loss = dm_loss(x0, teacher, copy.deepcopy(teacher), cond, DistillConfig(guidance=1.0), gen)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-10) and x0.grad.abs().max() < 1e-8
+
+
+def test_dm_loss_pushes_the_sample_from_fake_towards_real():
+    teacher, b = tiny_model(0), batch()
+    fake = tiny_model(1)
+    cond = cond_for(b)
+    x0 = torch.randn(2, 3, 64, 64, requires_grad=True)
+    loss = dm_loss(x0, teacher, fake, cond, DistillConfig(guidance=1.0), torch.Generator().manual_seed(0))
+    loss.backward()
+    # the gradient of 0.5 |x0 - (x0 - g)|^2 / n is g / n: the normalised (fake - real) difference, nonzero
+    assert loss.item() > 0 and x0.grad.abs().mean() > 0
+    assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in fake.parameters())
+
+
+def test_fake_score_loss_decreases_when_fitting_fixed_samples():
+    fake, b = tiny_model(), batch()
+    cond = cond_for(b)
+    x0 = torch.rand(2, 3, 64, 64) * 2 - 1
+    opt = torch.optim.Adam(fake.parameters(), lr=3e-3)
+    losses = []
+    for i in range(25):
+        loss = fake_score_loss(fake, x0, cond, torch.Generator().manual_seed(i % 3))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3])
+
+
+def test_student_sample_uses_the_four_step_schedule():
+    student, b = tiny_model(), batch()
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, sigma, text, latent, latent_sigma):
+            seen.append(round(sigma[0].item(), 3))
+            return student(x, sigma, text, latent, latent_sigma)
+
+    gen = torch.Generator().manual_seed(3)
+    x0, s = student_sample(Spy(), cond_for(b), (2, 3, 64, 64), gen)
+    assert x0.requires_grad and seen == [0.999, 0.866, 0.634, 0.342][: len(seen)]
+    assert s[0].item() == pytest.approx(seen[-1])
+
+
+def test_gan_losses_and_r1():
+    fake, b = tiny_model(), batch()
+    head = GanHead(fake)
+    cond = cond_for(b)
+    x0_s = torch.rand(2, 3, 64, 64, requires_grad=True) * 2 - 1
+    g, d = gan_losses(head, fake, cond, x0_s, b["image"], r1_weight=1.0, gen=torch.Generator().manual_seed(0))
+    _, d0 = gan_losses(head, fake, cond, x0_s, b["image"], r1_weight=0.0, gen=torch.Generator().manual_seed(0))
+    assert g.item() > 0 and d.item() > d0.item() > 0  # R1 adds a positive penalty
+    (grad,) = torch.autograd.grad(g, x0_s)
+    assert grad.abs().sum() > 0  # the generator loss reaches the student's output
+
+
+def test_dmd2_step_updates_student_and_fake_not_teacher():
+    teacher = tiny_model()
+    t0 = copy.deepcopy(teacher.state_dict())
+    dmd = DMD2(teacher, DistillConfig(fake_updates=2, gan_weight=0.1, r1_weight=0.1, lr_student=1e-3, lr_fake=1e-3))
+    s0, f0 = copy.deepcopy(dmd.student.state_dict()), copy.deepcopy(dmd.fake.state_dict())
+    out = dmd.step(batch(), FLUX)
+    assert set(out) == {"dm", "fake"}
+    assert all(torch.equal(v, t0[k]) for k, v in dmd.teacher.state_dict().items())
+    assert any(not torch.equal(v, s0[k]) for k, v in dmd.student.state_dict().items())
+    assert any(not torch.equal(v, f0[k]) for k, v in dmd.fake.state_dict().items())

@@ -1,0 +1,1 @@
+"""Training and few-step distillation of PiD (build-time; the runtime never imports this)."""

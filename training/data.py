@@ -1,0 +1,109 @@
+"""Training pairs from real images: a high-resolution crop and the latent of its 4x smaller version.
+
+Images come from a folder or from the ones that ship inside packages. Each batch shares one aspect bucket; crops are
+taken at several scales so small package images still give many distinct views.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from pid_sdk.errors import InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def load_folder(folder: str | Path) -> list[np.ndarray]:
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InputError(f"No images in {folder}.", expected=", ".join(sorted(IMAGE_SUFFIXES)))
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+def package_images(exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Real photographs that ship inside installed packages (scikit-image; scikit-learn and matplotlib if present)."""
+    images: dict[str, np.ndarray] = {}
+    from skimage import data
+
+    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry"):
+        images[f"skimage.{name}"] = np.asarray(getattr(data, name)())[..., :3]
+    try:
+        from sklearn.datasets import load_sample_images
+
+        for i, img in enumerate(load_sample_images().images):
+            images[f"sklearn.{i}"] = img
+    except ImportError:
+        pass
+    try:
+        import matplotlib.cbook as cbook
+
+        with cbook.get_sample_data("grace_hopper.jpg") as f:
+            images["matplotlib.grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
+    except Exception:  # matplotlib absent, or built without its sample data
+        pass
+    return {k: v for k, v in images.items() if k not in exclude}
+
+
+def to_tensor(img: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
+
+
+def centre_crop(x: Tensor, height: int, width: int) -> Tensor:
+    """Resize to cover (height, width), then cut the centre: the evaluation view of an image."""
+    _, h, w = x.shape
+    s = max(height / h, width / w)
+    x = F.interpolate(x[None], size=(max(height, round(h * s)), max(width, round(w * s))), mode="bicubic",
+                      antialias=True, align_corners=False)[0].clamp(0, 1)
+    top, left = (x.shape[1] - height) // 2, (x.shape[2] - width) // 2
+    return x[:, top:top + height, left:left + width]
+
+
+def random_crop(x: Tensor, height: int, width: int, scale: float, gen: torch.Generator) -> Tensor:
+    """A crop covering `scale` of the image's shorter side, resized to (height, width)."""
+    _, h, w = x.shape
+    ch = max(height // 4, min(h, round(min(h, w) * scale * height / max(height, width))))
+    cw = max(width // 4, min(w, round(ch * width / height)))
+    ch, cw = min(ch, h), min(cw, w)
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+    crop = x[:, top:top + ch, left:left + cw]
+    if torch.rand(1, generator=gen) < 0.5:
+        crop = crop.flip(-1)
+    return F.interpolate(crop[None], size=(height, width), mode="bicubic", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)
+
+
+def downsample(x: Tensor, factor: int) -> Tensor:
+    """[B, 3, H, W] in [0, 1] -> [B, 3, H/f, W/f], antialiased bicubic."""
+    return F.interpolate(x, scale_factor=1 / factor, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+class PairSampler:
+    """Batches of {"image": [B, 3, H, W] in [-1, 1], "latent": [B, C, H/(4f), W/(4f)]} from a list of images."""
+
+    def __init__(self, images: list[np.ndarray], encode: Callable[[Tensor], Tensor], *, buckets: list[tuple[int, int]],
+                 sr_scale: int = 4, scales: tuple[float, ...] = (1.0, 0.7, 0.5), seed: int = 0):
+        if not images:
+            raise InputError("No training images.", fix="pass a folder of images or use the package images")
+        self.images = [to_tensor(i) for i in images]
+        self.encode, self.buckets, self.sr, self.scales = encode, buckets, sr_scale, scales
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def batch(self, size: int) -> dict[str, Tensor]:
+        height, width = self.buckets[int(torch.randint(len(self.buckets), (1,), generator=self.gen))]
+        crops = []
+        for _ in range(size):
+            img = self.images[int(torch.randint(len(self.images), (1,), generator=self.gen))]
+            scale = self.scales[int(torch.randint(len(self.scales), (1,), generator=self.gen))]
+            crops.append(random_crop(img, height, width, scale, self.gen))
+        hr = torch.stack(crops)
+        with torch.no_grad():
+            latent = self.encode(downsample(hr, self.sr))
+        return {"image": hr * 2 - 1, "latent": latent}

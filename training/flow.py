@@ -1,0 +1,28 @@
+"""Rectified flow in the spec's convention: x_sigma = (1 - sigma) x0 + sigma eps, the network predicts v = eps - x0."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pid_sdk.sampling import shift_sigma
+
+
+def sample_sigma(batch: int, *, shift: float = 1.0, mean: float = 0.0, std: float = 1.0,
+                 generator: torch.Generator | None = None, device="cpu") -> Tensor:
+    """Logit-normal noise levels, then the timestep shift (spec 6.1 training)."""
+    u = torch.randn(batch, generator=generator, device=device) * std + mean
+    return shift_sigma(torch.sigmoid(u), shift)
+
+
+def add_noise(x0: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
+    s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+    return (1 - s) * x0 + s * eps
+
+
+def velocity_target(x0: Tensor, eps: Tensor) -> Tensor:
+    return eps - x0
+
+
+def x0_from_v(x: Tensor, sigma: Tensor, v: Tensor) -> Tensor:
+    return x - sigma.view(-1, *([1] * (x.ndim - 1))) * v

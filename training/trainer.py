@@ -1,0 +1,117 @@
+"""`pid-sdk train`: the latent-conditioned decoder's rectified-flow training (paper section 3.3, spec 6.2)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from pid_sdk.latents import LatentSpace
+from training.ema import EMA
+from training.flow import add_noise, sample_sigma, velocity_target
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch: int = 4
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    shift: float = 1.0  # timestep shift of the logit-normal sigma
+    latent_sigma_max: float = 0.8  # noisy latent conditioning: sigma_latent ~ U[0, max] ...
+    latent_noise_prob: float = 0.5  # ... applied to this share of samples
+    caption_dropout: float = 0.1
+    latent_dropout: float = 0.1
+    freeze_backbone: bool = False  # train only the adapter and its gates
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, space: LatentSpace, cfg: TrainConfig, device: str | torch.device = "cpu"):
+        self.model, self.space, self.cfg = model.to(device).train(), space, cfg
+        self.device = torch.device(device)
+        if cfg.freeze_backbone:
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith(("lq_proj.", "pit_lq_gate.")))
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        self.ema = EMA(model, cfg.ema_decay)
+        self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.step_count = 0
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rectified flow on v = eps - x0, conditioned on a (sometimes noised, sometimes dropped) latent."""
+        cfg, b, g, dev = self.cfg, self.model.cfg, self.gen, self.device
+        x0, latent = batch["image"].to(dev), batch["latent"].to(dev)
+        n = x0.shape[0]
+        text = batch.get("text")
+        text = torch.zeros(n, b.txt_max_length, b.txt_embed_dim, device=dev) if text is None else text.to(dev)
+        keep_text = (torch.rand(n, generator=g, device=dev) >= cfg.caption_dropout).float().view(-1, 1, 1)
+        sigma = sample_sigma(n, shift=cfg.shift, generator=g, device=dev)
+        eps = torch.randn(x0.shape, generator=g, device=dev)
+        latent_sigma = torch.rand(n, generator=g, device=dev) * cfg.latent_sigma_max
+        latent_sigma = latent_sigma * (torch.rand(n, generator=g, device=dev) < cfg.latent_noise_prob).float()
+        latent = self.space.add_noise(latent, latent_sigma, torch.randn(latent.shape, generator=g, device=dev))
+        keep_latent = (torch.rand(n, generator=g, device=dev) >= cfg.latent_dropout).float().view(-1, 1, 1, 1)
+        with self.autocast():
+            v = self.model(add_noise(x0, sigma, eps), sigma, text * keep_text, latent * keep_latent, latent_sigma)
+        return (v.float() - velocity_target(x0, eps)).pow(2).mean()
+
+    def step(self, batch: dict[str, Tensor]) -> float:
+        loss = self.loss(batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
+        self.opt.step()
+        self.ema.update(self.model)
+        self.step_count += 1
+        return loss.item()
+
+    def fit(self, sampler, out: str | Path, *, save_every: int = 500, log=print) -> None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.cfg.steps, initial=self.step_count, unit="step", desc="train")
+        t0, seen = time.perf_counter(), 0
+        while self.step_count < self.cfg.steps:
+            batch = sampler.batch(self.cfg.batch)
+            loss = self.step(batch)
+            seen += batch["image"].shape[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.2f}")
+            if self.step_count % save_every == 0 or self.step_count == self.cfg.steps:
+                self.save(out)
+        bar.close()
+
+    # --- checkpoint and resume ------------------------------------------------------------------------------
+    def save(self, out: str | Path) -> None:
+        out = Path(out)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(out / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in self.ema.model.state_dict().items()}, str(out / "ema.safetensors"))
+        state = {"optimizer": self.opt.state_dict(), "step": self.step_count, "rng": self.gen.get_state()}
+        torch.save(state, out / "trainer_state.pt")
+        (out / "train_config.json").write_text(json.dumps({"train": asdict(self.cfg),
+                                                           "model": self.model.config.to_dict()}, indent=2))
+
+    def resume(self, out: str | Path) -> None:
+        out = Path(out)
+        self.model.load_state_dict(load_file(str(out / "model.safetensors")))
+        self.ema.model.load_state_dict(load_file(str(out / "ema.safetensors")))
+        state = torch.load(out / "trainer_state.pt", weights_only=True)
+        self.opt.load_state_dict(state["optimizer"])
+        self.step_count = state["step"]
+        self.gen.set_state(state["rng"])
