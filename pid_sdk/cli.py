@@ -101,6 +101,34 @@ def _parser() -> argparse.ArgumentParser:
     bld.add_argument("--timing-cache", help="timing cache file, read and updated (reuse it across builds)")
     bld.set_defaults(run=_build)
 
+    tr = sub.add_parser("train", help="train a latent-conditioned decoder (rectified flow) on a folder of images")
+    tr.add_argument("out", help="run folder (checkpoints: model, ema, trainer state)")
+    tr.add_argument("--preset", default="demo-flux1")
+    tr.add_argument("--data", help="folder of images (default: the photographs that ship inside packages)")
+    tr.add_argument("--tae", default="taef1", help="latent encoder: a tiny autoencoder of shared/data/tae")
+    tr.add_argument("--tae-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tae"))
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch", type=int, default=2)
+    tr.add_argument("--size", type=int, default=512, help="square crop side (output pixels)")
+    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--shift", type=float, default=1.0)
+    tr.add_argument("--freeze-backbone", action="store_true", help="train only the adapter and its gates")
+    tr.add_argument("--resume", action="store_true")
+    tr.set_defaults(run=_train)
+
+    dst = sub.add_parser("distill", help="DMD2 distillation of a trained decoder to the 4-step student")
+    dst.add_argument("out", help="run folder")
+    dst.add_argument("--teacher", required=True, help="a train run folder (its EMA weights) or a model artefact")
+    dst.add_argument("--data", help="folder of images (default: package photographs)")
+    dst.add_argument("--tae", default="taef1")
+    dst.add_argument("--tae-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tae"))
+    dst.add_argument("--steps", type=int, default=200)
+    dst.add_argument("--batch", type=int, default=1)
+    dst.add_argument("--size", type=int, default=512)
+    dst.add_argument("--guidance", type=float, default=1.0)
+    dst.add_argument("--gan-weight", type=float, default=0.0)
+    dst.set_defaults(run=_distill)
+
     cmp_ = sub.add_parser("compare", help="parity of an engine folder's backend against its PyTorch reference")
     cmp_.add_argument("folder", help="engine folder")
     cmp_.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
@@ -215,6 +243,68 @@ def _build(args) -> int:
         built = build_engines(args.folder, target, sizes=sizes, batch=args.batch, precisions=args.precision,
                               options=options)
         print(f"{target}: {len(built)} engine sets")
+    return 0
+
+
+# --- train / distill -----------------------------------------------------------------------------------------
+def _sampler(args, space_channels: int):
+    from pid_sdk.tae import TinyAutoencoder
+    from training.data import PairSampler, load_folder, package_images
+
+    tae = TinyAutoencoder(args.tae_dir, args.tae)
+    images = load_folder(args.data) if args.data else list(package_images(exclude=("skimage.chelsea",)).values())
+    return PairSampler(images, tae.encode, buckets=[(args.size, args.size)])
+
+
+def _train(args) -> int:
+    from pid_sdk.config import get_preset
+    from pid_sdk.latents import get_latent_space
+    from pid_sdk.model import build_model
+    from training.trainer import TrainConfig, Trainer
+
+    cfg = get_preset(args.preset)
+    model = build_model(cfg)
+    model.init_weights()
+    space = get_latent_space(cfg.latent_space)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trainer = Trainer(model, space, TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift,
+                                                freeze_backbone=args.freeze_backbone), device)
+    if args.resume:
+        trainer.resume(args.out)
+    trainer.fit(_sampler(args, space.channels), args.out)
+    print(f"{args.out}: {trainer.step_count} steps")
+    return 0
+
+
+def _distill(args) -> int:
+    from safetensors.torch import load_file
+
+    from pid_sdk.checkpoints import load_checkpoint, load_state_dict_strict
+    from pid_sdk.config import PiDConfig
+    from pid_sdk.latents import get_latent_space
+    from training.distill import DMD2, DistillConfig
+
+    teacher_dir = Path(args.teacher)
+    if (teacher_dir / "ema.safetensors").exists():
+        import json
+
+        cfg = PiDConfig.from_dict(json.loads((teacher_dir / "train_config.json").read_text())["model"])
+        teacher = load_state_dict_strict(cfg, load_file(str(teacher_dir / "ema.safetensors")))
+    else:
+        loaded = load_checkpoint(teacher_dir)
+        cfg, teacher = loaded.config, loaded.model
+    space = get_latent_space(cfg.latent_space)
+    dmd = DMD2(teacher.float(), DistillConfig(steps=args.steps, batch=args.batch, guidance=args.guidance,
+                                              gan_weight=args.gan_weight))
+    sampler = _sampler(args, space.channels)
+    from tqdm import tqdm
+
+    for _ in tqdm(range(args.steps), desc="distill"):
+        dmd.step(sampler.batch(args.batch), space)
+    from pid_sdk.checkpoints import save_artefact
+
+    save_artefact(dmd.student, cfg, args.out, dtype=torch.float32, source=f"dmd2:{args.teacher}")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -200,6 +200,16 @@ def tiny(cfg: PiDConfig) -> PiDConfig:
 PRESETS: dict[str, PiDConfig] = {c.name: c for c in _OFFICIAL}
 PRESETS.update({tiny(c).name: tiny(c) for c in _OFFICIAL})
 PRESETS["tiny"] = replace(PRESETS["tiny-pid-2k"], name="tiny")
+# The project's own small decoder (FLUX.1 latents, 4x), trained on CPU by scripts/train_demo.py.
+PRESETS["demo-flux1"] = replace(
+    PRESETS["tiny-pid-2k"],
+    name="demo-flux1",
+    backbone=replace(TINY_BACKBONE, hidden_size=128, num_heads=2, patch_depth=4, pixel_depth=1, pixel_hidden_size=16,
+                     pixel_attn_hidden_size=128, pixel_num_heads=2, txt_embed_dim=32, txt_max_length=8,
+                     rope_mode="plain"),
+    adapter=replace(ADAPTER_V1, hidden_dim=64, num_res_blocks=2),
+    description="pid-sdk demo decoder: FLUX.1 latents -> 4x, 6.8M parameters, trained on package images",
+)
 OFFICIAL_PRESETS = tuple(c.name for c in _OFFICIAL)
 
 

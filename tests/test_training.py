@@ -221,3 +221,30 @@ def test_dmd2_step_updates_student_and_fake_not_teacher():
     assert all(torch.equal(v, t0[k]) for k, v in dmd.teacher.state_dict().items())
     assert any(not torch.equal(v, s0[k]) for k, v in dmd.student.state_dict().items())
     assert any(not torch.equal(v, f0[k]) for k, v in dmd.fake.state_dict().items())
+
+
+def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
+    from PIL import Image
+
+    from conftest import real_image
+    from pid_sdk.cli import main
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for name in ("astronaut", "coffee"):
+        arr = (real_image(name, 96)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+        Image.fromarray(arr).save(data / f"{name}.png")
+    run = tmp_path / "run"
+    assert main(["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir),
+                 "--steps", "2", "--size", "64"]) == 0
+    assert {p.name for p in run.iterdir()} >= {"model.safetensors", "ema.safetensors", "trainer_state.pt"}
+    assert main(["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir),
+                 "--steps", "3", "--size", "64", "--resume"]) == 0
+    assert "3 steps" in capsys.readouterr().out
+    student = tmp_path / "student"
+    assert main(["distill", str(student), "--teacher", str(run), "--data", str(data), "--tae-dir", str(tae_dir),
+                 "--steps", "1", "--size", "64"]) == 0
+    import pid_sdk
+
+    dec = pid_sdk.Decoder.load(student)
+    assert dec.decode(torch.randn(1, 16, 2, 2), seed=0).shape == (1, 3, 64, 64)

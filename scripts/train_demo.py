@@ -1,0 +1,74 @@
+"""Train the embedded demo decoder (preset demo-flux1) on real images that ship inside packages.
+
+    python scripts/train_demo.py --minutes 40 --out build/demo
+
+Data: scikit-image's photographs (and scikit-learn's / matplotlib's when installed) except `chelsea`, which is held
+out for the sample latent. Pairs: random 512x512 crops at several scales; the latent is the taef1 encoding of the
+crop downsampled 4x (128x128 -> 16x16x16). Needs ../shared/data/tae beside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pid_sdk.config import get_preset  # noqa: E402
+from pid_sdk.latents import get_latent_space  # noqa: E402
+from pid_sdk.model import build_model  # noqa: E402
+from pid_sdk.tae import TinyAutoencoder  # noqa: E402
+from training.data import PairSampler, package_images  # noqa: E402
+from training.trainer import TrainConfig, Trainer  # noqa: E402
+
+HELD_OUT = ("skimage.chelsea",)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="build/demo")
+    p.add_argument("--minutes", type=float, default=40)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--shift", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    cfg = get_preset("demo-flux1")
+    model = build_model(cfg)
+    model.init_weights()
+    tae = TinyAutoencoder(ROOT.parent / "shared" / "data" / "tae", "taef1")
+    images = package_images(exclude=HELD_OUT)
+    sampler = PairSampler(list(images.values()), tae.encode, buckets=[(args.size, args.size)], seed=args.seed)
+    trainer = Trainer(model, get_latent_space("flux1"),
+                      TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, shift=args.shift, ema_decay=0.995,
+                                  seed=args.seed))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        trainer.resume(out)
+    (out / "data.json").write_text(json.dumps({"images": sorted(images), "held_out": HELD_OUT,
+                                               "command": " ".join(sys.argv)}, indent=2))
+    t0, deadline, losses = time.perf_counter(), time.perf_counter() + 60 * args.minutes, []
+    while time.perf_counter() < deadline:
+        losses.append(trainer.step(sampler.batch(args.batch)))
+        if trainer.step_count % 50 == 0:
+            print(f"step {trainer.step_count} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
+                  f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+        if trainer.step_count % 200 == 0:
+            trainer.save(out)
+    trainer.save(out)
+    print(f"done: {trainer.step_count} steps in {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
