@@ -48,11 +48,30 @@ def package_images(exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
             images["matplotlib.grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
     except Exception:  # matplotlib absent, or built without its sample data
         pass
+    images.update(opencv_doc_images())
     return {k: v for k, v in images.items() if k not in exclude}
 
 
+OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")  # Debian's opencv-doc package
+SYNTHETIC = ("detect_blob", "opencv-logo", "sudoku", "chessboard", "board")
+
+
+def opencv_doc_images(min_side: int = 384) -> dict[str, np.ndarray]:
+    """The colour photographs of Debian's opencv-doc examples, where that package is installed."""
+    out = {}
+    for path in sorted(OPENCV_DOC.glob("*")) if OPENCV_DOC.is_dir() else []:
+        if path.suffix.lower() not in (".jpg", ".png") or path.stem.startswith(SYNTHETIC):
+            continue
+        img = np.asarray(Image.open(path).convert("RGB"))
+        rgb = img.astype(np.float32)
+        colour = np.abs(rgb[..., 0] - rgb[..., 1]).mean() + np.abs(rgb[..., 1] - rgb[..., 2]).mean()
+        if min(img.shape[:2]) >= min_side and colour > 8:  # photographs, not grey calibration targets
+            out[f"opencv-doc.{path.stem}"] = img
+    return out
+
+
 def to_tensor(img: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
 
 
 def centre_crop(x: Tensor, height: int, width: int) -> Tensor:

@@ -24,6 +24,7 @@ class EngineRuntime:
         self.device = torch.device("cuda" if kind == "tensorrt" else "cpu")
         self.precision = "engine"
         self._open: dict[str, object] = {}
+        self._arena = None  # TensorRT: one device-memory arena for every engine this decoder opens
 
     def entry_for(self, height: int, width: int, batch: int) -> Entry:
         return select_entry(self.manifest, str(self.folder), self.kind, (height, width), batch, self.info)
@@ -41,10 +42,11 @@ class EngineRuntime:
             from pid_sdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
             return OnnxRuntimeBackend(self.folder, entry, self.providers)
-        from pid_sdk.runtime.tensorrt_backend import TensorRTBackend
+        from pid_sdk.runtime.tensorrt_backend import DeviceArena, TensorRTBackend
 
         source = next((e for e in self.manifest.entries if e.key == entry.source), None)
-        return TensorRTBackend(self.folder, entry, source)
+        self._arena = self._arena or DeviceArena()
+        return TensorRTBackend(self.folder, entry, source, self._arena)
 
 
 def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None = None, providers=None):

@@ -42,10 +42,26 @@ def check_plan(data: bytes, path: Path, entry: Entry, installed: str) -> None:
                               fix="rebuild the engine with the installed version (pid-sdk build)")
 
 
+class DeviceArena:
+    """One block of device memory for every engine of a decoder (they run one at a time on one stream): it grows
+    to the largest engine's need and re-points every registered execution context when it does."""
+
+    def __init__(self):
+        self.buffer: Tensor | None = None
+        self.contexts: list = []
+
+    def attach(self, context, size: int) -> None:
+        self.contexts.append(context)
+        if self.buffer is None or self.buffer.numel() < size:
+            self.buffer = torch.empty(size, dtype=torch.uint8, device="cuda")
+        for ctx in self.contexts:
+            ctx.set_device_memory(self.buffer.data_ptr(), self.buffer.numel())
+
+
 class TensorRTBackend:
     name = "tensorrt"
 
-    def __init__(self, folder: str | Path, entry: Entry, source: Entry | None):
+    def __init__(self, folder: str | Path, entry: Entry, source: Entry | None, arena: DeviceArena | None = None):
         if not torch.cuda.is_available():
             raise ConfigError("TensorRT engines need a CUDA GPU.", fix="use backend='onnxruntime' or 'pytorch'")
         self.trt = __import__("tensorrt_rtx" if entry.backend == "tensorrt_rtx" else "tensorrt")
@@ -53,13 +69,11 @@ class TensorRTBackend:
         self.logger = self.trt.Logger(self.trt.Logger.ERROR)
         runtime = self.trt.Runtime(self.logger)
         self.engines = {g: self._load(runtime, g, source) for g in entry.files}
-        # The three engines run one after another on one stream, so one arena serves them all.
-        size = max(e.device_memory_size_v2 for e in self.engines.values())
-        self.arena = torch.empty(size, dtype=torch.uint8, device="cuda")
+        self.arena = arena or DeviceArena()
         self.contexts = {}
         for g, engine in self.engines.items():
             ctx = engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            ctx.set_device_memory(self.arena.data_ptr(), size)
+            self.arena.attach(ctx, engine.device_memory_size_v2)
             self.contexts[g] = ctx
         self.stream = torch.cuda.Stream()
 
