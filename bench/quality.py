@@ -62,6 +62,7 @@ def main() -> int:
     p.add_argument("--images", nargs="+", default=["skimage.chelsea"])
     p.add_argument("--out", default="docs/quality")
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--held-out", nargs="*", default=["skimage.chelsea"], help="images the model never saw")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,8 @@ def main() -> int:
             candidates[f"PiD demo, latent_sigma {s}"] = dec.decode(noisy, latent_space="flux1", latent_sigma=s,
                                                                    seed=0, output="numpy")[0]
         for label, img in candidates.items():
-            rows.append({"image": name, "method": label, **metrics(img, ref)})
+            rows.append({"image": name + ("" if name in args.held_out else " (in training)"), "method": label,
+                         **metrics(img, ref)})
         tiles.append(np.concatenate([ref, *candidates.values()], axis=1))
     Image.fromarray(np.concatenate(tiles, axis=0)).save(out / "comparison.png")
     lines = [f"Model: `{args.model}` ({dec.config.name}); {date.today()}; CPU; 4 steps, seed 0.",

@@ -1,0 +1,25 @@
+"""The embedded demo model: a real artefact that loads strictly and decodes the bundled real latent into a picture
+that follows the photograph it came from."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from safetensors.torch import load_file
+
+import pid_sdk
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "pid_sdk" / "data" / "demo-flux1"
+
+
+def test_demo_model_decodes_the_sample_like_its_photograph():
+    dec = pid_sdk.Decoder.load(DEMO)
+    assert dec.config.name == "demo-flux1" and dec.latent_space == "flux1"
+    z = load_file(str(ROOT / "samples" / "sample_latent_flux1.safetensors"))["latent"]
+    img = dec.decode(z, seed=0, output="pil")[0]
+    assert img.size == (512, 512)
+    source = np.asarray(Image.open(ROOT / "samples" / "sample_source.png").convert("RGB"), dtype=np.float32)
+    small = np.asarray(img.resize((128, 128), Image.BOX), dtype=np.float32)
+    # seen: 0.86 for the shipped model, -0.23 for random weights of the tiny preset
+    assert np.corrcoef(small.ravel(), source.ravel())[0, 1] > 0.7
