@@ -347,6 +347,9 @@ def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtyp
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pid-convert-", dir=out_dir.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    tmp.chmod(0o777 & ~mask)  # mkdtemp makes a 0700 folder; the artefact gets the usual permissions
     try:
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": ARTEFACT_FORMAT, "preset": cfg.name})
         manifest = {

@@ -420,6 +420,7 @@ def write_png_atomic(image, path: Path) -> None:
     os.close(fd)
     try:
         image.save(tmp, format="PNG")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the PNG the usual permissions
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -428,6 +429,12 @@ def write_png_atomic(image, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ def test_decode_the_bundled_sample(tmp_path, capsys):
     assert code == 0, err
     img = Image.open(out)
     assert img.size == (512, 512) and "wrote" in stdout
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual file permissions, not mkstemp's 0600
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".npy", ".safetensors"])
