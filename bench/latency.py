@@ -29,11 +29,20 @@ from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 
 
-def build_decoder(preset: str, device: str) -> Decoder:
+def build_decoder(preset: str, device: str, weights: str = "fp32", compile_: bool = False) -> Decoder:
+    """The decoder as users get it (fp32 weights under bf16 autocast on CUDA), or with bf16 weights and/or the
+    step network compiled: speed variants measured beside the baseline."""
     cfg = get_preset(preset)
     with torch.device(device):
         model = build_model(cfg)
-    return Decoder.from_model(LoadedModel(model, cfg, "random", f"preset:{preset} (random init)", []), device=device)
+    dec = Decoder.from_model(LoadedModel(model, cfg, "random", f"preset:{preset} (random init)", []), device=device)
+    if weights == "bf16":
+        if device != "cuda":
+            raise SystemExit("--weights bf16 needs CUDA (the CPU path runs fp32 without autocast)")
+        dec.runtime.model.to(torch.bfloat16)
+    if compile_:
+        dec.runtime.model.denoise = torch.compile(dec.runtime.model.denoise)
+    return dec
 
 
 def time_decode(dec: Decoder, side: int, runs: int, warmup: int) -> dict:
@@ -75,16 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=None)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--weights", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the per-step network")
     p.add_argument("--json")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     preset = args.preset or ("tiny" if args.tiny else "pid-2k")
     sizes = args.sizes or ([128, 256] if args.tiny else [1024, 2048])
-    dec = build_decoder(preset, device)
+    dec = build_decoder(preset, device, args.weights, args.compile)
     rows = [time_decode(dec, s, args.runs, args.warmup) for s in sizes]
     meta = {"preset": preset, "device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
-            "precision": dec.precision, "steps": 4, "batch": 1, "mode": "eager"}
+            "precision": f"{dec.precision} autocast, {args.weights} weights", "steps": 4, "batch": 1,
+            "mode": "compiled" if args.compile else "eager"}
     table = ["| output | median ms | min ms | peak GiB |", "|---|---|---|---|"]
     for r in rows:
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
