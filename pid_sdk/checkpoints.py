@@ -325,6 +325,13 @@ def load_checkpoint(path: str | Path, *, preset: str | None = None, trust_pickle
 
 
 # --- the SDK artefact -----------------------------------------------------------------------------------------
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -347,9 +354,7 @@ def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtyp
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pid-convert-", dir=out_dir.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    tmp.chmod(0o777 & ~mask)  # mkdtemp makes a 0700 folder; the artefact gets the usual permissions
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes a 0700 folder; the artefact gets the usual permissions
     try:
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": ARTEFACT_FORMAT, "preset": cfg.name})
         manifest = {

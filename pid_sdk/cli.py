@@ -420,7 +420,9 @@ def write_png_atomic(image, path: Path) -> None:
     os.close(fd)
     try:
         image.save(tmp, format="PNG")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the PNG the usual permissions
+        from pid_sdk.checkpoints import current_umask
+
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the PNG the usual permissions
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -429,12 +431,6 @@ def write_png_atomic(image, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 if __name__ == "__main__":
