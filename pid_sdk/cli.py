@@ -247,7 +247,7 @@ def _build(args) -> int:
 
 
 # --- train / distill -----------------------------------------------------------------------------------------
-def _sampler(args, space_channels: int):
+def _sampler(args):
     from pid_sdk.tae import TinyAutoencoder
     from training.data import PairSampler, load_folder, package_images
 
@@ -271,7 +271,7 @@ def _train(args) -> int:
                                                 freeze_backbone=args.freeze_backbone), device)
     if args.resume:
         trainer.resume(args.out)
-    trainer.fit(_sampler(args, space.channels), args.out)
+    trainer.fit(_sampler(args), args.out)
     print(f"{args.out}: {trainer.step_count} steps")
     return 0
 
@@ -296,7 +296,7 @@ def _distill(args) -> int:
     space = get_latent_space(cfg.latent_space)
     dmd = DMD2(teacher.float(), DistillConfig(steps=args.steps, batch=args.batch, guidance=args.guidance,
                                               gan_weight=args.gan_weight))
-    sampler = _sampler(args, space.channels)
+    sampler = _sampler(args)
     from tqdm import tqdm
 
     for _ in tqdm(range(args.steps), desc="distill"):
