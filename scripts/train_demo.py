@@ -34,8 +34,8 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="build/demo")
     p.add_argument("--minutes", type=float, default=40)
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--sizes", type=int, nargs="+", default=[512], help="square crop sizes, one picked per batch")
+    p.add_argument("--batch", type=int, default=2, help="batch at 512x512; smaller crops get as many pixels")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--shift", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
@@ -47,7 +47,7 @@ def main() -> int:
     model.init_weights()
     tae = TinyAutoencoder(ROOT.parent / "shared" / "data" / "tae", "taef1")
     images = package_images(exclude=HELD_OUT)
-    sampler = PairSampler(list(images.values()), tae.encode, buckets=[(args.size, args.size)], seed=args.seed)
+    sampler = PairSampler(list(images.values()), tae.encode, buckets=[(s, s) for s in args.sizes], seed=args.seed)
     trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, shift=args.shift, ema_decay=0.995,
                                   seed=args.seed))
@@ -59,7 +59,7 @@ def main() -> int:
                                                "command": " ".join(sys.argv)}, indent=2))
     t0, deadline, losses = time.perf_counter(), time.perf_counter() + 60 * args.minutes, []
     while time.perf_counter() < deadline:
-        losses.append(trainer.step(sampler.batch(args.batch)))
+        losses.append(trainer.step(sampler.batch_of_pixels(args.batch * 512 * 512)))
         if trainer.step_count % 50 == 0:
             print(f"step {trainer.step_count} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
                   f"{(time.perf_counter() - t0) / 60:.1f} min", flush=True)

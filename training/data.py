@@ -116,7 +116,18 @@ class PairSampler:
         self.gen = torch.Generator().manual_seed(seed)
 
     def batch(self, size: int) -> dict[str, Tensor]:
-        height, width = self.buckets[int(torch.randint(len(self.buckets), (1,), generator=self.gen))]
+        return self._batch(size, self._bucket())
+
+    def batch_of_pixels(self, pixels: int) -> dict[str, Tensor]:
+        """A batch of one random bucket with about `pixels` pixels in all (at least one crop)."""
+        height, width = self._bucket()
+        return self._batch(max(1, round(pixels / (height * width))), (height, width))
+
+    def _bucket(self) -> tuple[int, int]:
+        return self.buckets[int(torch.randint(len(self.buckets), (1,), generator=self.gen))]
+
+    def _batch(self, size: int, bucket: tuple[int, int]) -> dict[str, Tensor]:
+        height, width = bucket
         crops = []
         for _ in range(size):
             img = self.images[int(torch.randint(len(self.images), (1,), generator=self.gen))]
