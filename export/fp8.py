@@ -116,14 +116,14 @@ def calibrate(model: nn.Module, forward_loop) -> dict[str, dict[str, float]]:
 
 def student_forward_loop(latents: list[Tensor], height: int, width: int, text_len: int, text_dim: int, seed: int = 0):
     """Runs the 4-step student on every calibration latent at the bucket's real size, so every step is seen."""
-    from pid_sdk.runtime.torch_backend import TorchBackend
+    from pid_sdk.runtime.torch_backend import TorchRuntime
     from pid_sdk.sampling import sample_student
 
     def loop(model: nn.Module) -> None:
-        backend = TorchBackend(model, torch.device("cpu"), "fp32")
+        runtime = TorchRuntime(model, torch.device("cpu"), "fp32")
         for i, z in enumerate(latents):
             text = torch.zeros(z.shape[0], text_len, text_dim)
-            step = backend.prepare(text=text, latent=z, latent_sigma=torch.zeros(z.shape[0]), height=height,
+            step = runtime.backend(text=text, latent=z, latent_sigma=torch.zeros(z.shape[0]), height=height,
                                    width=width)
             velocity = step.infer  # one prepared decode per calibration latent
             sample_student(lambda x, s, f=velocity: f({"x": x, "sigma": s})["v"], (z.shape[0], 3, height, width),

@@ -13,10 +13,12 @@ from pid_sdk.decoder import Decoder
 from pid_sdk.errors import PiDError
 from pid_sdk.latents import LATENT_SPACES, get_latent_space
 from pid_sdk.model import build_model
+from pid_sdk.runtime.speed import Speed
 from pid_sdk.sampling import sample_student, sample_teacher
 
 __all__ = [
     "Decoder",
+    "Speed",
     "PiDError",
     "PiDConfig",
     "BackboneConfig",

@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--batch-size", type=int, default=1, help="latents decoded together")
     dec.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     dec.add_argument("--precision", choices=["fp32", "bf16"])
+    dec.add_argument("--speed", choices=["reference", "bf16", "fast", "fp8"],
+                     help="PyTorch backend setting (default reference: fp32 weights, bf16 autocast on CUDA)")
     dec.add_argument("--trust-pickle", action="store_true")
     dec.add_argument("--quiet", action="store_true", help="no progress bar")
     dec.set_defaults(run=_decode)
@@ -127,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     dst.add_argument("--size", type=int, default=512)
     dst.add_argument("--guidance", type=float, default=1.0)
     dst.add_argument("--gan-weight", type=float, default=0.0)
+    dst.add_argument("--recon-weight", type=float, default=0.0,
+                     help="pull the student towards the real image too (not in the paper; 0 = plain DMD2)")
     dst.set_defaults(run=_distill)
 
     cmp_ = sub.add_parser("compare", help="parity of an engine folder's backend against its PyTorch reference")
@@ -295,7 +299,7 @@ def _distill(args) -> int:
         cfg, teacher = loaded.config, loaded.model
     space = get_latent_space(cfg.latent_space)
     dmd = DMD2(teacher.float(), DistillConfig(steps=args.steps, batch=args.batch, guidance=args.guidance,
-                                              gan_weight=args.gan_weight))
+                                              gan_weight=args.gan_weight, recon_weight=args.recon_weight))
     sampler = _sampler(args)
     from tqdm import tqdm
 
@@ -351,7 +355,7 @@ def _decode(args) -> int:
         latents = latents[None]
     text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
     dec = Decoder.load(args.model, preset=args.preset, device=args.device, precision=args.precision,
-                       trust_pickle=args.trust_pickle, text_encoder=args.text_encoder)
+                       trust_pickle=args.trust_pickle, text_encoder=args.text_encoder, speed=args.speed)
     images = []
     with _progress(len(latents), args.steps, args.quiet) as bar:
         for start in range(0, len(latents), args.batch_size):

@@ -16,6 +16,7 @@ from pid_sdk.errors import ConfigError, InputError
 from pid_sdk.latents import LatentSpace, get_latent_space
 from pid_sdk.model import build_model, randomize
 from pid_sdk.runtime.manifest import is_engine_dir
+from pid_sdk.runtime.speed import Speed, get_speed, prepare_model
 from pid_sdk.runtime.torch_backend import TorchRuntime
 from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
 
@@ -39,26 +40,34 @@ class Decoder:
 
     @classmethod
     def from_model(cls, loaded: LoadedModel, *, device: str | torch.device | None = None,
-                   precision: str | None = None, text_encoder=None) -> "Decoder":
-        """The PyTorch backend over a loaded model: CPU fp32; CUDA with fp32 parameters under bf16 autocast."""
+                   precision: str | None = None, text_encoder=None, speed: Speed | str | None = None) -> "Decoder":
+        """The PyTorch backend over a loaded model: CPU fp32; CUDA with fp32 parameters under bf16 autocast.
+
+        `speed` trades the reference setting for a faster one ("bf16", "fast", "fp8" or a `Speed`).
+        """
         dev = _resolve_device(device)
-        precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
+        chosen = get_speed(speed, dev)
+        precision = precision or ("bf16" if dev.type == "cuda" or chosen.weights != "fp32" else "fp32")
         if precision not in ("fp32", "bf16"):
             raise ConfigError("Unknown precision.", received=precision, expected="fp32 or bf16")
+        if precision == "fp32" and chosen.weights != "fp32":
+            raise ConfigError("fp32 precision needs fp32 weights.", received=f"weights {chosen.weights}",
+                              fix="leave precision unset with a bf16 / fp8 speed setting")
         if loaded.config.adapter is None:  # refuse before moving 1.3B parameters anywhere
             return cls(loaded.config, None, source=loaded.path)
-        # Parameters stay fp32 and bf16 comes from autocast: the official runtime's precision policy (spec 7.4).
-        runtime = TorchRuntime(loaded.model.float().to(dev).eval(), dev, precision)
+        # By default parameters stay fp32 and bf16 comes from autocast: the official precision policy (spec 7.4).
+        runtime = TorchRuntime(prepare_model(loaded.model, chosen, dev), dev, precision, chosen)
         return cls(loaded.config, runtime, text_encoder=text_encoder, source=loaded.path)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, preset: str | None = None, seed: int = 0,
              backend: str = "auto", device: str | torch.device | None = None, precision: str | None = None,
-             trust_pickle: bool = False, text_encoder=None, device_info=None, providers=None) -> "Decoder":
+             trust_pickle: bool = False, text_encoder=None, device_info=None, providers=None,
+             speed: Speed | str | None = None) -> "Decoder":
         """An engine folder, an artefact folder, an official/repacked checkpoint, or `preset=` with random weights.
 
         For an engine folder `backend` picks TensorRT, ONNX Runtime or PyTorch; "auto" takes the first that runs
-        here and warns with the reason for each one it skips.
+        here and warns with the reason for each one it skips. `speed` applies to the PyTorch backend (see `Speed`).
         """
         if path is None and preset is None:
             raise ConfigError("Decoder.load needs a path or a preset.", fix="Decoder.load('model_dir') or preset='tiny'")
@@ -76,7 +85,7 @@ class Decoder:
             loaded = LoadedModel(model, cfg, "random", f"preset:{preset} (seeded random weights, seed {seed})", [])
         else:
             loaded = load_checkpoint(path, preset=preset, trust_pickle=trust_pickle)
-        return cls.from_model(loaded, device=device, precision=precision, text_encoder=text_encoder)
+        return cls.from_model(loaded, device=device, precision=precision, text_encoder=text_encoder, speed=speed)
 
     @property
     def device(self) -> torch.device:

@@ -34,6 +34,16 @@ def test_decode_the_bundled_sample(tmp_path, capsys):
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # the usual file permissions, not mkstemp's 0600
 
 
+def test_decode_with_a_speed_setting_and_a_refused_one(tmp_path, capsys):
+    out = tmp_path / "fast.png"
+    code, _, err = run(capsys, "decode", SAMPLE, "--preset", "tiny", "-o", out, "--quiet", "--speed", "bf16")
+    assert code == 0 and Image.open(out).size == (512, 512), err
+    code, _, err = run(capsys, "decode", SAMPLE, "--preset", "tiny", "-o", tmp_path / "x.png", "--quiet",
+                       "--speed", "bf16", "--precision", "fp32")
+    assert code == 2 and "fp32 precision needs fp32 weights" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
 @pytest.mark.parametrize("suffix", [".pt", ".npy", ".safetensors"])
 def test_decode_file_types_and_batches(tmp_path, capsys, suffix):
     z = torch.randn(2, 16, 2, 3)

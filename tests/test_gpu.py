@@ -16,10 +16,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def velocity(model, device, x, text, z, ls, precision="fp32"):
-    from pid_sdk.runtime import TorchBackend
+    from pid_sdk.runtime import TorchRuntime
 
-    backend = TorchBackend(model.to(device), torch.device(device), precision)
-    backend.prepare(text=text, latent=z, latent_sigma=ls, height=x.shape[-2], width=x.shape[-1])
+    runtime = TorchRuntime(model.to(device), torch.device(device), precision)
+    backend = runtime.backend(text=text, latent=z, latent_sigma=ls, height=x.shape[-2], width=x.shape[-1])
     return backend.infer({"x": x, "sigma": torch.tensor([0.6])})["v"].cpu()
 
 
@@ -84,3 +84,100 @@ def test_full_size_decode_2048():
     dec = Decoder.from_model(LoadedModel(model, cfg, "random", "test", []), device="cuda")
     img = dec.decode(torch.randn(1, 16, 64, 64), seed=0)
     assert img.shape == (1, 3, 2048, 2048) and torch.isfinite(img).all()
+
+
+# --- speed settings (issue 5): each against the plain reference --------------------------------------------------
+def speed_decoder(speed, preset="tiny-pid-2kto4k-v1.5"):
+    return Decoder.load(preset=preset, seed=3, device="cuda", speed=speed)
+
+
+def speed_latent(batch=1, side=256, preset="tiny-pid-2kto4k-v1.5"):
+    from tests.test_model import latent_for
+
+    return latent_for(PRESETS[preset], (side, side), batch=batch, seed=5)
+
+
+def test_cuda_graphs_replay_the_eager_step():
+    from pid_sdk import Speed
+    from pid_sdk.compare import run_parity
+
+    z = speed_latent(batch=2)
+    eager, graphed = speed_decoder(Speed(weights="bf16")), speed_decoder(Speed(weights="bf16", cuda_graphs=True))
+    report = run_parity(eager, graphed, z, precision="fp32")  # the same kernels: float rounding only
+    assert report.passed, str(report)
+    first = graphed.decode(z, seed=4)
+    assert torch.equal(graphed.decode(z, seed=4), first)  # a second decode reloads its state into the graph
+    assert torch.allclose(graphed.decode(z[:1], seed=4), eager.decode(z[:1], seed=4), atol=1e-3)  # another graph
+
+
+def test_cuda_graphs_with_guidance_keep_two_decodes_apart():
+    from pid_sdk import Speed
+
+    z = speed_latent()
+    text, negative = torch.randn(1, 8, 32), torch.zeros(1, 8, 32)
+    kw = dict(sampler="teacher", steps=3, guidance=4.0, text_embeddings=text, negative_embeddings=negative, seed=2)
+    eager = speed_decoder(Speed(weights="bf16")).decode(z, **kw)
+    graphed = speed_decoder(Speed(weights="bf16", cuda_graphs=True)).decode(z, **kw)
+    assert (graphed - eager).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("speed", ["reference", "fast"])
+def test_step_loop_never_syncs_the_host(speed):
+    """torch.cuda.set_sync_debug_mode('error') raises on any synchronising call inside the sampler loop."""
+    from pid_sdk.sampling import sample_student
+
+    dec = speed_decoder(speed)
+    z = speed_latent().cuda()
+    backend = dec.runtime.backend(text=torch.zeros(1, 1, 32, device="cuda"), latent=z,
+                                  latent_sigma=torch.zeros(1, device="cuda"), height=256, width=256)
+    fn = lambda x, s: backend.infer({"x": x, "sigma": s})["v"]  # noqa: E731
+    gen = torch.Generator("cuda").manual_seed(0)
+    sample_student(fn, (1, 3, 256, 256), generator=gen, device="cuda")  # warm-up: compile, capture
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        image = sample_student(fn, (1, 3, 256, 256), generator=gen, device="cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(image).all()
+
+
+def test_compiled_and_graphed_step_matches_eager():
+    from pid_sdk.compare import run_parity
+
+    report = run_parity(speed_decoder("bf16"), speed_decoder("fast"), speed_latent(), precision="bf16")
+    assert report.passed, str(report)
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9),
+                    reason="FP8 matmuls need compute capability 8.9+")
+def test_cuda_fp8_linears_within_fp8_tolerance_of_bf16():
+    from pid_sdk import Speed
+    from pid_sdk.compare import run_parity
+
+    report = run_parity(speed_decoder("bf16"), speed_decoder(Speed(weights="fp8")), speed_latent(batch=2),
+                        precision="fp8")
+    assert report.passed, str(report)
+
+
+def test_bf16_attention_runs_a_fused_kernel():
+    from pid_sdk.runtime.attention import kernels_used
+
+    dec = speed_decoder("bf16")
+    found = kernels_used(lambda: dec.decode(speed_latent(), seed=0, steps=1))
+    assert found and not set(found) & {"math (unfused)"}, found
+
+
+def test_split_modulation_lowers_peak_memory():
+    from pid_sdk import Speed
+
+    z = torch.randn(1, 16, 32, 32)  # 1024x1024: the PiT adaLN output dominates the tiny model's activations
+
+    def peak(split):
+        dec = Decoder.load(preset="tiny", device="cuda", speed=Speed(weights="bf16", split_modulation=split))
+        dec.decode(z, seed=0, steps=1)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        dec.decode(z, seed=0, steps=1)
+        return torch.cuda.max_memory_allocated()
+
+    assert peak(True) < 0.8 * peak(False)

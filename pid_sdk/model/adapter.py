@@ -60,9 +60,12 @@ class LatentGate(nn.Module):
         self.log_alpha = nn.Parameter(torch.tensor(0.0))
 
     def offset(self, feat: Tensor, latent_sigma: Tensor) -> Tensor:
-        """The step-independent part of the gate logits, [B, L, width]."""
+        """The step-independent part of the gate logits, [B, L, width], in the features' dtype.
+
+        Held for the whole decode (one per gate), so bf16 features keep it bf16: half the memory of fp32.
+        """
         logits = F.linear(feat, self.content_proj.weight[:, self.dim:], self.content_proj.bias)
-        return logits - self.log_alpha.exp() * latent_sigma.float().view(-1, 1, 1)
+        return (logits - self.log_alpha.exp() * latent_sigma.float().view(-1, 1, 1)).to(feat.dtype)
 
     def gate(self, s: Tensor, offset: Tensor) -> Tensor:
         return torch.sigmoid(F.linear(s, self.content_proj.weight[:, : self.dim]) + offset)

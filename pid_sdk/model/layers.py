@@ -19,7 +19,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if torch.compiler.is_exporting():  # the plain formula exports to ops every ONNX / TensorRT version has
+            normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        else:  # one fused kernel in eager mode
+            normed = F.rms_norm(xf, (xf.shape[-1],), eps=self.eps)
         return self.weight * normed.to(x.dtype)
 
 

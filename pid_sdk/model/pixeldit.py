@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,14 @@ class Geometry:
     @property
     def grid(self) -> tuple[int, int]:
         return self.height // self.patch, self.width // self.patch
+
+
+def linear_rows(linear: nn.Module, x: Tensor, rows: Tensor) -> Tensor:
+    """`linear(x)[..., rows]` without computing the other outputs (any layer with a `rows` method, or nn.Linear)."""
+    if hasattr(linear, "rows"):
+        return linear.rows(x, rows)
+    bias = None if linear.bias is None else linear.bias[rows]
+    return F.linear(x, linear.weight[rows], bias)
 
 
 def patchify(x: Tensor, p: int) -> Tensor:
@@ -133,16 +142,39 @@ class PiTBlock(nn.Module):
         self.attn = RotaryAttention(cfg.pixel_attn_hidden_size, cfg.pixel_num_heads)
         self.mlp = PixelMLP(c, cfg.pixel_mlp_hidden_size)
         self.adaLN_modulation = nn.Sequential(nn.Linear(cfg.hidden_size, 6 * p * c))
+        self.split_modulation = False
 
     def forward(self, x: Tensor, s_cond: Tensor, geo: Geometry) -> Tensor:
         bl, p, c = x.shape  # [B*L, 256, 16]
         n_patches = geo.grid[0] * geo.grid[1]
-        m = self.adaLN_modulation(s_cond).view(bl, p, 6 * c).chunk(6, dim=-1)  # 6 x [B*L, 256, 16]
+        chunks = self.modulation(s_cond)
+        m = chunks(0, 2)  # shift, scale: 2 x [B*L, 256, 16]
         h = modulate(self.norm1(x), m[0], m[1]).reshape(bl // n_patches, n_patches, p * c)  # [B, L, 4096]
         h = self.attn(self.compress_to_attn(h), geo.pixel_rope)  # [B, L, 1152]
         h = self.expand_from_attn(h).reshape(bl, p, c)  # [B*L, 256, 16]
-        x = x + m[2] * h
-        return x + m[5] * self.mlp(modulate(self.norm2(x), m[3], m[4]))
+        x = x + chunks(2, 3)[0] * h
+        m = chunks(3, 6)  # shift, scale, gate of the MLP
+        return x + m[2] * self.mlp(modulate(self.norm2(x), m[0], m[1]))
+
+    def modulation(self, s_cond: Tensor) -> Callable[[int, int], tuple[Tensor, ...]]:
+        """`chunks(first, stop)`: chunks first..stop-1 of the six per-pixel adaLN chunks, each [B*L, p*p, C].
+
+        The full projection is 6 * 4096 values a patch (0.8 GB at 2048x2048 in bf16). With `split_modulation`
+        only the rows of the chunks asked for are multiplied, so at most half of it is alive at once; exports keep
+        the one matmul (a gather of weight rows would stop TensorRT from refitting them).
+        """
+        p, c = self.pixels, self.channels
+        linear = self.adaLN_modulation[0]
+        if not self.split_modulation or torch.compiler.is_exporting():
+            full = linear(s_cond).view(-1, p, 6, c).unbind(2)  # per pixel: 6 chunks of C
+            return lambda first, stop: full[first:stop]
+
+        def chunks(first: int, stop: int) -> tuple[Tensor, ...]:
+            rows = torch.arange(6 * p * c, device=s_cond.device).view(p, 6, c)[:, first:stop].reshape(-1)
+            out = linear_rows(linear, s_cond, rows)  # [B*L, p * (stop-first) * C]
+            return out.view(-1, p, stop - first, c).unbind(2)
+
+        return chunks
 
 
 class FinalLayer(nn.Module):
@@ -170,6 +202,11 @@ class PixelDiT(nn.Module):
         self.pixel_embedder = Projection(cfg.in_channels, cfg.pixel_hidden_size)
         self.pixel_blocks = nn.ModuleList(PiTBlock(cfg) for _ in range(cfg.pixel_depth))
         self.final_layer = FinalLayer(cfg.pixel_hidden_size, cfg.in_channels)
+
+    def set_split_modulation(self, enabled: bool) -> None:
+        """Compute the PiT adaLN chunk by chunk (less memory; see PiTBlock.modulation)."""
+        for block in self.pixel_blocks:
+            block.split_modulation = enabled
 
     def set_attention_dtype(self, dtype: torch.dtype | None) -> None:
         """Run every attention in `dtype` (None: the input dtype)."""

@@ -1,0 +1,54 @@
+"""Which scaled-dot-product-attention kernel the PyTorch backend runs: choose one, and report the one that ran."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from pid_sdk.errors import ConfigError
+
+BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+ATTENTION_CHOICES = ("auto", *BACKENDS)
+# aten operator of each kernel family, as the profiler names it
+KERNEL_OPS = {
+    "_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_efficient_attention": "efficient (memory-efficient)",
+    "_scaled_dot_product_attention_math": "math (unfused)",
+}
+
+
+def check_attention(name: str) -> None:
+    if name not in ATTENTION_CHOICES:
+        raise ConfigError("Unknown attention kernel.", received=name, expected=", ".join(ATTENTION_CHOICES),
+                          fix="use 'auto' to let PyTorch pick")
+
+
+def attention_context(name: str):
+    """Restrict SDPA to one kernel family ("auto": PyTorch's own choice). Fails loudly if that kernel cannot run."""
+    check_attention(name)
+    return contextlib.nullcontext() if name == "auto" else sdpa_kernel([BACKENDS[name]])
+
+
+def kernels_used(fn: Callable[[], object]) -> dict[str, int]:
+    """Run `fn` once under the profiler; attention kernel family -> number of calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        fn()
+    found: dict[str, int] = {}
+    for event in prof.key_averages():
+        op = event.key.removeprefix("aten::")
+        if op in KERNEL_OPS:
+            found[KERNEL_OPS[op]] = found.get(KERNEL_OPS[op], 0) + event.count
+    return found

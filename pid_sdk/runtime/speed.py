@@ -1,0 +1,79 @@
+"""How the PyTorch backend runs: weight precision, attention kernel, torch.compile and CUDA graphs.
+
+`Speed()` is the reference (the official precision policy: fp32 parameters, bf16 autocast on CUDA). The named
+settings are what the benchmarks measure:
+
+    Decoder.load(path, speed="fast")   # bf16 weights, torch.compile, CUDA graphs
+    Decoder.load(path, speed="fp8")    # the same with FP8 linear layers (compute capability 8.9+)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from pid_sdk.errors import ConfigError
+from pid_sdk.runtime.attention import check_attention
+
+WEIGHTS = ("fp32", "bf16", "fp8")
+
+
+@dataclass(frozen=True)
+class Speed:
+    weights: str = "fp32"  # fp32 (under bf16 autocast on CUDA), bf16, or fp8 linears in a bf16 model
+    attention: str = "auto"  # auto, flash, cudnn, efficient, math
+    compile: bool = False  # torch.compile the step network (one compile per image size)
+    cuda_graphs: bool = False  # capture the step network once per size and text length, replay it each step
+    split_modulation: bool = True  # PiT adaLN chunk by chunk: less peak memory, same result
+
+    def check(self, device: torch.device) -> "Speed":
+        if self.weights not in WEIGHTS:
+            raise ConfigError("Unknown weight precision.", received=self.weights, expected=", ".join(WEIGHTS))
+        check_attention(self.attention)
+        if self.cuda_graphs and device.type != "cuda":
+            raise ConfigError("CUDA graphs need a CUDA device.", received=str(device),
+                              fix="drop cuda_graphs, or decode on device='cuda'")
+        if self.weights == "fp8":
+            from pid_sdk.runtime.fp8_linear import fp8_supported
+
+            ok, why = fp8_supported(device)
+            if not ok:
+                raise ConfigError("FP8 linear layers cannot run on this GPU.", received=why,
+                                  fix="use speed='fast' (bf16 weights) on this GPU")
+        return self
+
+
+SPEEDS = {
+    "reference": Speed(),
+    "bf16": Speed(weights="bf16"),
+    "fast": Speed(weights="bf16", compile=True, cuda_graphs=True),
+    "fp8": Speed(weights="fp8", compile=True, cuda_graphs=True),
+}
+
+
+def get_speed(speed: "Speed | str | None", device: torch.device) -> Speed:
+    if speed is None:
+        return Speed().check(device)
+    if isinstance(speed, Speed):
+        return speed.check(device)
+    if speed not in SPEEDS:
+        raise ConfigError("Unknown speed setting.", received=speed, expected=", ".join(SPEEDS),
+                          fix="pass one of these names, or a pid_sdk.Speed(...)")
+    chosen = SPEEDS[speed]
+    if device.type != "cuda":  # CUDA graphs are a CUDA feature; everything else of the setting still applies
+        chosen = replace(chosen, cuda_graphs=False)
+    return chosen.check(device)
+
+
+def prepare_model(model: nn.Module, speed: Speed, device: torch.device) -> nn.Module:
+    """Cast (before the move, so 1.3B fp32 parameters never sit on the GPU) and quantise the model for `speed`."""
+    dtype = torch.float32 if speed.weights == "fp32" else torch.bfloat16
+    model = model.to(dtype).to(device).eval()
+    model.set_split_modulation(speed.split_modulation)
+    if speed.weights == "fp8":
+        from pid_sdk.runtime.fp8_linear import quantize_linears
+
+        quantize_linears(model)
+    return model

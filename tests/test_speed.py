@@ -1,0 +1,119 @@
+"""The PyTorch backend's speed settings against the plain reference, on the CPU (CUDA-only ones in test_gpu.py)."""
+
+import pytest
+import torch
+
+from pid_sdk import Decoder, PiDError, Speed
+from pid_sdk.compare import run_parity
+from pid_sdk.config import PRESETS
+from pid_sdk.model import build_model, randomize
+from pid_sdk.runtime.attention import kernels_used
+from pid_sdk.runtime.fp8_linear import Fp8Linear, quantize_linears
+from pid_sdk.runtime.speed import get_speed
+
+from tests.test_model import latent_for
+
+PRESET = "tiny-pid-2kto4k-v1.5"  # PiT injection and per-token gates: every path the settings touch
+
+
+def decoder(speed=None, preset=PRESET):
+    return Decoder.load(preset=preset, seed=3, device="cpu", speed=speed)
+
+
+def latent(preset=PRESET, batch=1):
+    return latent_for(PRESETS[preset], (128, 128), batch=batch, seed=5)
+
+
+def test_split_modulation_equals_one_matmul():
+    cfg = PRESETS[PRESET]
+    model = randomize(build_model(cfg), 0).eval()
+    x, text, z = torch.randn(2, 3, 64, 96), torch.randn(2, 5, 32), latent_for(cfg, (64, 96))
+    args = (x, torch.tensor([0.3, 0.8]), text, z, torch.tensor([0.0, 0.4]))
+    with torch.no_grad():
+        plain = model(*args)
+        model.set_split_modulation(True)
+        split = model(*args)
+    assert torch.allclose(split, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_fp8_rows_equal_full_output():
+    layer = Fp8Linear(torch.nn.Linear(64, 96).bfloat16())
+    x = torch.randn(7, 64, dtype=torch.bfloat16)
+    rows = torch.tensor([3, 0, 95, 17])
+    assert torch.equal(layer.rows(x, rows), layer(x)[:, rows])
+
+
+def test_fp8_linear_close_to_bf16():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 128).bfloat16()
+    x = torch.randn(64, 256, dtype=torch.bfloat16)
+    ref, out = linear(x).double(), Fp8Linear(linear)(x).double()
+    assert out.dtype == torch.float64 and 0 < ((out - ref).norm() / ref.norm()).item() < 0.06  # E4M3: ~3% seen
+
+
+def test_quantize_linears_takes_block_linears_only():
+    model = randomize(build_model(PRESETS["tiny-pid-2k"]), 0)
+    n = quantize_linears(model)
+    fp8 = {name for name, m in model.named_modules() if isinstance(m, Fp8Linear)}
+    assert len(fp8) == n > 0
+    assert all(name.startswith(("patch_blocks.", "pixel_blocks.")) for name in fp8)
+    assert not any("adaLN_modulation_img" in name or "adaLN_modulation_txt" in name for name in fp8)
+    assert "pixel_blocks.0.adaLN_modulation.0" in fp8  # the largest matmul of the PiT block
+
+
+def test_attention_kernel_choice_and_report():
+    z = latent()
+    math_dec = decoder(Speed(attention="math"))
+    flash_dec = decoder()
+    assert "math (unfused)" in kernels_used(lambda: math_dec.decode(z, seed=0, steps=1))
+    assert "flash (CPU)" in kernels_used(lambda: flash_dec.decode(z, seed=0, steps=1))
+    report = run_parity(flash_dec, math_dec, z, precision="fp32")
+    assert report.passed, str(report)
+
+
+def test_bf16_weights_within_bf16_tolerance():
+    report = run_parity(decoder(), decoder("bf16"), latent(), precision="bf16")
+    assert report.passed, str(report)
+    assert report.image.max_abs > 0  # really another precision
+
+
+def test_fp8_linears_within_fp8_tolerance_of_bf16():
+    """The issue's parity check: FP8 layers against the bf16 model they were quantised from."""
+    report = run_parity(decoder("bf16"), decoder(Speed(weights="fp8")), latent(batch=2), precision="fp8")
+    assert report.passed, str(report)
+    assert report.image.max_abs > 0
+
+
+def test_offsets_are_held_in_the_feature_dtype():
+    dec = decoder("bf16")
+    backend = dec.runtime.backend(text=torch.zeros(1, 1, 32), latent=latent(), latent_sigma=torch.zeros(1),
+                                  height=128, width=128)
+    _, state, n_gates = backend._state
+    assert n_gates > 0 and all(t.dtype == torch.bfloat16 for t in state[1:])
+
+
+def test_geometry_is_built_once_per_size():
+    dec = decoder()
+    z = latent()
+    dec.decode(z, seed=0, steps=1)
+    first = dict(dec.runtime._geometry)
+    dec.decode(z, seed=1, steps=1)
+    assert dec.runtime._geometry == first and len(first) == 1
+
+
+def test_compiled_step_matches_eager():
+    report = run_parity(decoder(), decoder(Speed(compile=True)), latent(), precision="fp32")
+    assert report.passed, str(report)
+
+
+def test_settings_are_checked():
+    cpu = torch.device("cpu")
+    assert get_speed("fast", cpu) == Speed(weights="bf16", compile=True)  # no CUDA graphs without CUDA
+    with pytest.raises(PiDError, match="CUDA graphs need a CUDA device"):
+        get_speed(Speed(cuda_graphs=True), cpu)
+    with pytest.raises(PiDError, match="Unknown speed setting"):
+        get_speed("warp", cpu)
+    with pytest.raises(PiDError, match="Unknown attention kernel"):
+        get_speed(Speed(attention="sparse"), cpu)
+    with pytest.raises(PiDError, match="fp32 precision needs fp32 weights"):
+        Decoder.load(preset="tiny", device="cpu", precision="fp32", speed="bf16")
