@@ -1,10 +1,14 @@
-"""Decode latency and peak memory of the PyTorch backend (`Decoder`, 4 steps, batch 1).
+"""Decode latency, peak memory and achieved TFLOP/s of the PyTorch backend, per speed setting and image size.
 
-    python bench/latency.py                      # pid-2k, 1024 and 2048 px, on the GPU
-    python bench/latency.py --tiny               # the same harness on the CPU at test size
-    python bench/latency.py --json out.json --markdown out.md
+    python bench/latency.py                  # pid-2k (1.36B, bf16, seeded random weights) on the GPU, all modes
+    python bench/latency.py --tiny           # the same harness on the CPU at test size
+    python bench/latency.py --modes fast --sizes 2048 --json out.json --markdown out.md
 
-Weights are random (timing does not depend on their values), built directly on the device.
+Modes: reference (the Decoder default: fp32 weights under bf16 autocast), eager (bf16 weights), compile
+(bf16 + torch.compile), fast (bf16 + torch.compile + CUDA graphs), fast-cudnn (fast with the cuDNN attention kernel)
+and fp8 (fast with FP8 linear layers, compute capability 8.9+). Each (mode, size) is timed over `--runs` decodes after
+warm-up with CUDA events, as a user calls `Decoder.decode` (latent in host memory, image back to host memory, 4
+steps, batch 1). `--budget-s` skips what would not finish in time (a 4096x4096 decode in eager mode takes seconds).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -25,36 +30,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pid_sdk.checkpoints import LoadedModel  # noqa: E402
 from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.decoder import Decoder  # noqa: E402
+from pid_sdk.flops import decode_flops  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
-from pid_sdk.model import build_model  # noqa: E402
+from pid_sdk.model import build_model, randomize  # noqa: E402
+from pid_sdk.runtime.attention import kernels_used  # noqa: E402
+from pid_sdk.runtime.speed import Speed  # noqa: E402
+
+MODES = {
+    "reference": Speed(),
+    "eager": Speed(weights="bf16"),
+    "compile": Speed(weights="bf16", compile=True),
+    "fast": Speed(weights="bf16", compile=True, cuda_graphs=True),
+    "fast-cudnn": Speed(weights="bf16", compile=True, cuda_graphs=True, attention="cudnn"),
+    "fp8": Speed(weights="fp8", compile=True, cuda_graphs=True),
+}
+PAPER = {1024: (88.4, 10.9), 2048: (446.0, 13.0), 4096: (3754.6, 22.5)}  # Table 3: H100, torch.compile; ms, GB
+TARGET_MS = {1024: 60.0, 2048: 300.0}  # issue 5, H100 bf16 (FP8: 2048 <= 220 ms)
+LARGE = 4096  # only the fast modes run at this size by default: eager would take a minute for its runs alone
 
 
-def build_decoder(preset: str, device: str, weights: str = "fp32", compile_: bool = False) -> Decoder:
-    """The decoder as users get it (fp32 weights under bf16 autocast on CUDA), or with bf16 weights and/or the
-    step network compiled: speed variants measured beside the baseline."""
+def build_decoder(preset: str, device: str, speed: Speed, seed: int = 0) -> Decoder:
+    """Seeded random weights, cast to the mode's precision on the host, then moved once."""
     cfg = get_preset(preset)
-    with torch.device(device):
-        model = build_model(cfg)
-    dec = Decoder.from_model(LoadedModel(model, cfg, "random", f"preset:{preset} (random init)", []), device=device)
-    if weights == "bf16":
-        if device != "cuda":
-            raise SystemExit("--weights bf16 needs CUDA (the CPU path runs fp32 without autocast)")
-        dec.runtime.model.to(torch.bfloat16)
-    if compile_:
-        dec.runtime.model.denoise = torch.compile(dec.runtime.model.denoise)
-    return dec
+    model = randomize(build_model(cfg), seed)
+    loaded = LoadedModel(model, cfg, "random", f"preset:{preset} (seeded random weights, seed {seed})", [])
+    return Decoder.from_model(loaded, device=device, speed=speed)
 
 
-def time_decode(dec: Decoder, side: int, runs: int, warmup: int) -> dict:
+def latent_for(dec: Decoder, side: int) -> torch.Tensor:
     space = get_latent_space(dec.latent_space)
     h = side // (space.factor * dec.config.adapter.sr_scale)
-    z = torch.randn(1, space.channels, h, h)
+    return torch.randn(1, space.channels, h, h, generator=torch.Generator().manual_seed(0))
+
+
+def time_decodes(dec: Decoder, z: torch.Tensor, runs: int) -> list[float]:
     cuda = dec.device.type == "cuda"
-    for _ in range(warmup):
-        dec.decode(z, seed=0)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(runs):
         if cuda:
@@ -68,13 +78,95 @@ def time_decode(dec: Decoder, side: int, runs: int, warmup: int) -> dict:
             t0 = time.perf_counter()
             dec.decode(z, seed=0)
             times.append(1000 * (time.perf_counter() - t0))
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    return {"size": side, "median_ms": statistics.median(times), "min_ms": min(times), "runs": runs,
-            "peak_gib": peak}
+    return times
+
+
+def measure(dec: Decoder, side: int, runs: int, warmup: int) -> dict:
+    z = latent_for(dec, side)
+    cuda = dec.device.type == "cuda"
+    t0 = time.perf_counter()
+    for _ in range(warmup):  # compiles and captures at the first decode of a size
+        dec.decode(z, seed=0)
+    warm_s = time.perf_counter() - t0
+    kernels = kernels_used(lambda: dec.decode(z, seed=0))
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = time_decodes(dec, z, runs)
+    flops = decode_flops(dec.config, side, side).per_decode  # no prompt: the zero caption, all text positions
+    median = statistics.median(times)
+    return {"size": side, "median_ms": median, "min_ms": min(times), "max_ms": max(times), "runs": runs,
+            "warmup_s": warm_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "tflop": flops / 1e12, "tflops_per_s": flops / (median / 1000) / 1e12,
+            "attention": ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items())) or "none seen"}
+
+
+def run(args) -> tuple[dict, list[dict]]:
+    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    preset = args.preset or ("tiny" if args.tiny else "pid-2k")
+    sizes = args.sizes or ([128, 256] if args.tiny else [1024, 2048, 4096])
+    modes = args.modes or (["reference", "eager", "compile", "fp8"] if device == "cpu" else
+                           ["eager", "compile", "fast", "fast-cudnn", "fp8"])
+    deadline = time.perf_counter() + args.budget_s
+    rows = []
+    for mode in modes:
+        speed, note = speed_for(mode, device)
+        if speed is None:
+            rows.append({"mode": mode, "skipped": note})
+            continue
+        label = f"{mode} ({note})" if note else mode
+        dec = build_decoder(preset, device, speed)
+        for side in sizes:
+            if side >= LARGE and mode not in ("fast", "fast-cudnn", "fp8") and not args.all_sizes:
+                rows.append({"mode": label, "size": side, "skipped": "large sizes only in the fast modes"})
+            elif time.perf_counter() > deadline:
+                rows.append({"mode": label, "size": side, "skipped": f"time budget ({args.budget_s:.0f} s) spent"})
+            else:
+                rows.append({"mode": label, **measure(dec, side, args.runs, args.warmup)})
+                print(format_row(rows[-1]), flush=True)
+        del dec
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    meta = {"preset": preset, "device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
+            "steps": 4, "batch": 1, "runs": args.runs, "warmup": args.warmup}
+    return meta, rows
+
+
+def speed_for(mode: str, device: str) -> tuple[Speed | None, str]:
+    """The mode's setting here, or None and the reason it cannot run. On the CPU the CUDA-only parts are dropped."""
+    speed = MODES[mode]
+    if device != "cuda":
+        if speed.attention == "cudnn":
+            return None, "cuDNN attention needs CUDA"
+        if mode == "fast":
+            return None, "on the CPU the same as compile (CUDA graphs need CUDA)"
+        return replace(speed, cuda_graphs=False), "no CUDA graphs on the CPU" if speed.cuda_graphs else ""
+    if speed.weights == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        return None, "FP8 needs compute capability 8.9+"
+    return speed, ""
 
 
 def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
+
+
+def format_row(r: dict) -> str:
+    if "skipped" in r:
+        return f"| {r['mode']} | {r.get('size', 'all')} | skipped: {r['skipped']} | | | | | |"
+    size = r["size"]
+    peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
+    paper = f"{PAPER[size][0]} ms, {PAPER[size][1]} GB" if size in PAPER else ""
+    target = f"<= {TARGET_MS[size]:.0f} ms" if size in TARGET_MS else ""
+    return (f"| {r['mode']} | {size}x{size} | {r['median_ms']:.1f} | {peak} | {r['tflops_per_s']:.3g} | "
+            f"{r['attention']} | {paper} | {target} |")
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    head = (f"{meta['preset']}, {meta['steps']} steps, batch 1, {meta['device']}, torch {meta['torch']}, "
+            f"{meta['date']}; median of {meta['runs']} decodes after {meta['warmup']} warm-up")
+    table = ["| mode | output | median ms | peak GiB | TFLOP/s | attention kernel | paper (H100) | target (H100) |",
+             "|---|---|---|---|---|---|---|---|"]
+    return head + "\n\n" + "\n".join(table + [format_row(r) for r in rows]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,32 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny preset on the CPU (checks the harness)")
     p.add_argument("--preset", default=None)
     p.add_argument("--sizes", type=int, nargs="+", default=None)
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=None)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--weights", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--compile", action="store_true", help="torch.compile the per-step network")
+    p.add_argument("--budget-s", type=float, default=420, help="stop starting new measurements after this")
+    p.add_argument("--all-sizes", action="store_true", help="run the large size in every mode")
     p.add_argument("--json")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
-    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    preset = args.preset or ("tiny" if args.tiny else "pid-2k")
-    sizes = args.sizes or ([128, 256] if args.tiny else [1024, 2048])
-    dec = build_decoder(preset, device, args.weights, args.compile)
-    rows = [time_decode(dec, s, args.runs, args.warmup) for s in sizes]
-    meta = {"preset": preset, "device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
-            "precision": f"{dec.precision} autocast, {args.weights} weights", "steps": 4, "batch": 1,
-            "mode": "compiled" if args.compile else "eager"}
-    table = ["| output | median ms | min ms | peak GiB |", "|---|---|---|---|"]
-    for r in rows:
-        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
-        table.append(f"| {r['size']}x{r['size']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {peak} |")
-    header = (f"{meta['preset']}, {meta['precision']} ({meta['mode']}), {meta['steps']} steps, batch 1, "
-              f"{meta['device']}, torch {meta['torch']}, {meta['date']}")
-    print(header + "\n" + "\n".join(table))
+    meta, rows = run(args)
+    text = markdown(meta, rows)
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     if args.markdown:
-        Path(args.markdown).write_text(header + "\n\n" + "\n".join(table) + "\n")
+        Path(args.markdown).write_text(text)
     return 0
 
 

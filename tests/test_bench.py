@@ -1,0 +1,43 @@
+"""The latency harness at test size on the CPU: the same code the GPU run uses (bench/latency.py --tiny)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from pid_sdk.config import PRESETS
+from pid_sdk.flops import decode_flops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("latency", ROOT / "bench" / "latency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_harness_writes_json_and_markdown(tmp_path):
+    bench = load_bench()
+    out_json, out_md = tmp_path / "lat.json", tmp_path / "lat.md"
+    assert bench.main(["--tiny", "--modes", "reference", "fp8", "fast-cudnn", "--sizes", "64", "--runs", "2",
+                       "--warmup", "1", "--json", str(out_json), "--markdown", str(out_md)]) == 0
+    result = json.loads(out_json.read_text())
+    measured = [r for r in result["rows"] if "median_ms" in r]
+    assert [r["mode"] for r in measured] == ["reference", "fp8 (no CUDA graphs on the CPU)"]
+    flops = decode_flops(PRESETS["tiny"], 64, 64).per_decode
+    for row in measured:
+        assert row["runs"] == 2 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert abs(row["tflops_per_s"] - flops / (row["median_ms"] / 1000) / 1e12) < 1e-9
+        assert row["attention"] == "flash (CPU) x16"  # 3 MM-DiT + 1 PiT attention, 4 steps
+    assert {"mode": "fast-cudnn", "skipped": "cuDNN attention needs CUDA"} in result["rows"]
+    assert "| reference | 64x64 |" in out_md.read_text()
+
+
+def test_budget_skips_what_would_not_finish(tmp_path):
+    bench = load_bench()
+    out = tmp_path / "lat.json"
+    bench.main(["--tiny", "--modes", "reference", "--sizes", "64", "128", "--runs", "1", "--warmup", "0",
+                "--budget-s", "0", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r.get("skipped", "").startswith("time budget") for r in rows] == [True, True]
