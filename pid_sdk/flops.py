@@ -70,9 +70,8 @@ def _backbone_step(count: FlopCount, cfg: PiDConfig, height: int, width: int, ba
         count.add(step, "MM-DiT adaLN", 2 * linear(batch, d, 6 * d))
         count.add(step, "MM-DiT qkv", linear(rows_img + rows_txt, d, 3 * d))
         count.add(step, "MM-DiT attention", attention(batch, n_img + n_txt, n_img + n_txt, d))
-        count.add(step, "MM-DiT proj + SwiGLU", linear(rows_img, d, d) + 3 * linear(rows_img, d, b.swiglu_hidden_size))
-        if text_out:
-            count.add(step, "MM-DiT proj + SwiGLU", linear(rows_txt, d, d) + 3 * linear(rows_txt, d, b.swiglu_hidden_size))
+        mlp_rows = rows_img + (rows_txt if text_out else 0)  # the last block's text stream stops after attention
+        count.add(step, "MM-DiT proj + SwiGLU", linear(mlp_rows, d, d) + 3 * linear(mlp_rows, d, b.swiglu_hidden_size))
     ppc, cp, a = b.pixels_per_patch, b.pixel_hidden_size, b.pixel_attn_hidden_size
     step["pixel embedder"] = linear(batch * pixels, b.in_channels, cp)
     for _ in range(b.pixel_depth):
