@@ -40,7 +40,9 @@ class TorchRuntime:
         """Autocast and the chosen attention kernel, around every network call."""
         stack = contextlib.ExitStack()
         if self.precision == "bf16":
-            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+            # autocast's cache of cast weights must not outlive a CUDA-graph capture that allocated it
+            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                               cache_enabled=not self.speed.cuda_graphs))
         stack.enter_context(attention_context(self.speed.attention))
         return stack
 
