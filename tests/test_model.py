@@ -161,7 +161,8 @@ def test_pit_flatten_order_is_pixel_major_channel_fastest():
         model.pixel_embedder.proj.weight[0, 0] = 1.0
         model.pixel_embedder.proj.bias.zero_()
         geo = model.geometry(16, 16, 1, "cpu")
-        geo.pixel_pos.zero_()
+        geo.pixel_pos_x.zero_()
+        geo.pixel_pos_y.zero_()
         pixels = model.embed_pixels(x, geo)  # [1, 256, Cp]
     flat = pixels.reshape(1, -1)  # what compress_to_attn sees
     c = cfg.backbone.pixel_hidden_size

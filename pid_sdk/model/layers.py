@@ -111,8 +111,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, compute_dtype: torch.dtype | None
     return out.transpose(1, 2).flatten(2)  # [B, N, heads*Dh]
 
 
-def pixel_sincos(height: int, width: int, dim: int) -> Tensor:
-    """Absolute pixel position table [H, W, dim] in float64: x (column) first, then y; sin then cos per half."""
+def pixel_sincos_axes(height: int, width: int, dim: int) -> tuple[Tensor, Tensor]:
+    """The absolute pixel position table by axis, float64: x (columns) [W, dim/2] and y (rows) [H, dim/2]."""
     quarter = dim // 4
     omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
 
@@ -120,6 +120,17 @@ def pixel_sincos(height: int, width: int, dim: int) -> Tensor:
         angles = torch.outer(pos, omega)  # [n, dim/4]
         return torch.cat([angles.sin(), angles.cos()], dim=-1)  # [n, dim/2]
 
-    ex = encode(torch.arange(width, dtype=torch.float64))[None].expand(height, -1, -1)  # [H, W, dim/2]
-    ey = encode(torch.arange(height, dtype=torch.float64))[:, None].expand(-1, width, -1)  # [H, W, dim/2]
-    return torch.cat([ex, ey], dim=-1)  # [H, W, dim]
+    return encode(torch.arange(width, dtype=torch.float64)), encode(torch.arange(height, dtype=torch.float64))
+
+
+def sincos_grid(x_table: Tensor, y_table: Tensor) -> Tensor:
+    """[W, d/2] and [H, d/2] -> [H, W, d]: x first, then y (the per-pixel table, built where it is used)."""
+    height, width = y_table.shape[0], x_table.shape[0]
+    ex = x_table[None].expand(height, -1, -1)  # [H, W, d/2]
+    ey = y_table[:, None].expand(-1, width, -1)  # [H, W, d/2]
+    return torch.cat([ex, ey], dim=-1)  # [H, W, d]
+
+
+def pixel_sincos(height: int, width: int, dim: int) -> Tensor:
+    """Absolute pixel position table [H, W, dim] in float64: x (column) first, then y; sin then cos per half."""
+    return sincos_grid(*pixel_sincos_axes(height, width, dim))

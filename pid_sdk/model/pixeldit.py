@@ -20,7 +20,8 @@ from pid_sdk.model.layers import (
     adaln,
     attention,
     modulate,
-    pixel_sincos,
+    pixel_sincos_axes,
+    sincos_grid,
 )
 from pid_sdk.model.rope import apply_rope, rope_1d_angles, rope_2d_angles, rotation
 
@@ -36,7 +37,8 @@ class Geometry:
     image_rope: Rope  # patch attention, [L, head_dim/2]
     text_rope: Rope  # [Ltxt, head_dim/2]
     pixel_rope: Rope  # PiT attention over patches, [L, pixel_head_dim/2]
-    pixel_pos: Tensor  # [H, W, pixel_hidden] in float64
+    pixel_pos_x: Tensor  # [W, pixel_hidden/2] in float64; the [H, W, pixel_hidden] table is built per step
+    pixel_pos_y: Tensor  # [H, pixel_hidden/2]
     patch: int
 
     @property
@@ -225,8 +227,8 @@ class PixelDiT(nn.Module):
             return rotation(angles, device)
 
         text = rotation(rope_1d_angles(cfg.head_dim, text_len, theta=cfg.text_rope_theta), device)
-        pos = pixel_sincos(height, width, cfg.pixel_hidden_size).to(device)
-        return Geometry(height, width, grid_rope(cfg.head_dim), text, grid_rope(cfg.pixel_head_dim), pos,
+        pos_x, pos_y = (t.to(device) for t in pixel_sincos_axes(height, width, cfg.pixel_hidden_size))
+        return Geometry(height, width, grid_rope(cfg.head_dim), text, grid_rope(cfg.pixel_head_dim), pos_x, pos_y,
                         cfg.patch_size)
 
     def embed_text(self, text: Tensor) -> Tensor:
@@ -264,7 +266,8 @@ class PixelDiT(nn.Module):
         b, _, h, w = x.shape
         p, gh, gw = self.cfg.patch_size, h // self.cfg.patch_size, w // self.cfg.patch_size
         e = self.pixel_embedder(x.permute(0, 2, 3, 1))  # [B, H, W, Cp]
-        e = e + geo.pixel_pos.to(x.dtype)  # the official code casts the table to the image dtype
+        # the official code casts the table to the image dtype; casting the axis tables first is the same
+        e = e + sincos_grid(geo.pixel_pos_x.to(x.dtype), geo.pixel_pos_y.to(x.dtype))  # [B, H, W, Cp]
         e = e.view(b, gh, p, gw, p, -1).permute(0, 1, 3, 2, 4, 5)  # [B, gh, gw, p, p, Cp]
         return e.reshape(b * gh * gw, p * p, -1)  # [B*L, p*p, Cp], in-patch index = row*p + col
 
