@@ -2,8 +2,9 @@
 
     python bench/quality.py --model build/demo --out docs/quality
 
-For each image: a 512x512 centre crop is the reference; its 4x smaller version is encoded with taef1 into a
-16x16x16 FLUX.1 latent. Reported: PSNR and SSIM against the reference, PIQE (no-reference, lower is better, from
+For each image the reference is a square centre crop at the image's own resolution (the largest multiple of 32
+that fits, at most 512: an upscaled reference would be blurred and favour the interpolating baselines); its 4x
+smaller version is encoded with taef1 into a FLUX.1 latent (16x16x16 for 512). Reported: PSNR and SSIM against the reference, PIQE (no-reference, lower is better, from
 `pypiqe`), and decodes of partially denoised latents (latent_sigma 0, 0.2, 0.4). Writes quality.md and a picture.
 """
 
@@ -26,9 +27,11 @@ import pid_sdk  # noqa: E402
 from pid_sdk.checkpoints import LoadedModel, load_state_dict_strict  # noqa: E402
 from pid_sdk.config import PiDConfig  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import centre_crop, downsample, package_images, to_tensor  # noqa: E402
+from training.data import centre_crop, downsample, named_image, to_tensor  # noqa: E402
 
 TAE = ROOT.parent / "shared" / "data" / "tae"
+# Real photographs outside the demo's training pool: chelsea (held out on purpose), grey or small ones the pool skips
+HELD_OUT = ("skimage.chelsea", "opencv-doc.messi5", "opencv-doc.butterfly", "skimage.camera")
 
 
 def load_decoder(path: str) -> pid_sdk.Decoder:
@@ -56,41 +59,54 @@ def metrics(img: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     return out
 
 
-def main() -> int:
+def _tile_row(tiles: list[np.ndarray], side: int = 512) -> np.ndarray:
+    """Tiles of one image side by side, each centred on a white side x side square (pixels stay 1:1)."""
+    padded = []
+    for t in tiles:
+        canvas = np.full((side, side, 3), 255, np.uint8)
+        top, left = (side - t.shape[0]) // 2, (side - t.shape[1]) // 2
+        canvas[top:top + t.shape[0], left:left + t.shape[1]] = t
+        padded.append(canvas)
+    return np.concatenate(padded, axis=1)
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
-    p.add_argument("--images", nargs="+", default=["skimage.chelsea"])
+    p.add_argument("--images", nargs="+", default=list(HELD_OUT))
     p.add_argument("--out", default="docs/quality")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--held-out", nargs="*", default=["skimage.chelsea"], help="images the model never saw")
-    args = p.parse_args()
+    p.add_argument("--size", type=int, default=0, help="reference side (default: native, see above)")
+    p.add_argument("--held-out", nargs="*", default=list(HELD_OUT), help="images the model never saw")
+    args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dec = load_decoder(args.model)
     tae = TinyAutoencoder(TAE, "taef1")
-    pool = package_images()
     rows, tiles = [], []
     for name in args.images:
-        hr = centre_crop(to_tensor(pool[name]), args.size, args.size)[None]
+        img = named_image(name)
+        side = args.size or min(512, min(img.shape[:2]) // 32 * 32)
+        hr = centre_crop(to_tensor(img), side, side)[None]
         ref = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         latent = tae.encode(downsample(hr, 4))
         small = Image.fromarray((tae.decode(latent)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-        candidates = {"taef1 + bicubic x4": np.asarray(small.resize((args.size,) * 2, Image.BICUBIC)),
-                      "taef1 + Lanczos x4": np.asarray(small.resize((args.size,) * 2, Image.LANCZOS))}
+        candidates = {"taef1 + bicubic x4": np.asarray(small.resize((side, side), Image.BICUBIC)),
+                      "taef1 + Lanczos x4": np.asarray(small.resize((side, side), Image.LANCZOS))}
         gen = torch.Generator().manual_seed(0)
         for s in (0.0, 0.2, 0.4):
             noisy = (1 - s) * latent + s * torch.randn(latent.shape, generator=gen)
             candidates[f"PiD demo, latent_sigma {s}"] = dec.decode(noisy, latent_space="flux1", latent_sigma=s,
                                                                    seed=0, output="numpy")[0]
-        for label, img in candidates.items():
-            rows.append({"image": name + ("" if name in args.held_out else " (in training)"), "method": label,
-                         **metrics(img, ref)})
-        tiles.append(np.concatenate([ref, *candidates.values()], axis=1))
+        for label, decoded in candidates.items():
+            rows.append({"image": name + ("" if name in args.held_out else " (in training)"), "size": side,
+                         "method": label, **metrics(decoded, ref)})
+        tiles.append(_tile_row([ref, *candidates.values()]))
     Image.fromarray(np.concatenate(tiles, axis=0)).save(out / "comparison.png")
     lines = [f"Model: `{args.model}` ({dec.config.name}); {date.today()}; CPU; 4 steps, seed 0.",
              "Columns of comparison.png: reference crop, " + ", ".join(candidates), "",
-             "| image | method | PSNR dB | SSIM | PIQE (lower better) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['image']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['piqe']:.1f} |" for r in rows]
+             "| image | size | method | PSNR dB | SSIM | PIQE (lower better) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['image']} | {r['size']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['piqe']:.1f} |"
+              for r in rows]
     (out / "quality.md").write_text("\n".join(lines) + "\n")
     (out / "quality.json").write_text(json.dumps(rows, indent=2))
     print("\n".join(lines))

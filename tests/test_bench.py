@@ -10,8 +10,8 @@ from pid_sdk.flops import decode_flops
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("latency", ROOT / "bench" / "latency.py")
+def load_bench(name="latency"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -41,3 +41,22 @@ def test_budget_skips_what_would_not_finish(tmp_path):
                 "--budget-s", "0", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
     assert [r.get("skipped", "").startswith("time budget") for r in rows] == [True, True]
+
+
+def test_quality_report_at_native_resolution(tmp_path, tae_dir):
+    """bench/quality.py on a seeded random tiny model: one held-out image at its own resolution (chelsea is
+    451x300, so a 288x288 reference, never an upscaled one), the two baselines and three latent_sigma decodes."""
+    from pid_sdk import save_artefact
+    from pid_sdk.model import build_model, randomize
+
+    cfg = PRESETS["tiny"]
+    save_artefact(randomize(build_model(cfg), 0), cfg, tmp_path / "model", latent_space="flux1")
+    quality = load_bench("quality")
+    assert quality.main(["--model", str(tmp_path / "model"), "--images", "skimage.chelsea", "--out",
+                         str(tmp_path / "q")]) == 0
+    rows = json.loads((tmp_path / "q" / "quality.json").read_text())
+    assert [r["size"] for r in rows] == [288] * 5
+    assert [r["method"] for r in rows][:2] == ["taef1 + bicubic x4", "taef1 + Lanczos x4"]
+    bicubic, random_model = rows[0], rows[2]
+    assert bicubic["psnr"] > 20 > random_model["psnr"]  # the metric tells a real decode from noise
+    assert (tmp_path / "q" / "comparison.png").stat().st_size > 0

@@ -70,6 +70,26 @@ def opencv_doc_images(min_side: int = 384) -> dict[str, np.ndarray]:
     return out
 
 
+def named_image(name: str) -> np.ndarray:
+    """Any package image by name as RGB: the training pool's, any `skimage.<name>` of skimage.data (grey ones
+    made RGB), or any `opencv-doc.<stem>` file, including those the pool leaves out (small or grey)."""
+    pool = package_images()
+    if name in pool:
+        return pool[name]
+    source, _, stem = name.partition(".")
+    if source == "skimage":
+        from skimage import data
+
+        if hasattr(data, stem):
+            return np.asarray(Image.fromarray(np.asarray(getattr(data, stem)())).convert("RGB"))
+    if source == "opencv-doc":
+        for path in OPENCV_DOC.glob(f"{stem}.*"):
+            return np.asarray(Image.open(path).convert("RGB"))
+    raise InputError(f"No package image named {name}.", received=name,
+                     expected="skimage.<name>, sklearn.<i>, matplotlib.grace_hopper or opencv-doc.<stem>",
+                     fix="see training/data.py for where each source comes from")
+
+
 def to_tensor(img: np.ndarray) -> Tensor:
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255  # [3, H, W] in [0, 1]
 
