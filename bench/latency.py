@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=None)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--budget-s", type=float, default=420, help="stop starting new measurements after this")
+    p.add_argument("--budget-s", type=float, default=360, help="no new measurement starts after this (8 min in all)")
     p.add_argument("--all-sizes", action="store_true", help="run the large size in every mode")
     p.add_argument("--json")
     p.add_argument("--markdown")
