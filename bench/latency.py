@@ -122,8 +122,9 @@ def run(args) -> tuple[dict, list[dict]]:
     rows = []
     for mode in modes:
         speed, note = speed_for(mode, device)
-        if speed is None:
-            rows.append({"mode": mode, "skipped": note})
+        if speed is None or time.perf_counter() > deadline:  # do not build a 1.3B model for nothing
+            why = note if speed is None else f"time budget ({args.budget_s:.0f} s) spent"
+            rows.append({"mode": mode, "skipped": why})
             continue
         label = f"{mode} ({note})" if note else mode
         dec = build_decoder(preset, device, speed)
