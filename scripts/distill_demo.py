@@ -46,6 +46,7 @@ def main() -> int:
     p.add_argument("--fake-updates", type=int, default=5)
     p.add_argument("--save-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="stop after this many steps even with time left")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     teacher_dir = Path(args.teacher)
@@ -61,7 +62,7 @@ def main() -> int:
     out = Path(args.out)
     t0, deadline, logs, step = time.perf_counter(), time.perf_counter() + 60 * args.minutes, [], 0
     source = f"scripts/distill_demo.py {' '.join(sys.argv[1:])}"
-    while time.perf_counter() < deadline:
+    while time.perf_counter() < deadline and (args.steps is None or step < args.steps):
         logs.append(dmd.step(sampler.batch_of_pixels(args.batch * 256 * 256), space))
         step += 1
         if step % 10 == 0:

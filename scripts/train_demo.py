@@ -40,6 +40,7 @@ def main() -> int:
     p.add_argument("--shift", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--until-step", type=int, default=None, help="stop at this step count even with time left")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     cfg = get_preset("demo-flux1")
@@ -58,7 +59,7 @@ def main() -> int:
     (out / "data.json").write_text(json.dumps({"images": sorted(images), "held_out": HELD_OUT,
                                                "command": " ".join(sys.argv)}, indent=2))
     t0, deadline, losses = time.perf_counter(), time.perf_counter() + 60 * args.minutes, []
-    while time.perf_counter() < deadline:
+    while time.perf_counter() < deadline and (args.until_step is None or trainer.step_count < args.until_step):
         losses.append(trainer.step(sampler.batch_of_pixels(args.batch * 512 * 512)))
         if trainer.step_count % 50 == 0:
             print(f"step {trainer.step_count} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
