@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"image": name + ("" if name in args.held_out else " (in training)"), "size": side,
                          "method": label, **metrics(decoded, ref)})
         tiles.append(_tile_row([ref, *candidates.values()]))
-    Image.fromarray(np.concatenate(tiles, axis=0)).save(out / "comparison.png")
+    Image.fromarray(np.concatenate(tiles, axis=0)).save(out / "comparison.jpg", quality=92)  # a PNG is ~12 MB
     lines = [f"Model: `{args.model}` ({dec.config.name}); {date.today()}; CPU; 4 steps, seed 0.",
-             "Columns of comparison.png: reference crop, " + ", ".join(candidates), "",
+             "Columns of comparison.jpg: reference crop, " + ", ".join(candidates), "",
              "| image | size | method | PSNR dB | SSIM | PIQE (lower better) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['image']} | {r['size']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['piqe']:.1f} |"
               for r in rows]

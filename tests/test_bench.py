@@ -59,4 +59,4 @@ def test_quality_report_at_native_resolution(tmp_path, tae_dir):
     assert [r["method"] for r in rows][:2] == ["taef1 + bicubic x4", "taef1 + Lanczos x4"]
     bicubic, random_model = rows[0], rows[2]
     assert bicubic["psnr"] > 20 > random_model["psnr"]  # the metric tells a real decode from noise
-    assert (tmp_path / "q" / "comparison.png").stat().st_size > 0
+    assert (tmp_path / "q" / "comparison.jpg").stat().st_size > 0
