@@ -27,11 +27,11 @@ import pid_sdk  # noqa: E402
 from pid_sdk.checkpoints import LoadedModel, load_state_dict_strict  # noqa: E402
 from pid_sdk.config import PiDConfig  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import centre_crop, downsample, named_image, to_tensor  # noqa: E402
+from training.data import DEMO_HELD_OUT, centre_crop, downsample, named_image, to_tensor  # noqa: E402
 
 TAE = ROOT.parent / "shared" / "data" / "tae"
 # Real photographs outside the demo's training pool: chelsea (held out on purpose), grey or small ones the pool skips
-HELD_OUT = ("skimage.chelsea", "opencv-doc.messi5", "opencv-doc.butterfly", "skimage.camera")
+HELD_OUT = DEMO_HELD_OUT + ("opencv-doc.messi5", "opencv-doc.butterfly", "skimage.camera")
 
 
 def load_decoder(path: str) -> pid_sdk.Decoder:

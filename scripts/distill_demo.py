@@ -27,11 +27,8 @@ from pid_sdk.checkpoints import load_state_dict_strict, save_artefact  # noqa: E
 from pid_sdk.config import PiDConfig  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import PairSampler, package_images  # noqa: E402
+from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.distill import DMD2, DistillConfig  # noqa: E402
-
-HELD_OUT = ("skimage.chelsea",)
-
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -56,7 +53,7 @@ def main() -> int:
                                               lr_student=args.lr_student, lr_fake=args.lr_fake,
                                               fake_updates=args.fake_updates))
     tae = TinyAutoencoder(ROOT.parent / "shared" / "data" / "tae", "taef1")
-    sampler = PairSampler(list(package_images(exclude=HELD_OUT).values()), tae.encode,
+    sampler = PairSampler(list(package_images(exclude=DEMO_HELD_OUT).values()), tae.encode,
                           buckets=[(s, s) for s in args.sizes], seed=args.seed)
     space = get_latent_space("flux1")
     out = Path(args.out)

@@ -24,11 +24,8 @@ from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import PairSampler, package_images  # noqa: E402
+from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
-
-HELD_OUT = ("skimage.chelsea",)
-
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -47,7 +44,7 @@ def main() -> int:
     model = build_model(cfg)
     model.init_weights()
     tae = TinyAutoencoder(ROOT.parent / "shared" / "data" / "tae", "taef1")
-    images = package_images(exclude=HELD_OUT)
+    images = package_images(exclude=DEMO_HELD_OUT)
     sampler = PairSampler(list(images.values()), tae.encode, buckets=[(s, s) for s in args.sizes], seed=args.seed)
     trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, shift=args.shift, ema_decay=0.995,
@@ -56,7 +53,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         trainer.resume(out)
-    (out / "data.json").write_text(json.dumps({"images": sorted(images), "held_out": HELD_OUT,
+    (out / "data.json").write_text(json.dumps({"images": sorted(images), "held_out": DEMO_HELD_OUT,
                                                "command": " ".join(sys.argv)}, indent=2))
     t0, deadline, losses = time.perf_counter(), time.perf_counter() + 60 * args.minutes, []
     while time.perf_counter() < deadline and (args.until_step is None or trainer.step_count < args.until_step):

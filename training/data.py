@@ -18,6 +18,7 @@ from torch import Tensor
 from pid_sdk.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+DEMO_HELD_OUT = ("skimage.chelsea",)  # the source of the bundled sample latent: never trained on
 
 
 def load_folder(folder: str | Path) -> list[np.ndarray]:
