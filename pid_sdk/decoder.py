@@ -74,6 +74,12 @@ class Decoder:
         if path is not None and is_engine_dir(path):
             from pid_sdk.runtime.engine_set import open_engine_set
 
+            if speed is not None:
+                raise ConfigError("speed= sets up the PyTorch backend over a checkpoint, not an engine folder.",
+                                  received=f"speed={speed!r} with {path}",
+                                  fix="drop speed= (engines fix their precision at build time), or load the "
+                                      "checkpoint itself")
+
             manifest, runtime = open_engine_set(path, backend, device_info, providers)
             return cls(manifest.config, runtime, text_encoder=text_encoder, source=str(path))
         if backend not in ("auto", "pytorch"):

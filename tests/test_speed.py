@@ -117,3 +117,12 @@ def test_settings_are_checked():
         get_speed(Speed(attention="sparse"), cpu)
     with pytest.raises(PiDError, match="fp32 precision needs fp32 weights"):
         Decoder.load(preset="tiny", device="cpu", precision="fp32", speed="bf16")
+
+
+def test_speed_is_refused_for_an_engine_folder(tmp_path):
+    from pid_sdk.runtime.manifest import is_engine_dir
+
+    (tmp_path / "manifest.json").write_text('{"format": "pid-sdk-engines"}')
+    assert is_engine_dir(tmp_path)
+    with pytest.raises(PiDError, match="not an engine folder"):
+        Decoder.load(tmp_path, speed="fast")
