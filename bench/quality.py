@@ -4,8 +4,9 @@
 
 For each image the reference is a square centre crop at the image's own resolution (the largest multiple of 32
 that fits, at most 512: an upscaled reference would be blurred and favour the interpolating baselines); its 4x
-smaller version is encoded with taef1 into a FLUX.1 latent (16x16x16 for 512). Reported: PSNR and SSIM against the reference, PIQE (no-reference, lower is better, from
-`pypiqe`), and decodes of partially denoised latents (latent_sigma 0, 0.2, 0.4). Writes quality.md and a picture.
+smaller version is encoded with taef1 into a FLUX.1 latent (16x16x16 for 512). Reported: PSNR and SSIM against
+the reference, PIQE (no-reference, lower is better, from `pypiqe`), and decodes of partially denoised latents
+(latent_sigma 0, 0.2, 0.4). Writes quality.md and a picture.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pid_sdk  # noqa: E402
-from pid_sdk.checkpoints import LoadedModel, load_state_dict_strict  # noqa: E402
-from pid_sdk.config import PiDConfig  # noqa: E402
+from pid_sdk.checkpoints import LoadedModel  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
+from training.trainer import is_run_folder, load_run_ema  # noqa: E402
 from training.data import DEMO_HELD_OUT, centre_crop, downsample, named_image, to_tensor  # noqa: E402
 
 TAE = ROOT.parent / "shared" / "data" / "tae"
@@ -35,14 +36,10 @@ HELD_OUT = DEMO_HELD_OUT + ("opencv-doc.messi5", "opencv-doc.butterfly", "skimag
 
 
 def load_decoder(path: str) -> pid_sdk.Decoder:
-    p = Path(path)
-    if (p / "ema.safetensors").exists():  # a training run folder: its EMA weights
-        from safetensors.torch import load_file
-
-        cfg = PiDConfig.from_dict(json.loads((p / "train_config.json").read_text())["model"])
-        model = load_state_dict_strict(cfg, load_file(str(p / "ema.safetensors")))
-        return pid_sdk.Decoder.from_model(LoadedModel(model, cfg, "run", str(p), []), device="cpu")
-    return pid_sdk.Decoder.load(p, device="cpu")
+    if is_run_folder(path):  # a training run folder: its EMA weights
+        cfg, model = load_run_ema(path)
+        return pid_sdk.Decoder.from_model(LoadedModel(model, cfg, "run", path, []), device="cpu")
+    return pid_sdk.Decoder.load(path, device="cpu")
 
 
 def metrics(img: np.ndarray, ref: np.ndarray) -> dict[str, float]:

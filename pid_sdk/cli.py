@@ -281,19 +281,14 @@ def _train(args) -> int:
 
 
 def _distill(args) -> int:
-    from safetensors.torch import load_file
-
-    from pid_sdk.checkpoints import load_checkpoint, load_state_dict_strict
-    from pid_sdk.config import PiDConfig
+    from pid_sdk.checkpoints import load_checkpoint
     from pid_sdk.latents import get_latent_space
     from training.distill import DMD2, DistillConfig
+    from training.trainer import is_run_folder, load_run_ema
 
     teacher_dir = Path(args.teacher)
-    if (teacher_dir / "ema.safetensors").exists():
-        import json
-
-        cfg = PiDConfig.from_dict(json.loads((teacher_dir / "train_config.json").read_text())["model"])
-        teacher = load_state_dict_strict(cfg, load_file(str(teacher_dir / "ema.safetensors")))
+    if is_run_folder(teacher_dir):
+        cfg, teacher = load_run_ema(teacher_dir)
     else:
         loaded = load_checkpoint(teacher_dir)
         cfg, teacher = loaded.config, loaded.model

@@ -11,7 +11,6 @@ reconstruction term (see training/distill.py). Writes the student as an SDK arte
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,14 +20,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from safetensors.torch import load_file  # noqa: E402
-
-from pid_sdk.checkpoints import load_state_dict_strict, save_artefact  # noqa: E402
-from pid_sdk.config import PiDConfig  # noqa: E402
+from pid_sdk.checkpoints import save_artefact  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
 from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.distill import DMD2, DistillConfig  # noqa: E402
+from training.trainer import load_run_ema  # noqa: E402
 
 def main() -> int:
     p = argparse.ArgumentParser()
@@ -46,9 +43,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps even with time left")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    teacher_dir = Path(args.teacher)
-    cfg = PiDConfig.from_dict(json.loads((teacher_dir / "train_config.json").read_text())["model"])
-    teacher = load_state_dict_strict(cfg, load_file(str(teacher_dir / "ema.safetensors")))
+    cfg, teacher = load_run_ema(args.teacher)
     dmd = DMD2(teacher.float(), DistillConfig(guidance=1.0, recon_weight=args.recon_weight, seed=args.seed,
                                               lr_student=args.lr_student, lr_fake=args.lr_fake,
                                               fake_updates=args.fake_updates))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pid_sdk.sampling import STUDENT_SIGMAS
-from training.flow import add_noise, sample_sigma, velocity_target, x0_from_v
+from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target, x0_from_v
 
 
 @dataclass
@@ -155,8 +155,7 @@ class DMD2:
         n = latent.shape[0]
         text = batch.get("text")
         text = torch.zeros(n, b.txt_max_length, b.txt_embed_dim, device=dev) if text is None else text.to(dev)
-        latent_sigma = torch.rand(n, generator=self.gen, device=dev) * 0.8 * (
-            torch.rand(n, generator=self.gen, device=dev) < 0.5).float()
+        latent_sigma = sample_latent_sigma(n, generator=self.gen, device=dev)
         latent = space.add_noise(latent, latent_sigma, torch.randn(latent.shape, generator=self.gen, device=dev))
         return Conditioning(text, latent, latent_sigma)
 

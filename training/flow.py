@@ -15,6 +15,13 @@ def sample_sigma(batch: int, *, shift: float = 1.0, mean: float = 0.0, std: floa
     return shift_sigma(torch.sigmoid(u), shift)
 
 
+def sample_latent_sigma(batch: int, sigma_max: float = 0.8, prob: float = 0.5, *,
+                        generator: torch.Generator | None = None, device="cpu") -> Tensor:
+    """Noisy latent conditioning: sigma_latent ~ U[0, sigma_max] for a `prob` share of the samples, else 0."""
+    sigma = torch.rand(batch, generator=generator, device=device) * sigma_max
+    return sigma * (torch.rand(batch, generator=generator, device=device) < prob).float()
+
+
 def add_noise(x0: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
     s = sigma.view(-1, *([1] * (x0.ndim - 1)))
     return (1 - s) * x0 + s * eps

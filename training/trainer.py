@@ -12,9 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from pid_sdk.checkpoints import load_state_dict_strict
+from pid_sdk.config import PiDConfig
 from pid_sdk.latents import LatentSpace
 from training.ema import EMA
-from training.flow import add_noise, sample_sigma, velocity_target
+from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target
 
 
 @dataclass
@@ -62,8 +64,7 @@ class Trainer:
         keep_text = (torch.rand(n, generator=g, device=dev) >= cfg.caption_dropout).float().view(-1, 1, 1)
         sigma = sample_sigma(n, shift=cfg.shift, generator=g, device=dev)
         eps = torch.randn(x0.shape, generator=g, device=dev)
-        latent_sigma = torch.rand(n, generator=g, device=dev) * cfg.latent_sigma_max
-        latent_sigma = latent_sigma * (torch.rand(n, generator=g, device=dev) < cfg.latent_noise_prob).float()
+        latent_sigma = sample_latent_sigma(n, cfg.latent_sigma_max, cfg.latent_noise_prob, generator=g, device=dev)
         latent = self.space.add_noise(latent, latent_sigma, torch.randn(latent.shape, generator=g, device=dev))
         keep_latent = (torch.rand(n, generator=g, device=dev) >= cfg.latent_dropout).float().view(-1, 1, 1, 1)
         with self.autocast():
@@ -115,3 +116,14 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.step_count = state["step"]
         self.gen.set_state(state["rng"])
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    return (Path(folder) / "ema.safetensors").is_file()
+
+
+def load_run_ema(folder: str | Path) -> tuple[PiDConfig, nn.Module]:
+    """The config and EMA weights of a run folder written by `Trainer.save`, loaded strictly."""
+    folder = Path(folder)
+    cfg = PiDConfig.from_dict(json.loads((folder / "train_config.json").read_text())["model"])
+    return cfg, load_state_dict_strict(cfg, load_file(str(folder / "ema.safetensors")))
