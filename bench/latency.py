@@ -27,12 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pid_sdk.checkpoints import LoadedModel  # noqa: E402
-from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.decoder import Decoder  # noqa: E402
 from pid_sdk.flops import decode_flops  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
-from pid_sdk.model import build_model, randomize  # noqa: E402
 from pid_sdk.runtime.attention import kernels_used  # noqa: E402
 from pid_sdk.runtime.speed import Speed  # noqa: E402
 
@@ -47,14 +44,6 @@ MODES = {
 PAPER = {1024: (88.4, 10.9), 2048: (446.0, 13.0), 4096: (3754.6, 22.5)}  # Table 3: H100, torch.compile; ms, GB
 TARGET_MS = {1024: 60.0, 2048: 300.0}  # issue 5, H100 bf16 (FP8: 2048 <= 220 ms)
 LARGE = 4096  # only the fast modes run at this size by default: eager would take a minute for its runs alone
-
-
-def build_decoder(preset: str, device: str, speed: Speed, seed: int = 0) -> Decoder:
-    """Seeded random weights, cast to the mode's precision on the host, then moved once."""
-    cfg = get_preset(preset)
-    model = randomize(build_model(cfg), seed)
-    loaded = LoadedModel(model, cfg, "random", f"preset:{preset} (seeded random weights, seed {seed})", [])
-    return Decoder.from_model(loaded, device=device, speed=speed)
 
 
 def latent_for(dec: Decoder, side: int) -> torch.Tensor:
@@ -127,7 +116,7 @@ def run(args) -> tuple[dict, list[dict]]:
             rows.append({"mode": mode, "skipped": why})
             continue
         label = f"{mode} ({note})" if note else mode
-        dec = build_decoder(preset, device, speed)
+        dec = Decoder.load(preset=preset, seed=0, device=device, speed=speed)  # cast on the host, moved once
         for side in sizes:
             if side >= LARGE and mode not in ("fast", "fast-cudnn", "fp8") and not args.all_sizes:
                 rows.append({"mode": label, "size": side, "skipped": "large sizes only in the fast modes"})
