@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pid_sdk.errors import InputError, PiDError
+from pid_sdk.runtime.speed import SPEEDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--batch-size", type=int, default=1, help="latents decoded together")
     dec.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     dec.add_argument("--precision", choices=["fp32", "bf16"])
-    dec.add_argument("--speed", choices=["reference", "bf16", "fast", "fp8"],
+    dec.add_argument("--speed", choices=list(SPEEDS),
                      help="PyTorch backend setting (default reference: fp32 weights, bf16 autocast on CUDA)")
     dec.add_argument("--trust-pickle", action="store_true")
     dec.add_argument("--quiet", action="store_true", help="no progress bar")
