@@ -114,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch", type=int, default=2)
     tr.add_argument("--size", type=int, default=512, help="square crop side (output pixels)")
     tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--lr-decay", type=int, nargs=2, metavar=("START", "END"),
+                    help="steps over which the learning rate falls linearly to a tenth")
     tr.add_argument("--shift", type=float, default=1.0)
     tr.add_argument("--freeze-backbone", action="store_true", help="train only the adapter and its gates")
     tr.add_argument("--resume", action="store_true")
@@ -272,8 +274,8 @@ def _train(args) -> int:
     model.init_weights()
     space = get_latent_space(cfg.latent_space)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    trainer = Trainer(model, space, TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, shift=args.shift,
-                                                freeze_backbone=args.freeze_backbone), device)
+    trainer = Trainer(model, space, TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay,
+                                                shift=args.shift, freeze_backbone=args.freeze_backbone), device)
     if args.resume:
         trainer.resume(args.out)
     trainer.fit(_sampler(args), args.out)

@@ -34,6 +34,8 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[512], help="square crop sizes, one picked per batch")
     p.add_argument("--batch", type=int, default=2, help="batch at 512x512; smaller crops get as many pixels")
     p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--lr-decay", type=int, nargs=2, metavar=("START", "END"), default=None,
+                   help="steps over which the learning rate falls linearly to a tenth")
     p.add_argument("--shift", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
@@ -47,8 +49,8 @@ def main() -> int:
     images = package_images(exclude=DEMO_HELD_OUT)
     sampler = PairSampler(list(images.values()), tae.encode, buckets=[(s, s) for s in args.sizes], seed=args.seed)
     trainer = Trainer(model, get_latent_space("flux1"),
-                      TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, shift=args.shift, ema_decay=0.995,
-                                  seed=args.seed))
+                      TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
+                                  ema_decay=0.995, seed=args.seed))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:

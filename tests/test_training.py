@@ -1,6 +1,7 @@
 """Training and DMD2 distillation at tiny scale: each loss behaves as it should."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -118,21 +119,31 @@ def test_ema_update():
 
 
 def test_checkpoint_resume_continues_exactly(tmp_path):
+    """With a learning-rate decay that spans the resume point, so the schedule resumes too."""
     b = batch()
-    a = Trainer(tiny_model(), FLUX, TrainConfig())
+    a = Trainer(tiny_model(), FLUX, TrainConfig(lr_decay=(1, 3)))
     for _ in range(4):
         a.step(b)
-    r = Trainer(tiny_model(), FLUX, TrainConfig())
+    r = Trainer(tiny_model(), FLUX, TrainConfig(lr_decay=(1, 3)))
     for _ in range(2):
         r.step(b)
     r.save(tmp_path)
-    resumed = Trainer(tiny_model(1), FLUX, TrainConfig())
+    resumed = Trainer(tiny_model(1), FLUX, TrainConfig(lr_decay=(1, 3)))
     resumed.resume(tmp_path)
     for _ in range(2):
         resumed.step(b)
     assert resumed.step_count == 4
     for (k, v), w in zip(a.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(w, v, msg=k)
+
+
+def test_lr_decay_is_linear_to_a_tenth_and_reaches_the_optimizer():
+    trainer = Trainer(tiny_model(), FLUX, TrainConfig(lr=1e-3, lr_decay=(10, 20)))
+    assert [trainer.lr_at(s) for s in (0, 10, 15, 20, 99)] == pytest.approx([1e-3, 1e-3, 5.5e-4, 1e-4, 1e-4])
+    trainer.step_count = 15
+    trainer.step(batch())
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(5.5e-4)
+    assert Trainer(tiny_model(), FLUX, TrainConfig(lr=1e-3)).lr_at(10**6) == 1e-3
 
 
 # --- DMD2 -----------------------------------------------------------------------------------------------------
@@ -257,8 +268,9 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
                  "--steps", "2", "--size", "64"]) == 0
     assert {p.name for p in run.iterdir()} >= {"model.safetensors", "ema.safetensors", "trainer_state.pt"}
     assert main(["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir),
-                 "--steps", "3", "--size", "64", "--resume"]) == 0
+                 "--steps", "3", "--size", "64", "--resume", "--lr-decay", "1", "3"]) == 0
     assert "3 steps" in capsys.readouterr().out
+    assert json.loads((run / "train_config.json").read_text())["train"]["lr_decay"] == [1, 3]
     student = tmp_path / "student"
     assert main(["distill", str(student), "--teacher", str(run), "--data", str(data), "--tae-dir", str(tae_dir),
                  "--steps", "1", "--size", "64"]) == 0

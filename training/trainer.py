@@ -24,6 +24,8 @@ class TrainConfig:
     steps: int = 1000
     batch: int = 4
     lr: float = 2e-4
+    lr_decay: tuple[int, int] | None = None  # (start, end) steps: lr falls linearly to lr_final_ratio * lr
+    lr_final_ratio: float = 0.1
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     shift: float = 1.0  # timestep shift of the logit-normal sigma
@@ -71,7 +73,17 @@ class Trainer:
             v = self.model(add_noise(x0, sigma, eps), sigma, text * keep_text, latent * keep_latent, latent_sigma)
         return (v.float() - velocity_target(x0, eps)).pow(2).mean()
 
+    def lr_at(self, step: int) -> float:
+        """The learning rate of `step`: a function of the step alone, so a resumed run follows the same schedule."""
+        if self.cfg.lr_decay is None:
+            return self.cfg.lr
+        start, end = self.cfg.lr_decay
+        done = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
+        return self.cfg.lr * (1 - done * (1 - self.cfg.lr_final_ratio))
+
     def step(self, batch: dict[str, Tensor]) -> float:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step_count)
         loss = self.loss(batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
