@@ -4,8 +4,7 @@
 
 For each image the reference is a square centre crop at the image's own resolution (the largest multiple of 32
 that fits, at most 512: an upscaled reference would be blurred and favour the interpolating baselines); its 4x
-smaller version is encoded with taef1 into a FLUX.1 latent (16x16x16 for 512), normalised as a FLUX.1 pipeline
-delivers it; the baselines decode the raw latent with the taef1 decoder. Reported: PSNR and SSIM against
+smaller version is encoded with taef1 into a FLUX.1 latent (16x16x16 for 512). Reported: PSNR and SSIM against
 the reference, PIQE (no-reference, lower is better, from `pypiqe`), and decodes of partially denoised latents
 (latent_sigma 0, 0.2, 0.4). Writes quality.md and a picture.
 """
@@ -27,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 import pid_sdk  # noqa: E402
 from pid_sdk.checkpoints import LoadedModel  # noqa: E402
-from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
 from training.trainer import is_run_folder, load_run_ema  # noqa: E402
 from training.data import DEMO_HELD_OUT, centre_crop, downsample, named_image, to_tensor  # noqa: E402
@@ -80,21 +78,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dec = load_decoder(args.model)
-    tae, space = TinyAutoencoder(TAE, "taef1"), get_latent_space("flux1")
+    tae = TinyAutoencoder(TAE, "taef1")
     rows, tiles = [], []
     for name in args.images:
         img = named_image(name)
         side = args.size or min(512, min(img.shape[:2]) // 32 * 32)
         hr = centre_crop(to_tensor(img), side, side)[None]
         ref = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        raw = tae.encode(downsample(hr, 4))
-        latent = space.normalize(raw)
-        small = Image.fromarray((tae.decode(raw)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        latent = tae.encode(downsample(hr, 4))
+        small = Image.fromarray((tae.decode(latent)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         candidates = {"taef1 + bicubic x4": np.asarray(small.resize((side, side), Image.BICUBIC)),
                       "taef1 + Lanczos x4": np.asarray(small.resize((side, side), Image.LANCZOS))}
         gen = torch.Generator().manual_seed(0)
         for s in (0.0, 0.2, 0.4):
-            noisy = space.add_noise(latent, torch.tensor([s]), torch.randn(latent.shape, generator=gen))
+            noisy = (1 - s) * latent + s * torch.randn(latent.shape, generator=gen)
             candidates[f"PiD demo, latent_sigma {s}"] = dec.decode(noisy, latent_space="flux1", latent_sigma=s,
                                                                    seed=0, output="numpy")[0]
         for label, decoded in candidates.items():

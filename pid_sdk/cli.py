@@ -254,13 +254,13 @@ def _build(args) -> int:
 
 
 # --- train / distill -----------------------------------------------------------------------------------------
-def _sampler(args, space):
+def _sampler(args):
     from pid_sdk.tae import TinyAutoencoder
-    from training.data import DEMO_HELD_OUT, PairSampler, ldm_latent_encoder, load_folder, package_images
+    from training.data import PairSampler, load_folder, package_images
 
     tae = TinyAutoencoder(args.tae_dir, args.tae)
-    images = load_folder(args.data) if args.data else list(package_images(exclude=DEMO_HELD_OUT).values())
-    return PairSampler(images, ldm_latent_encoder(tae.encode, space), buckets=[(args.size, args.size)])
+    images = load_folder(args.data) if args.data else list(package_images(exclude=("skimage.chelsea",)).values())
+    return PairSampler(images, tae.encode, buckets=[(args.size, args.size)])
 
 
 def _train(args) -> int:
@@ -278,7 +278,7 @@ def _train(args) -> int:
                                                 shift=args.shift, freeze_backbone=args.freeze_backbone), device)
     if args.resume:
         trainer.resume(args.out)
-    trainer.fit(_sampler(args, space), args.out)
+    trainer.fit(_sampler(args), args.out)
     print(f"{args.out}: {trainer.step_count} steps")
     return 0
 
@@ -298,7 +298,7 @@ def _distill(args) -> int:
     space = get_latent_space(cfg.latent_space)
     dmd = DMD2(teacher.float(), DistillConfig(steps=args.steps, batch=args.batch, guidance=args.guidance,
                                               gan_weight=args.gan_weight, recon_weight=args.recon_weight))
-    sampler = _sampler(args, space)
+    sampler = _sampler(args)
     from tqdm import tqdm
 
     for _ in tqdm(range(args.steps), desc="distill"):

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from pid_sdk.checkpoints import save_artefact  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import DEMO_HELD_OUT, PairSampler, ldm_latent_encoder, package_images  # noqa: E402
+from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.distill import DMD2, DistillConfig  # noqa: E402
 from training.trainer import load_run_ema  # noqa: E402
 
@@ -48,9 +48,9 @@ def main() -> int:
                                               lr_student=args.lr_student, lr_fake=args.lr_fake,
                                               fake_updates=args.fake_updates))
     tae = TinyAutoencoder(ROOT.parent / "shared" / "data" / "tae", "taef1")
-    space = get_latent_space("flux1")
-    sampler = PairSampler(list(package_images(exclude=DEMO_HELD_OUT).values()), ldm_latent_encoder(tae.encode, space),
+    sampler = PairSampler(list(package_images(exclude=DEMO_HELD_OUT).values()), tae.encode,
                           buckets=[(s, s) for s in args.sizes], seed=args.seed)
+    space = get_latent_space("flux1")
     out = Path(args.out)
     t0, deadline, logs, step = time.perf_counter(), time.perf_counter() + 60 * args.minutes, [], 0
     source = f"scripts/distill_demo.py {' '.join(sys.argv[1:])}"

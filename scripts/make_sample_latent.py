@@ -1,8 +1,7 @@
 """Regenerate samples/sample_latent_flux1.safetensors: a real FLUX.1 latent of a real photograph.
 
 The photograph is scikit-image's `chelsea` (a cat), centre-cropped to a square and resized to 128x128, encoded with
-the taef1 encoder from shared/data/tae and normalised as a FLUX.1 pipeline delivers its latents ((raw - 0.1159) *
-0.3611, spec 5.3). Run from the repository root:  python scripts/make_sample_latent.py
+the taef1 encoder from shared/data/tae. Run from the repository root:  python scripts/make_sample_latent.py
 """
 
 from pathlib import Path
@@ -13,7 +12,6 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data
 
-from pid_sdk.latents import get_latent_space
 from pid_sdk.tae import TinyAutoencoder
 
 TAE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tae"
@@ -25,10 +23,9 @@ def main() -> None:
     left, top = (img.width - side) // 2, (img.height - side) // 2
     img = img.crop((left, top, left + side, top + side)).resize((128, 128), Image.LANCZOS)
     rgb = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
-    latent = get_latent_space("flux1").normalize(TinyAutoencoder(TAE, "taef1").encode(rgb))[0]  # [16, 16, 16]
+    latent = TinyAutoencoder(TAE, "taef1").encode(rgb)[0]  # [16, 16, 16]
     save_file({"latent": latent.contiguous()}, "samples/sample_latent_flux1.safetensors",
-              metadata={"latent_space": "flux1", "normalized": "true",
-                        "source": "skimage.data.chelsea, 128x128, taef1 encoder, FLUX.1 normalisation"})
+              metadata={"latent_space": "flux1", "source": "skimage.data.chelsea, 128x128, taef1 encoder"})
     img.save("samples/sample_source.png")
     print("latent", tuple(latent.shape), float(latent.mean()), float(latent.std()))
 

@@ -4,8 +4,7 @@
 
 Data: scikit-image's photographs (and scikit-learn's / matplotlib's when installed) except `chelsea`, which is held
 out for the sample latent. Pairs: random 512x512 crops at several scales; the latent is the taef1 encoding of the
-crop downsampled 4x (128x128 -> 16x16x16), normalised as a FLUX.1 pipeline delivers it. Needs ../shared/data/tae
-beside the repository.
+crop downsampled 4x (128x128 -> 16x16x16). Needs ../shared/data/tae beside the repository.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import DEMO_HELD_OUT, PairSampler, ldm_latent_encoder, package_images  # noqa: E402
+from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
 
 def main() -> int:
@@ -48,10 +47,8 @@ def main() -> int:
     model.init_weights()
     tae = TinyAutoencoder(ROOT.parent / "shared" / "data" / "tae", "taef1")
     images = package_images(exclude=DEMO_HELD_OUT)
-    space = get_latent_space("flux1")
-    sampler = PairSampler(list(images.values()), ldm_latent_encoder(tae.encode, space),
-                          buckets=[(s, s) for s in args.sizes], seed=args.seed)
-    trainer = Trainer(model, space,
+    sampler = PairSampler(list(images.values()), tae.encode, buckets=[(s, s) for s in args.sizes], seed=args.seed)
+    trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
                                   ema_decay=0.995, seed=args.seed))
     out = Path(args.out)

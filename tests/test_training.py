@@ -278,27 +278,3 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
 
     dec = pid_sdk.Decoder.load(student)
     assert dec.decode(torch.randn(1, 16, 2, 2), seed=0).shape == (1, 3, 64, 64)
-
-
-def test_folding_the_normalisation_keeps_the_adapter_output_inside_the_border():
-    from training.data import ldm_latent_encoder
-    from training.trainer import fold_latent_normalization
-
-    model = tiny_model()
-    raw = torch.randn(2, 16, 6, 6) * 2.8 + 0.1  # raw FLUX.1 VAE latents are far from unit scale
-    folded = tiny_model()
-    folded.load_state_dict(fold_latent_normalization(model.state_dict(), FLUX))
-    normalised = ldm_latent_encoder(lambda x: x, FLUX)(raw)
-    torch.testing.assert_close(normalised, (raw - 0.1159) * 0.3611)
-    before = model.lq_proj.latent_proj[0](raw)
-    after = folded.lq_proj.latent_proj[0](normalised)
-    torch.testing.assert_close(after[..., 1:-1, 1:-1], before[..., 1:-1, 1:-1], rtol=1e-5, atol=1e-5)
-    assert (after - before).abs().amax() > 1e-3  # the zero padding stands for another raw value at the border
-
-
-def test_normalising_encoders_refuse_spaces_that_need_statistics():
-    from pid_sdk.errors import ConfigError
-    from training.data import ldm_latent_encoder
-
-    with pytest.raises(ConfigError, match="statistics"):
-        ldm_latent_encoder(lambda x: x, get_latent_space("flux2"))

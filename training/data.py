@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from pid_sdk.errors import ConfigError, InputError
-from pid_sdk.latents import LatentSpace
+from pid_sdk.errors import InputError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 DEMO_HELD_OUT = ("skimage.chelsea",)  # the source of the bundled sample latent: never trained on
@@ -124,18 +123,6 @@ def random_crop(x: Tensor, height: int, width: int, scale: float, gen: torch.Gen
 def downsample(x: Tensor, factor: int) -> Tensor:
     """[B, 3, H, W] in [0, 1] -> [B, 3, H/f, W/f], antialiased bicubic."""
     return F.interpolate(x, scale_factor=1 / factor, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-
-
-def ldm_latent_encoder(encode: Callable[[Tensor], Tensor], space: LatentSpace) -> Callable[[Tensor], Tensor]:
-    """A VAE encoder (raw output) followed by the space's normalisation.
-
-    PiD is conditioned on the latent the LDM produces (spec 5.3), so training pairs must carry that form: a model
-    trained on raw VAE output would misread every real pipeline's latent.
-    """
-    if space.stats not in ("affine", "layernorm"):
-        raise ConfigError(f"The {space.name} normalisation ({space.stats}) needs the encoder's statistics, which a "
-                          "bare encoder does not give.", fix="pass an encoder that returns normalised latents")
-    return lambda images: space.normalize(encode(images))
 
 
 class PairSampler:

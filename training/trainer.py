@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from pid_sdk.checkpoints import load_state_dict_strict
 from pid_sdk.config import PiDConfig
-from pid_sdk.errors import ConfigError
 from pid_sdk.latents import LatentSpace
 from training.ema import EMA
 from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target
@@ -129,24 +128,6 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.step_count = state["step"]
         self.gen.set_state(state["rng"])
-
-
-def fold_latent_normalization(state: dict[str, Tensor], space: LatentSpace) -> dict[str, Tensor]:
-    """Weights of a model trained on raw VAE latents, rewritten to take the normalised latent instead.
-
-    The adapter's first convolution absorbs the affine map: W' = W / scale, b' = b + sum_k W shift. Exact away from
-    the latent's one-cell border, where the zero padding stands for a different raw value.
-    """
-    if space.stats != "affine":
-        raise ConfigError(f"Only affine latent spaces fold into a convolution, not {space.name} ({space.stats}).")
-    key = "lq_proj.latent_proj.0"
-    weight, bias = state[f"{key}.weight"].double(), state[f"{key}.bias"].double()
-    scale = torch.as_tensor(space.scale, dtype=torch.float64).expand(weight.shape[1])
-    shift = torch.as_tensor(space.shift, dtype=torch.float64).expand(weight.shape[1])
-    out = dict(state)
-    out[f"{key}.weight"] = (weight / scale.view(1, -1, 1, 1)).to(state[f"{key}.weight"].dtype)
-    out[f"{key}.bias"] = (bias + weight.sum((2, 3)) @ shift).to(state[f"{key}.bias"].dtype)
-    return out
 
 
 def is_run_folder(folder: str | Path) -> bool:
