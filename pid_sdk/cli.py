@@ -256,10 +256,10 @@ def _build(args) -> int:
 # --- train / distill -----------------------------------------------------------------------------------------
 def _sampler(args):
     from pid_sdk.tae import TinyAutoencoder
-    from training.data import PairSampler, load_folder, package_images
+    from training.data import DEMO_HELD_OUT, PairSampler, load_folder, package_images
 
     tae = TinyAutoencoder(args.tae_dir, args.tae)
-    images = load_folder(args.data) if args.data else list(package_images(exclude=("skimage.chelsea",)).values())
+    images = load_folder(args.data) if args.data else list(package_images(exclude=DEMO_HELD_OUT).values())
     return PairSampler(images, tae.encode, buckets=[(args.size, args.size)])
 
 

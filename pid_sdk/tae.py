@@ -1,6 +1,8 @@
 """Tiny autoencoders (TAESD family) to turn real images into real latents and to decode a cheap baseline.
 
-Weights are the MIT-licensed files in `shared/data/tae/`; keys are bare `nn.Sequential` indices.
+Weights are the MIT-licensed files in `shared/data/tae/`; keys are bare `nn.Sequential` indices. `encode` returns the
+latent in the diffusion model's space, already normalised (FLUX.1: (z_vae - 0.1159) * 0.3611): the form an LDM
+delivers and PiD decodes with `normalized=True`. Do not normalise it again.
 """
 
 from __future__ import annotations

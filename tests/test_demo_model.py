@@ -23,3 +23,16 @@ def test_demo_model_decodes_the_sample_like_its_photograph():
     small = np.asarray(img.resize((128, 128), Image.BOX), dtype=np.float32)
     # seen: 0.93 for the shipped model (0.86-0.9 for the previous one), -0.23 for random weights of the tiny preset
     assert np.corrcoef(small.ravel(), source.ravel())[0, 1] > 0.7
+
+
+def test_sample_latent_is_the_taef1_latent_of_its_photograph(tae_dir):
+    """Pins the sample's form: the taef1 encoding, which is already the normalised FLUX.1 latent an LDM delivers."""
+    import torch
+
+    from pid_sdk.tae import TinyAutoencoder
+
+    rgb = np.asarray(Image.open(ROOT / "samples" / "sample_source.png").convert("RGB"), dtype=np.float32) / 255
+    expected = TinyAutoencoder(tae_dir, "taef1").encode(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0]
+    z = load_file(str(ROOT / "samples" / "sample_latent_flux1.safetensors"))["latent"]
+    torch.testing.assert_close(z, expected, rtol=1e-4, atol=1e-4)
+    assert abs(z.std().item() - 1) < 0.5  # unit scale: a raw VAE latent would be ~2.8x larger
