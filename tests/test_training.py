@@ -144,6 +144,10 @@ def test_lr_decay_is_linear_to_a_tenth_and_reaches_the_optimizer():
     trainer.step(batch())
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(5.5e-4)
     assert Trainer(tiny_model(), FLUX, TrainConfig(lr=1e-3)).lr_at(10**6) == 1e-3
+    from pid_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="end after it starts"):
+        TrainConfig(lr_decay=(20, 10))
 
 
 # --- DMD2 -----------------------------------------------------------------------------------------------------

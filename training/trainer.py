@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from pid_sdk.checkpoints import load_state_dict_strict
 from pid_sdk.config import PiDConfig
+from pid_sdk.errors import ConfigError
 from pid_sdk.latents import LatentSpace
 from training.ema import EMA
 from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target
@@ -36,6 +37,11 @@ class TrainConfig:
     freeze_backbone: bool = False  # train only the adapter and its gates
     grad_clip: float = 1.0
     seed: int = 0
+
+    def __post_init__(self):
+        if self.lr_decay is not None and not 0 <= self.lr_decay[0] < self.lr_decay[1]:
+            raise ConfigError("The learning-rate decay must end after it starts.", received=self.lr_decay,
+                              expected="(start, end) steps with 0 <= start < end", fix="e.g. --lr-decay 6400 8000")
 
 
 class Trainer:
