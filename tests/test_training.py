@@ -282,3 +282,16 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
 
     dec = pid_sdk.Decoder.load(student)
     assert dec.decode(torch.randn(1, 16, 2, 2), seed=0).shape == (1, 3, 64, 64)
+
+
+def test_named_image_matches_the_training_pool_and_reaches_images_outside_it():
+    import numpy as np
+
+    from pid_sdk.errors import InputError
+    from training.data import named_image, package_images
+
+    for name, img in package_images().items():  # looked up directly, without reading the pool, where it can be
+        np.testing.assert_array_equal(named_image(name), img, err_msg=name)
+    assert named_image("skimage.camera").shape == (512, 512, 3)  # grey, not in the pool: made RGB
+    with pytest.raises(InputError, match="No package image named"):
+        named_image("skimage.no_such_picture")

@@ -72,11 +72,8 @@ def opencv_doc_images(min_side: int = 384) -> dict[str, np.ndarray]:
 
 
 def named_image(name: str) -> np.ndarray:
-    """Any package image by name as RGB: the training pool's, any `skimage.<name>` of skimage.data (grey ones
-    made RGB), or any `opencv-doc.<stem>` file, including those the pool leaves out (small or grey)."""
-    pool = package_images()
-    if name in pool:
-        return pool[name]
+    """Any package image by name as RGB: any `skimage.<name>` of skimage.data (grey ones made RGB), any
+    `opencv-doc.<stem>` file, including those the training pool leaves out (small or grey), or the pool's others."""
     source, _, stem = name.partition(".")
     if source == "skimage":
         from skimage import data
@@ -84,8 +81,11 @@ def named_image(name: str) -> np.ndarray:
         if hasattr(data, stem):
             return np.asarray(Image.fromarray(np.asarray(getattr(data, stem)())).convert("RGB"))
     if source == "opencv-doc":
-        for path in OPENCV_DOC.glob(f"{stem}.*"):
+        for path in sorted(OPENCV_DOC.glob(f"{stem}.*")):
             return np.asarray(Image.open(path).convert("RGB"))
+    pool = package_images()  # scikit-learn's and matplotlib's: reading every image only for these
+    if name in pool:
+        return pool[name]
     raise InputError(f"No package image named {name}.", received=name,
                      expected="skimage.<name>, sklearn.<i>, matplotlib.grace_hopper or opencv-doc.<stem>",
                      fix="see training/data.py for where each source comes from")
