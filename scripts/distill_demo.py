@@ -27,6 +27,7 @@ from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E4
 from training.distill import DMD2, DistillConfig  # noqa: E402
 from training.trainer import load_run_ema  # noqa: E402
 
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--teacher", default="build/demo")

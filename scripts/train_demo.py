@@ -27,6 +27,7 @@ from pid_sdk.tae import TinyAutoencoder  # noqa: E402
 from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
 
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="build/demo")

@@ -84,7 +84,7 @@ class Trainer:
         if self.cfg.lr_decay is None:
             return self.cfg.lr
         start, end = self.cfg.lr_decay
-        done = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
+        done = min(max((step - start) / (end - start), 0.0), 1.0)  # end > start: __post_init__
         return self.cfg.lr * (1 - done * (1 - self.cfg.lr_final_ratio))
 
     def step(self, batch: dict[str, Tensor]) -> float:
