@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="steps over which the learning rate falls linearly to a tenth")
     tr.add_argument("--shift", type=float, default=1.0)
     tr.add_argument("--freeze-backbone", action="store_true", help="train only the adapter and its gates")
+    tr.add_argument("--compile", action="store_true", help="torch.compile the model (slow first step per crop size)")
     tr.add_argument("--resume", action="store_true")
     tr.set_defaults(run=_train)
 
@@ -275,7 +276,8 @@ def _train(args) -> int:
     space = get_latent_space(cfg.latent_space)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trainer = Trainer(model, space, TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay,
-                                                shift=args.shift, freeze_backbone=args.freeze_backbone), device)
+                                                shift=args.shift, freeze_backbone=args.freeze_backbone,
+                                                compile=args.compile), device)
     if args.resume:
         trainer.resume(args.out)
     trainer.fit(_sampler(args), args.out)

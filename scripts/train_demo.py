@@ -40,6 +40,8 @@ def main() -> int:
     p.add_argument("--shift", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model: 1.25-1.4x faster after one compile per crop size")
     p.add_argument("--until-step", type=int, default=None, help="stop at this step count even with time left")
     args = p.parse_args()
     torch.manual_seed(args.seed)
@@ -51,7 +53,7 @@ def main() -> int:
     sampler = PairSampler(list(images.values()), tae.encode, buckets=[(s, s) for s in args.sizes], seed=args.seed)
     trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
-                                  ema_decay=0.995, seed=args.seed))
+                                  ema_decay=0.995, seed=args.seed, compile=args.compile))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:

@@ -37,6 +37,7 @@ class TrainConfig:
     freeze_backbone: bool = False  # train only the adapter and its gates
     grad_clip: float = 1.0
     seed: int = 0
+    compile: bool = False  # torch.compile the forward (one compile per crop shape; ~1.4x on the 2-core CPU)
 
     def __post_init__(self):
         if self.lr_decay is not None and not 0 <= self.lr_decay[0] < self.lr_decay[1]:
@@ -54,6 +55,8 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
         self.ema = EMA(model, cfg.ema_decay)
+        # The wrapper shares the parameters; self.model stays the plain module so checkpoint keys do not change.
+        self.forward = torch.compile(model, dynamic=False) if cfg.compile else model
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
         self.step_count = 0
 
@@ -76,7 +79,7 @@ class Trainer:
         latent = self.space.add_noise(latent, latent_sigma, torch.randn(latent.shape, generator=g, device=dev))
         keep_latent = (torch.rand(n, generator=g, device=dev) >= cfg.latent_dropout).float().view(-1, 1, 1, 1)
         with self.autocast():
-            v = self.model(add_noise(x0, sigma, eps), sigma, text * keep_text, latent * keep_latent, latent_sigma)
+            v = self.forward(add_noise(x0, sigma, eps), sigma, text * keep_text, latent * keep_latent, latent_sigma)
         return (v.float() - velocity_target(x0, eps)).pow(2).mean()
 
     def lr_at(self, step: int) -> float:
