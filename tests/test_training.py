@@ -289,9 +289,10 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
                  "--steps", "2", "--size", "64"]) == 0
     assert {p.name for p in run.iterdir()} >= {"model.safetensors", "ema.safetensors", "trainer_state.pt"}
     assert main(["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir),
-                 "--steps", "3", "--size", "64", "--resume", "--lr-decay", "1", "3"]) == 0
+                 "--steps", "3", "--size", "64", "--resume", "--lr-decay", "1", "3", "--compile"]) == 0
     assert "3 steps" in capsys.readouterr().out
-    assert json.loads((run / "train_config.json").read_text())["train"]["lr_decay"] == [1, 3]
+    recorded = json.loads((run / "train_config.json").read_text())["train"]
+    assert recorded["lr_decay"] == [1, 3] and recorded["compile"] is True
     student = tmp_path / "student"
     assert main(["distill", str(student), "--teacher", str(run), "--data", str(data), "--tae-dir", str(tae_dir),
                  "--steps", "1", "--size", "64"]) == 0
