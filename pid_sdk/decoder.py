@@ -153,10 +153,13 @@ class Decoder:
         cond = self.runtime.backend(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
         fn = _model_fn(cond)
         if sampler == "teacher":
-            negative = self._negative(negative_embeddings, text)
-            uncond = self.runtime.backend(text=negative, latent=z, latent_sigma=sigma, height=height, width=width)
+            uncond_fn = None
+            if guidance != 1.0:  # guidance 1 is the conditional model alone: no negative pass
+                negative = self._negative(negative_embeddings, text)
+                uncond = self.runtime.backend(text=negative, latent=z, latent_sigma=sigma, height=height, width=width)
+                uncond_fn = _model_fn(uncond)
             image = sample_teacher(fn, shape, steps=steps, shift=dynamic_shift(height, width), guidance=guidance,
-                                   uncond_fn=_model_fn(uncond), generator=gen, device=self.device, on_step=on_step)
+                                   uncond_fn=uncond_fn, generator=gen, device=self.device, on_step=on_step)
         else:
             image = sample_student(fn, shape, steps=steps, mode=sampler, generator=gen, device=self.device,
                                    on_step=on_step)

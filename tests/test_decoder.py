@@ -64,6 +64,12 @@ def test_samplers_and_steps(tiny):
     assert tiny.decode(z, seed=0, steps=1).shape == sde.shape
     teacher = tiny.decode(z, seed=0, sampler="teacher", steps=3, negative_embeddings=torch.zeros(1, 16, 32))
     assert teacher.shape == sde.shape
+    unguided = tiny.decode(z, seed=0, sampler="teacher", steps=3, guidance=1.0)  # no negative needed at guidance 1
+    negative = torch.randn(1, 16, 32)
+    torch.testing.assert_close(unguided, tiny.decode(z, seed=0, sampler="teacher", steps=3, guidance=1.0,
+                                                     negative_embeddings=negative), rtol=0, atol=0)
+    guided = tiny.decode(z, seed=0, sampler="teacher", steps=3, negative_embeddings=negative)
+    assert not torch.equal(unguided, guided)
 
 
 def test_early_termination_uses_latent_sigma(tiny):
