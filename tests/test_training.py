@@ -138,6 +138,19 @@ def test_checkpoint_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(w, v, msg=k)
 
 
+def test_save_makes_the_folder_and_resume_warns_about_a_changed_config(tmp_path, recwarn):
+    from dataclasses import replace
+
+    run = tmp_path / "new" / "run"
+    Trainer(tiny_model(), FLUX, TrainConfig()).save(run)
+    Trainer(tiny_model(1), FLUX, TrainConfig()).resume(run)
+    assert not [w for w in recwarn if "different model config" in str(w.message)]
+    cfg = PRESETS["tiny"]
+    ntk_model = build_model(replace(cfg, backbone=replace(cfg.backbone, rope_mode="plain")))  # same keys, loads
+    with pytest.warns(UserWarning, match=r"different model config \(backbone.rope_mode\)"):
+        Trainer(ntk_model, FLUX, TrainConfig()).resume(run)
+
+
 def test_lr_decay_is_linear_to_a_tenth_and_reaches_the_optimizer():
     trainer = Trainer(tiny_model(), FLUX, TrainConfig(lr=1e-3, lr_decay=(10, 20)))
     assert [trainer.lr_at(s) for s in (0, 10, 15, 20, 99)] == pytest.approx([1e-3, 1e-3, 5.5e-4, 1e-4, 1e-4])

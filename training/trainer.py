@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,6 +123,7 @@ class Trainer:
     # --- checkpoint and resume ------------------------------------------------------------------------------
     def save(self, out: str | Path) -> None:
         out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(out / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in self.ema.model.state_dict().items()}, str(out / "ema.safetensors"))
         state = {"optimizer": self.opt.state_dict(), "step": self.step_count, "rng": self.gen.get_state()}
@@ -131,12 +133,27 @@ class Trainer:
 
     def resume(self, out: str | Path) -> None:
         out = Path(out)
+        saved = run_config(out).to_dict()
+        if saved != self.model.config.to_dict():  # the weights may still load (e.g. another RoPE mode): say so
+            changed = sorted(k for k, v in _flat(self.model.config.to_dict()).items() if _flat(saved).get(k) != v)
+            warnings.warn(f"Resuming {out} with a different model config ({', '.join(changed)}).", stacklevel=2)
         self.model.load_state_dict(load_file(str(out / "model.safetensors")))
         self.ema.model.load_state_dict(load_file(str(out / "ema.safetensors")))
         state = torch.load(out / "trainer_state.pt", weights_only=True)
         self.opt.load_state_dict(state["optimizer"])
         self.step_count = state["step"]
         self.gen.set_state(state["rng"])
+
+
+def run_config(folder: str | Path) -> PiDConfig:
+    return PiDConfig.from_dict(json.loads((Path(folder) / "train_config.json").read_text())["model"])
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def is_run_folder(folder: str | Path) -> bool:
@@ -146,5 +163,5 @@ def is_run_folder(folder: str | Path) -> bool:
 def load_run_ema(folder: str | Path) -> tuple[PiDConfig, nn.Module]:
     """The config and EMA weights of a run folder written by `Trainer.save`, loaded strictly."""
     folder = Path(folder)
-    cfg = PiDConfig.from_dict(json.loads((folder / "train_config.json").read_text())["model"])
+    cfg = run_config(folder)
     return cfg, load_state_dict_strict(cfg, load_file(str(folder / "ema.safetensors")))
