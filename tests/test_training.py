@@ -146,9 +146,9 @@ def test_save_makes_the_folder_and_resume_warns_about_a_changed_config(tmp_path,
     Trainer(tiny_model(1), FLUX, TrainConfig()).resume(run)
     assert not [w for w in recwarn if "different model config" in str(w.message)]
     cfg = PRESETS["tiny"]
-    ntk_model = build_model(replace(cfg, backbone=replace(cfg.backbone, rope_mode="plain")))  # same keys, loads
+    plain_rope = build_model(replace(cfg, backbone=replace(cfg.backbone, rope_mode="plain")))  # same keys, loads
     with pytest.warns(UserWarning, match=r"different model config \(backbone.rope_mode\)"):
-        Trainer(ntk_model, FLUX, TrainConfig()).resume(run)
+        Trainer(plain_rope, FLUX, TrainConfig()).resume(run)
 
 
 def test_lr_decay_is_linear_to_a_tenth_and_reaches_the_optimizer():

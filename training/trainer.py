@@ -133,9 +133,9 @@ class Trainer:
 
     def resume(self, out: str | Path) -> None:
         out = Path(out)
-        saved = run_config(out).to_dict()
-        if saved != self.model.config.to_dict():  # the weights may still load (e.g. another RoPE mode): say so
-            changed = sorted(k for k, v in _flat(self.model.config.to_dict()).items() if _flat(saved).get(k) != v)
+        now, saved = _flat(self.model.config.to_dict()), _flat(run_config(out).to_dict())
+        changed = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
+        if changed:  # the weights may still load (e.g. another RoPE mode): say so
             warnings.warn(f"Resuming {out} with a different model config ({', '.join(changed)}).", stacklevel=2)
         self.model.load_state_dict(load_file(str(out / "model.safetensors")))
         self.ema.model.load_state_dict(load_file(str(out / "ema.safetensors")))
