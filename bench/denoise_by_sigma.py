@@ -22,10 +22,9 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from quality import HELD_OUT, TAE, load_decoder  # noqa: E402
+from quality import HELD_OUT, TAE, load_decoder, reference_and_latent  # noqa: E402
 from pid_sdk.sampling import STUDENT_SIGMAS  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import centre_crop, downsample, named_image, to_tensor  # noqa: E402
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
@@ -59,10 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| image | " + " | ".join(f"sigma {s}" for s in args.sigmas) + " |")
     print("|---|" + "---|" * len(args.sigmas))
     for name in args.images:
-        img = named_image(name)
-        side = min(512, min(img.shape[:2]) // 32 * 32)
-        hr = centre_crop(to_tensor(img), side, side)[None]
-        rows = x0_psnr_by_sigma(decoder, hr * 2 - 1, tae.encode(downsample(hr, 4)), args.sigmas)
+        hr, latent = reference_and_latent(name, tae)
+        rows = x0_psnr_by_sigma(decoder, hr * 2 - 1, latent, args.sigmas)
         result[name] = rows
         print(f"| {name} | " + " | ".join(f"{r['psnr']:.2f} ({r['psnr_8x_down']:.2f})" for r in rows) + " |")
     if args.json:

@@ -42,6 +42,15 @@ def load_decoder(path: str) -> pid_sdk.Decoder:
     return pid_sdk.Decoder.load(path, device="cpu")
 
 
+def reference_and_latent(name: str, tae: TinyAutoencoder, size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference crop [1, 3, side, side] in [0, 1] (native resolution unless `size`) and the taef1 latent of its
+    4x smaller version."""
+    img = named_image(name)
+    side = size or min(512, min(img.shape[:2]) // 32 * 32)
+    hr = centre_crop(to_tensor(img), side, side)[None]
+    return hr, tae.encode(downsample(hr, 4))
+
+
 def metrics(img: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -81,11 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     tae = TinyAutoencoder(TAE, "taef1")
     rows, tiles = [], []
     for name in args.images:
-        img = named_image(name)
-        side = args.size or min(512, min(img.shape[:2]) // 32 * 32)
-        hr = centre_crop(to_tensor(img), side, side)[None]
+        hr, latent = reference_and_latent(name, tae, args.size)
+        side = hr.shape[-1]
         ref = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        latent = tae.encode(downsample(hr, 4))
         small = Image.fromarray((tae.decode(latent)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         candidates = {"taef1 + bicubic x4": np.asarray(small.resize((side, side), Image.BICUBIC)),
                       "taef1 + Lanczos x4": np.asarray(small.resize((side, side), Image.LANCZOS))}
