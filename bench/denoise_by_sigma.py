@@ -23,13 +23,13 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from quality import HELD_OUT, TAE, load_decoder, reference_and_latent  # noqa: E402
+from pid_sdk.compare import compare  # noqa: E402
 from pid_sdk.sampling import STUDENT_SIGMAS  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
 
 
-def psnr(a: Tensor, b: Tensor) -> float:
-    """PSNR of images in [-1, 1]."""
-    return float(-10 * torch.log10(((a - b) / 2).pow(2).mean()))
+def psnr(image: Tensor, reference: Tensor) -> float:
+    return compare("x0", image, reference).psnr  # images in [-1, 1]
 
 
 @torch.no_grad()
