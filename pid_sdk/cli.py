@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="steps over which the learning rate falls linearly to a tenth")
     tr.add_argument("--shift", type=float, default=1.0)
     tr.add_argument("--freeze-backbone", action="store_true", help="train only the adapter and its gates")
+    tr.add_argument("--objective", choices=["flow", "rollout"], default="flow",
+                    help="rollout: fine-tune a trained run for the 4-step sampler (see training/trainer.py)")
+    tr.add_argument("--pooled-loss", nargs="*", metavar="POOL:WEIGHT",
+                    help="extra weight on the error average-pooled by POOL, e.g. 8:4 16:8")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model (slow first step per crop size)")
     tr.add_argument("--resume", action="store_true")
     tr.set_defaults(run=_train)
@@ -268,7 +272,7 @@ def _train(args) -> int:
     from pid_sdk.config import get_preset
     from pid_sdk.latents import get_latent_space
     from pid_sdk.model import build_model
-    from training.trainer import TrainConfig, Trainer
+    from training.trainer import TrainConfig, Trainer, parse_pooled_loss
 
     cfg = get_preset(args.preset)
     model = build_model(cfg)
@@ -277,7 +281,8 @@ def _train(args) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trainer = Trainer(model, space, TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay,
                                                 shift=args.shift, freeze_backbone=args.freeze_backbone,
-                                                compile=args.compile), device)
+                                                compile=args.compile, objective=args.objective,
+                                                pooled_loss=parse_pooled_loss(args.pooled_loss)), device)
     if args.resume:
         trainer.resume(args.out)
     trainer.fit(_sampler(args), args.out)

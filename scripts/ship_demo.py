@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -28,7 +29,9 @@ def main() -> int:
     args = p.parse_args()
     cfg, model = load_run_ema(args.run)
     step = torch.load(Path(args.run) / "trainer_state.pt", weights_only=True)["step"]
-    source = f"scripts/train_demo.py EMA after {step} steps (not distilled; provenance in docs/quality.md)"
+    objective = json.loads((Path(args.run) / "train_config.json").read_text())["train"].get("objective", "flow")
+    source = (f"scripts/train_demo.py EMA after {step} steps, the last ones with the {objective} objective "
+              "(not DMD2-distilled; provenance in docs/quality.md)")
     with tempfile.TemporaryDirectory(dir=DEMO.parent) as tmp:
         save_artefact(model, cfg, Path(tmp) / "demo", dtype=torch.bfloat16, source=source)
         shutil.rmtree(DEMO)

@@ -25,7 +25,7 @@ from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
 from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
-from training.trainer import TrainConfig, Trainer  # noqa: E402
+from training.trainer import TrainConfig, Trainer, parse_pooled_loss  # noqa: E402
 
 
 def main() -> int:
@@ -42,6 +42,9 @@ def main() -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model: 1.25-1.4x faster after one compile per crop size")
+    p.add_argument("--objective", choices=["flow", "rollout"], default="flow",
+                   help="rollout: fine-tune for the 4-step sampler on the model's own steps (training/trainer.py)")
+    p.add_argument("--pooled-loss", nargs="*", metavar="POOL:WEIGHT", help="e.g. 8:4 16:8 (training/flow.py)")
     p.add_argument("--until-step", type=int, default=None, help="stop at this step count even with time left")
     args = p.parse_args()
     torch.manual_seed(args.seed)
@@ -53,7 +56,8 @@ def main() -> int:
     sampler = PairSampler(list(images.values()), tae.encode, buckets=[(s, s) for s in args.sizes], seed=args.seed)
     trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
-                                  ema_decay=0.995, seed=args.seed, compile=args.compile))
+                                  ema_decay=0.995, seed=args.seed, compile=args.compile,
+                                  objective=args.objective, pooled_loss=parse_pooled_loss(args.pooled_loss)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from pid_sdk.config import PRESETS
+from pid_sdk.errors import ConfigError
 from pid_sdk.latents import get_latent_space
 from pid_sdk.model import build_model, randomize
 from training.distill import (
@@ -23,7 +24,7 @@ from training.distill import (
     student_sample,
 )
 from training.ema import EMA
-from training.flow import add_noise, sample_sigma, velocity_target, x0_from_v
+from training.flow import add_noise, pooled_mse, sample_sigma, velocity_target, x0_from_v
 from training.trainer import TrainConfig, Trainer
 
 FLUX = get_latent_space("flux1")
@@ -71,6 +72,46 @@ def test_training_loss_decreases():
     b = smooth_batch()
     first = eval_loss(trainer, b)
     for _ in range(40):
+        trainer.step(b)
+    assert eval_loss(trainer, b) < 0.7 * first
+
+
+def test_pooled_mse_weighs_coarse_error_and_ignores_fine_error():
+    constant = torch.full((1, 3, 8, 8), 0.5)  # all coarse: every pooled term sees it whole
+    assert pooled_mse(constant).item() == pytest.approx(0.25)
+    assert pooled_mse(constant, ((2, 1.0), (4, 3.0))).item() == pytest.approx(0.25 * 5)
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None]).remainder(2).float().expand(1, 3, 8, 8) - 0.5
+    assert pooled_mse(checker, ((2, 10.0),)).item() == pytest.approx(0.25)  # pooled by 2 it averages to zero
+
+
+def test_train_config_rejects_unknown_objectives_and_bad_pools():
+    with pytest.raises(ConfigError, match="objective"):
+        TrainConfig(objective="x0")
+    with pytest.raises(ConfigError, match="pool"):
+        TrainConfig(pooled_loss=((1, 1.0),))
+    assert TrainConfig(pooled_loss=[[8, 4]]).pooled_loss == ((8, 4.0),)  # as read back from train_config.json
+
+
+def test_rollout_loss_is_the_x0_error_at_a_step_of_the_models_own_sampler():
+    cfg = TrainConfig(objective="rollout", caption_dropout=0, latent_dropout=0, latent_noise_prob=0)
+    trainer, b = Trainer(tiny_model(), FLUX, cfg), batch()
+    trainer.gen.manual_seed(5)
+    loss = trainer.loss(b)
+    gen = torch.Generator().manual_seed(5)  # replay the draws: dropout tests, latent sigma and noise, then sampling
+    n = b["image"].shape[0]
+    torch.rand(n, generator=gen), torch.rand(n, generator=gen), torch.rand(n, generator=gen)
+    torch.randn(b["latent"].shape, generator=gen), torch.rand(n, generator=gen)
+    text = torch.zeros(n, trainer.model.cfg.txt_max_length, trainer.model.cfg.txt_embed_dim)
+    x0, _ = student_sample(trainer.model, Conditioning(text, b["latent"], torch.zeros(n)), (n, 3, 64, 64), gen)
+    torch.testing.assert_close(loss, F.mse_loss(x0, b["image"]))
+
+
+def test_rollout_fine_tune_lowers_the_error_of_the_four_step_decode():
+    trainer = Trainer(tiny_model(), FLUX, TrainConfig(objective="rollout", lr=2e-3, caption_dropout=0,
+                                                      latent_dropout=0, latent_noise_prob=0))
+    b = smooth_batch()
+    first = eval_loss(trainer, b)
+    for _ in range(30):
         trainer.step(b)
     assert eval_loss(trainer, b) < 0.7 * first
 
@@ -287,9 +328,9 @@ def test_recon_weight_pulls_the_student_towards_the_real_image():
 
 
 def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
+    from conftest import real_image
     from PIL import Image
 
-    from conftest import real_image
     from pid_sdk.cli import main
 
     data = tmp_path / "images"
@@ -306,6 +347,12 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
     assert "3 steps" in capsys.readouterr().out
     recorded = json.loads((run / "train_config.json").read_text())["train"]
     assert recorded["lr_decay"] == [1, 3] and recorded["compile"] is True
+    common = ["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir), "--size", "64"]
+    assert main(common + ["--steps", "4", "--resume", "--objective", "rollout", "--pooled-loss", "8:2"]) == 0
+    recorded = json.loads((run / "train_config.json").read_text())["train"]
+    assert recorded["objective"] == "rollout" and recorded["pooled_loss"] == [[8, 2.0]]
+    assert main(common + ["--steps", "5", "--resume", "--pooled-loss", "8"]) == 2
+    assert "POOL:WEIGHT" in capsys.readouterr().err
     student = tmp_path / "student"
     assert main(["distill", str(student), "--teacher", str(run), "--data", str(data), "--tae-dir", str(tae_dir),
                  "--steps", "1", "--size", "64"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pid_sdk.sampling import shift_sigma
@@ -33,3 +34,15 @@ def velocity_target(x0: Tensor, eps: Tensor) -> Tensor:
 
 def x0_from_v(x: Tensor, sigma: Tensor, v: Tensor) -> Tensor:
     return x - sigma.view(-1, *([1] * (x.ndim - 1))) * v
+
+
+def pooled_mse(err: Tensor, pooled: tuple[tuple[int, float], ...] = ()) -> Tensor:
+    """Mean squared error plus, for each (pool, weight), `weight` times that of the error average-pooled by `pool`.
+
+    Pooling averages away the unpredictable fine-scale error, so these terms weigh the coarse structure that the
+    latent does determine; with none it is the plain MSE.
+    """
+    loss = err.pow(2).mean()
+    for pool, weight in pooled:
+        loss = loss + weight * F.avg_pool2d(err, pool).pow(2).mean()
+    return loss

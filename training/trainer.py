@@ -17,8 +17,11 @@ from pid_sdk.checkpoints import load_state_dict_strict
 from pid_sdk.config import PiDConfig
 from pid_sdk.errors import ConfigError
 from pid_sdk.latents import LatentSpace
+from training.distill import Conditioning, student_sample
 from training.ema import EMA
-from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target
+from training.flow import add_noise, pooled_mse, sample_latent_sigma, sample_sigma, velocity_target
+
+OBJECTIVES = ("flow", "rollout")
 
 
 @dataclass
@@ -39,8 +42,20 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     compile: bool = False  # torch.compile the forward (one compile per crop shape; ~1.4x on the 2-core CPU)
+    # "flow": the rectified-flow loss above. "rollout": a fine-tune of a trained model for the 4-step sampler: the
+    # model runs that sampler on itself (no grad) to a random step, and its x0 prediction there is regressed onto
+    # the real image, so it learns to correct its own earlier steps (DMD2's backward simulation with only the
+    # reconstruction loss: no teacher or fake score, hence affordable on a CPU).
+    objective: str = "flow"
+    pooled_loss: tuple[tuple[int, float], ...] = ()  # (pool, weight) terms of `pooled_mse`: weigh coarse errors more
 
     def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ConfigError("Unknown training objective.", received=self.objective, expected=" or ".join(OBJECTIVES))
+        self.pooled_loss = tuple((int(p), float(w)) for p, w in self.pooled_loss)
+        if any(p < 2 or w < 0 for p, w in self.pooled_loss):
+            raise ConfigError("Pooled loss terms need a pool of at least 2 and a weight of at least 0.",
+                              received=self.pooled_loss, expected="(pool, weight) pairs", fix="e.g. 8:4 16:8")
         if self.lr_decay is not None and not 0 <= self.lr_decay[0] < self.lr_decay[1]:
             raise ConfigError("The learning-rate decay must end after it starts.", received=self.lr_decay,
                               expected="(start, end) steps with 0 <= start < end", fix="e.g. --lr-decay 6400 8000")
@@ -68,6 +83,8 @@ class Trainer:
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Rectified flow on v = eps - x0, conditioned on a (sometimes noised, sometimes dropped) latent."""
+        if self.cfg.objective == "rollout":
+            return self.rollout_loss(batch)
         cfg, b, g, dev = self.cfg, self.model.cfg, self.gen, self.device
         x0, latent = batch["image"].to(dev), batch["latent"].to(dev)
         n = x0.shape[0]
@@ -81,7 +98,22 @@ class Trainer:
         keep_latent = (torch.rand(n, generator=g, device=dev) >= cfg.latent_dropout).float().view(-1, 1, 1, 1)
         with self.autocast():
             v = self.forward(add_noise(x0, sigma, eps), sigma, text * keep_text, latent * keep_latent, latent_sigma)
-        return (v.float() - velocity_target(x0, eps)).pow(2).mean()
+        return pooled_mse(v.float() - velocity_target(x0, eps), cfg.pooled_loss)
+
+    def rollout_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """The x0 error of the model at a random step of its own 4-step sampler (see TrainConfig.objective)."""
+        cfg, b, g, dev = self.cfg, self.model.cfg, self.gen, self.device
+        x0, latent = batch["image"].to(dev), batch["latent"].to(dev)
+        n = x0.shape[0]
+        text = batch.get("text")
+        text = torch.zeros(n, b.txt_max_length, b.txt_embed_dim, device=dev) if text is None else text.to(dev)
+        text = text * (torch.rand(n, generator=g, device=dev) >= cfg.caption_dropout).float().view(-1, 1, 1)
+        latent_sigma = sample_latent_sigma(n, cfg.latent_sigma_max, cfg.latent_noise_prob, generator=g, device=dev)
+        latent = self.space.add_noise(latent, latent_sigma, torch.randn(latent.shape, generator=g, device=dev))
+        latent = latent * (torch.rand(n, generator=g, device=dev) >= cfg.latent_dropout).float().view(-1, 1, 1, 1)
+        with self.autocast():
+            x0_pred, _ = student_sample(self.forward, Conditioning(text, latent, latent_sigma), tuple(x0.shape), g)
+        return pooled_mse(x0_pred.float() - x0, cfg.pooled_loss)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of `step`: a function of the step alone, so a resumed run follows the same schedule."""
@@ -143,6 +175,19 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.step_count = state["step"]
         self.gen.set_state(state["rng"])
+
+
+def parse_pooled_loss(items: list[str] | None) -> tuple[tuple[int, float], ...]:
+    """Command-line `POOL:WEIGHT` items (e.g. 8:4 16:8) -> TrainConfig.pooled_loss."""
+    out = []
+    for item in items or []:
+        pool, _, weight = item.partition(":")
+        try:
+            out.append((int(pool), float(weight)))
+        except ValueError:
+            raise ConfigError("A pooled loss term is not POOL:WEIGHT.", received=item, expected="e.g. 8:4",
+                              fix="an integer pool of at least 2, a colon, a weight") from None
+    return tuple(out)
 
 
 def run_config(folder: str | Path) -> PiDConfig:
