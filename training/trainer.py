@@ -81,39 +81,32 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Rectified flow on v = eps - x0, conditioned on a (sometimes noised, sometimes dropped) latent."""
-        if self.cfg.objective == "rollout":
-            return self.rollout_loss(batch)
+    def conditioning(self, batch: dict[str, Tensor]) -> Conditioning:
+        """The batch's caption and latent, each dropped (zeros) for its share of samples, the latent noised for its."""
         cfg, b, g, dev = self.cfg, self.model.cfg, self.gen, self.device
-        x0, latent = batch["image"].to(dev), batch["latent"].to(dev)
-        n = x0.shape[0]
-        text = batch.get("text")
-        text = torch.zeros(n, b.txt_max_length, b.txt_embed_dim, device=dev) if text is None else text.to(dev)
-        keep_text = (torch.rand(n, generator=g, device=dev) >= cfg.caption_dropout).float().view(-1, 1, 1)
-        sigma = sample_sigma(n, shift=cfg.shift, generator=g, device=dev)
-        eps = torch.randn(x0.shape, generator=g, device=dev)
-        latent_sigma = sample_latent_sigma(n, cfg.latent_sigma_max, cfg.latent_noise_prob, generator=g, device=dev)
-        latent = self.space.add_noise(latent, latent_sigma, torch.randn(latent.shape, generator=g, device=dev))
-        keep_latent = (torch.rand(n, generator=g, device=dev) >= cfg.latent_dropout).float().view(-1, 1, 1, 1)
-        with self.autocast():
-            v = self.forward(add_noise(x0, sigma, eps), sigma, text * keep_text, latent * keep_latent, latent_sigma)
-        return pooled_mse(v.float() - velocity_target(x0, eps), cfg.pooled_loss)
-
-    def rollout_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """The x0 error of the model at a random step of its own 4-step sampler (see TrainConfig.objective)."""
-        cfg, b, g, dev = self.cfg, self.model.cfg, self.gen, self.device
-        x0, latent = batch["image"].to(dev), batch["latent"].to(dev)
-        n = x0.shape[0]
+        latent = batch["latent"].to(dev)
+        n = latent.shape[0]
         text = batch.get("text")
         text = torch.zeros(n, b.txt_max_length, b.txt_embed_dim, device=dev) if text is None else text.to(dev)
         text = text * (torch.rand(n, generator=g, device=dev) >= cfg.caption_dropout).float().view(-1, 1, 1)
         latent_sigma = sample_latent_sigma(n, cfg.latent_sigma_max, cfg.latent_noise_prob, generator=g, device=dev)
         latent = self.space.add_noise(latent, latent_sigma, torch.randn(latent.shape, generator=g, device=dev))
         latent = latent * (torch.rand(n, generator=g, device=dev) >= cfg.latent_dropout).float().view(-1, 1, 1, 1)
+        return Conditioning(text, latent, latent_sigma)
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rectified flow on v = eps - x0, or the rollout loss (TrainConfig.objective), on `conditioning(batch)`."""
+        x0 = batch["image"].to(self.device)
+        cond = self.conditioning(batch)
+        if self.cfg.objective == "rollout":  # x0 at a random step of the model's own 4-step sampler
+            with self.autocast():
+                x0_pred, _ = student_sample(self.forward, cond, tuple(x0.shape), self.gen)
+            return pooled_mse(x0_pred.float() - x0, self.cfg.pooled_loss)
+        sigma = sample_sigma(x0.shape[0], shift=self.cfg.shift, generator=self.gen, device=self.device)
+        eps = torch.randn(x0.shape, generator=self.gen, device=self.device)
         with self.autocast():
-            x0_pred, _ = student_sample(self.forward, Conditioning(text, latent, latent_sigma), tuple(x0.shape), g)
-        return pooled_mse(x0_pred.float() - x0, cfg.pooled_loss)
+            v = cond(self.forward, add_noise(x0, sigma, eps), sigma)
+        return pooled_mse(v.float() - velocity_target(x0, eps), self.cfg.pooled_loss)
 
     def lr_at(self, step: int) -> float:
         """The learning rate of `step`: a function of the step alone, so a resumed run follows the same schedule."""
