@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from denoise_by_sigma import psnr  # noqa: E402
-from quality import HELD_OUT, TAE, load_decoder, reference_and_latent  # noqa: E402
+from quality import HELD_OUT, TAE, load_decoder, reference_and_latent, taef1_image  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
 
 
 def bicubic_x4(tae: TinyAutoencoder, latent: Tensor) -> Tensor:
-    """taef1 decode, rounded to 8 bits and upscaled with PIL's bicubic as in bench/quality.py; [1, 3, H, W] in [-1, 1]."""
-    small = Image.fromarray((tae.decode(latent)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    """The taef1 + bicubic x4 baseline of bench/quality.py as [1, 3, H, W] in [-1, 1]."""
+    small = taef1_image(tae, latent)
     up = np.array(small.resize((small.width * 4, small.height * 4), Image.BICUBIC))  # a writable copy
     return torch.from_numpy(up).permute(2, 0, 1)[None].float() / 127.5 - 1
 

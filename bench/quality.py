@@ -51,6 +51,11 @@ def reference_and_latent(name: str, tae: TinyAutoencoder, size: int = 0) -> tupl
     return hr, tae.encode(downsample(hr, 4))
 
 
+def taef1_image(tae: TinyAutoencoder, latent: torch.Tensor) -> Image.Image:
+    """taef1's decode rounded to 8 bits: the image the baselines upscale with PIL."""
+    return Image.fromarray((tae.decode(latent)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
 def metrics(img: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         hr, latent = reference_and_latent(name, tae, args.size)
         side = hr.shape[-1]
         ref = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        small = Image.fromarray((tae.decode(latent)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        small = taef1_image(tae, latent)
         candidates = {"taef1 + bicubic x4": np.asarray(small.resize((side, side), Image.BICUBIC)),
                       "taef1 + Lanczos x4": np.asarray(small.resize((side, side), Image.LANCZOS))}
         gen = torch.Generator().manual_seed(0)
