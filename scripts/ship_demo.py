@@ -1,6 +1,7 @@
 """Ship a training run's EMA weights as the embedded demo model (pid_sdk/data/demo-flux1, bf16 SDK artefact).
 
     python scripts/ship_demo.py build/demo
+    python scripts/ship_demo.py /tmp/run --out $OUT/demo-flux1    # elsewhere (scripts/gpu_train_demo.sh)
 """
 
 from __future__ import annotations
@@ -26,17 +27,22 @@ DEMO = ROOT / "pid_sdk" / "data" / "demo-flux1"
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("run", help="a run folder of scripts/train_demo.py")
+    p.add_argument("--out", default=str(DEMO), help="the artefact folder, replaced (default: the embedded model)")
     args = p.parse_args()
-    cfg, model = load_run_ema(args.run)
-    step = torch.load(Path(args.run) / "trainer_state.pt", weights_only=True)["step"]
-    objective = json.loads((Path(args.run) / "train_config.json").read_text())["train"].get("objective", "flow")
-    source = (f"scripts/train_demo.py EMA after {step} steps, the last ones with the {objective} objective "
+    run, out = Path(args.run), Path(args.out)
+    cfg, model = load_run_ema(run)
+    step = torch.load(run / "trainer_state.pt", weights_only=True)["step"]
+    objective = json.loads((run / "train_config.json").read_text())["train"].get("objective", "flow")
+    data = json.loads((run / "data.json").read_text()) if (run / "data.json").exists() else {}
+    start = f" from {data['init']}" if data.get("init") else ""
+    source = (f"scripts/train_demo.py EMA after {step} steps{start}, the last ones with the {objective} objective "
               "(not DMD2-distilled; provenance in docs/quality.md)")
-    with tempfile.TemporaryDirectory(dir=DEMO.parent) as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # the old artefact goes only once the new one is whole
         save_artefact(model, cfg, Path(tmp) / "demo", dtype=torch.bfloat16, source=source)
-        shutil.rmtree(DEMO)
-        (Path(tmp) / "demo").rename(DEMO)
-    print(f"{DEMO}: {source}")
+        shutil.rmtree(out, ignore_errors=True)
+        (Path(tmp) / "demo").rename(out)
+    print(f"{out}: {source}")
     return 0
 
 

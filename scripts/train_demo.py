@@ -2,9 +2,10 @@
 
     python scripts/train_demo.py --minutes 40 --out build/demo
 
-Data: scikit-image's photographs (and scikit-learn's / matplotlib's when installed) except `chelsea`, which is held
-out for the sample latent. Pairs: random 512x512 crops at several scales; the latent is the taef1 encoding of the
-crop downsampled 4x (128x128 -> 16x16x16). Needs ../shared/data/tae beside the repository.
+Data: the photographs that ship inside packages (training/data.py) except `chelsea`, which is held out for the sample
+latent, or `--data FOLDER` (scripts/pack_gpu_data.py writes that pool as a folder for a machine without the
+packages). Pairs: random square crops at several scales; the latent is the taef1 encoding of the crop downsampled 4x
+(512x512 -> 128x128 -> 16x16x16). Needs ../shared/data/tae beside the repository, or `--tae-dir`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pid_sdk.checkpoints import load_checkpoint  # noqa: E402
 from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
+from training.data import DEMO_HELD_OUT, IMAGE_SUFFIXES, PairSampler, package_images  # noqa: E402
 from training.trainer import TrainConfig, Trainer, parse_pooled_loss  # noqa: E402
 
 
@@ -46,24 +50,29 @@ def main() -> int:
                    help="rollout: fine-tune for the 4-step sampler on the model's own steps (training/trainer.py)")
     p.add_argument("--pooled-loss", nargs="*", metavar="POOL:WEIGHT", help="e.g. 8:4 16:8 (training/flow.py)")
     p.add_argument("--until-step", type=int, default=None, help="stop at this step count even with time left")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast; the taef1 encoder runs there too)")
+    p.add_argument("--data", default=None, help="a folder of training images instead of the package photographs")
+    p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
+    p.add_argument("--init", default=None, help="start a new run from these weights (an SDK artefact or checkpoint)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    cfg = get_preset("demo-flux1")
-    model = build_model(cfg)
-    model.init_weights()
-    tae = TinyAutoencoder(ROOT.parent / "shared" / "data" / "tae", "taef1")
-    images = package_images(exclude=DEMO_HELD_OUT)
-    sampler = PairSampler(list(images.values()), tae.encode, buckets=[(s, s) for s in args.sizes], seed=args.seed)
+    model = initial_model(args.init)
+    images = load_images(args.data)
+    sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
+                          buckets=[(s, s) for s in args.sizes], seed=args.seed)
     trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
                                   ema_decay=0.995, seed=args.seed, compile=args.compile,
-                                  objective=args.objective, pooled_loss=parse_pooled_loss(args.pooled_loss)))
+                                  objective=args.objective, pooled_loss=parse_pooled_loss(args.pooled_loss)),
+                      args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
         trainer.resume(out)
+    record = json.loads((out / "data.json").read_text()) if args.resume and (out / "data.json").exists() else {}
     (out / "data.json").write_text(json.dumps({"images": sorted(images), "held_out": DEMO_HELD_OUT,
-                                               "command": " ".join(sys.argv)}, indent=2))
+                                               "command": " ".join(sys.argv),
+                                               "init": args.init or record.get("init")}, indent=2))
     t0, deadline, losses = time.perf_counter(), time.perf_counter() + 60 * args.minutes, []
     while time.perf_counter() < deadline and (args.until_step is None or trainer.step_count < args.until_step):
         losses.append(trainer.step(sampler.batch_of_pixels(args.batch * 512 * 512)))
@@ -75,6 +84,35 @@ def main() -> int:
     trainer.save(out)
     print(f"done: {trainer.step_count} steps in {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
+
+
+def initial_model(init: str | None) -> torch.nn.Module:
+    if init is None:
+        model = build_model(get_preset("demo-flux1"))
+        model.init_weights()
+        return model
+    loaded = load_checkpoint(init)
+    if loaded.config.name != "demo-flux1":
+        raise SystemExit(f"--init {init} holds a {loaded.config.name} model; this script trains demo-flux1")
+    return loaded.model.float()
+
+
+def load_images(folder: str | None) -> dict[str, np.ndarray]:
+    if folder is None:
+        return package_images(exclude=DEMO_HELD_OUT)
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise SystemExit(f"no images in {folder} (expected {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+    held = [p.name for p in paths if p.stem in DEMO_HELD_OUT]
+    if held:
+        raise SystemExit(f"{folder} holds the held-out image(s) {held}: remove them")
+    return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in paths}
+
+
+def encoder_on(device: str, tae_dir: str):
+    tae = TinyAutoencoder(tae_dir, "taef1")
+    tae.encoder.to(device)
+    return lambda rgb: tae.encode(rgb.to(device))
 
 
 if __name__ == "__main__":

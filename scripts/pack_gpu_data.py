@@ -1,0 +1,44 @@
+"""Write the demo's training pool and taef1 into one folder, for a machine without the packages.
+
+    python scripts/pack_gpu_data.py --out build/carry
+
+The device machine of scripts/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:
+this folder (about 27 MiB) travels with the command instead (`carry`). Images are lossless PNGs named after their
+source (`opencv-doc.baboon.png`); the held-out ones are never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.data import DEMO_HELD_OUT, package_images  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", default="build/carry")
+    p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
+    args = p.parse_args()
+    images, tae = Path(args.out) / "images", Path(args.out) / "tae"
+    shutil.rmtree(args.out, ignore_errors=True)
+    images.mkdir(parents=True)
+    tae.mkdir()
+    for name, img in package_images(exclude=DEMO_HELD_OUT).items():
+        Image.fromarray(img).save(images / f"{name}.png")
+    for name in ("taef1_encoder.safetensors", "taef1_decoder.safetensors", "LICENSE.taesd"):
+        shutil.copy(Path(args.tae_dir) / name, tae / name)
+    size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
+    print(f"{args.out}: {len(list(images.iterdir()))} images, taef1, {size / 2**20:.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
