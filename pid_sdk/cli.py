@@ -120,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--freeze-backbone", action="store_true", help="train only the adapter and its gates")
     tr.add_argument("--objective", choices=["flow", "rollout"], default="flow",
                     help="rollout: fine-tune a trained run for the 4-step sampler (see training/trainer.py)")
+    tr.add_argument("--latent-noise-prob", type=float, default=0.5,
+                    help="share of samples with a noised latent (sigma_latent ~ U[0, 0.8]); lower it to fine-tune "
+                         "for clean latents")
+    tr.add_argument("--latent-dropout", type=float, default=0.1, help="share of samples with a zero latent")
     tr.add_argument("--pooled-loss", nargs="*", metavar="POOL:WEIGHT",
                     help="extra weight on the error average-pooled by POOL, e.g. 8:4 16:8")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model (slow first step per crop size)")
@@ -282,6 +286,8 @@ def _train(args) -> int:
     trainer = Trainer(model, space, TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay,
                                                 shift=args.shift, freeze_backbone=args.freeze_backbone,
                                                 compile=args.compile, objective=args.objective,
+                                                latent_noise_prob=args.latent_noise_prob,
+                                                latent_dropout=args.latent_dropout,
                                                 pooled_loss=parse_pooled_loss(args.pooled_loss)), device)
     if args.resume:
         trainer.resume(args.out)

@@ -49,6 +49,9 @@ def main() -> int:
     p.add_argument("--objective", choices=["flow", "rollout"], default="flow",
                    help="rollout: fine-tune for the 4-step sampler on the model's own steps (training/trainer.py)")
     p.add_argument("--pooled-loss", nargs="*", metavar="POOL:WEIGHT", help="e.g. 8:4 16:8 (training/flow.py)")
+    p.add_argument("--latent-noise-prob", type=float, default=0.5,
+                   help="share of samples whose latent is noised (sigma_latent ~ U[0, 0.8]); the rest are clean")
+    p.add_argument("--latent-dropout", type=float, default=0.1, help="share of samples with a zero latent")
     p.add_argument("--until-step", type=int, default=None, help="stop at this step count even with time left")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast; the taef1 encoder runs there too)")
     p.add_argument("--data", default=None, help="a folder of training images instead of the package photographs")
@@ -63,6 +66,7 @@ def main() -> int:
     trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
                                   ema_decay=0.995, seed=args.seed, compile=args.compile,
+                                  latent_noise_prob=args.latent_noise_prob, latent_dropout=args.latent_dropout,
                                   objective=args.objective, pooled_loss=parse_pooled_loss(args.pooled_loss)),
                       args.device)
     out = Path(args.out)

@@ -84,11 +84,15 @@ def test_pooled_mse_weighs_coarse_error_and_ignores_fine_error():
     assert pooled_mse(checker, ((2, 10.0),)).item() == pytest.approx(0.25)  # pooled by 2 it averages to zero
 
 
-def test_train_config_rejects_unknown_objectives_and_bad_pools():
+def test_train_config_rejects_unknown_objectives_bad_pools_and_shares_outside_0_1():
     with pytest.raises(ConfigError, match="objective"):
         TrainConfig(objective="x0")
     with pytest.raises(ConfigError, match="pool"):
         TrainConfig(pooled_loss=((1, 1.0),))
+    for field in ("latent_noise_prob", "latent_dropout", "caption_dropout"):
+        with pytest.raises(ConfigError, match=f"{field} is a share"):
+            TrainConfig(**{field: -0.1})
+    assert TrainConfig(latent_noise_prob=0.0, latent_dropout=1.0).latent_dropout == 1.0
     assert TrainConfig(pooled_loss=[[8, 4]]).pooled_loss == ((8, 4.0),)  # as read back from train_config.json
 
 
@@ -348,9 +352,13 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
     recorded = json.loads((run / "train_config.json").read_text())["train"]
     assert recorded["lr_decay"] == [1, 3] and recorded["compile"] is True
     common = ["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir), "--size", "64"]
-    assert main(common + ["--steps", "4", "--resume", "--objective", "rollout", "--pooled-loss", "8:2"]) == 0
+    assert main(common + ["--steps", "4", "--resume", "--objective", "rollout", "--pooled-loss", "8:2",
+                          "--latent-noise-prob", "0.1", "--latent-dropout", "0.02"]) == 0
     recorded = json.loads((run / "train_config.json").read_text())["train"]
     assert recorded["objective"] == "rollout" and recorded["pooled_loss"] == [[8, 2.0]]
+    assert recorded["latent_noise_prob"] == 0.1 and recorded["latent_dropout"] == 0.02
+    assert main(common + ["--steps", "5", "--resume", "--latent-dropout", "10"]) == 2
+    assert "latent_dropout is a share" in capsys.readouterr().err
     assert main(common + ["--steps", "5", "--resume", "--pooled-loss", "8"]) == 2
     assert "POOL:WEIGHT" in capsys.readouterr().err
     student = tmp_path / "student"

@@ -56,6 +56,12 @@ class TrainConfig:
         if any(p < 2 or w < 0 for p, w in self.pooled_loss):
             raise ConfigError("Pooled loss terms need a pool of at least 2 and a weight of at least 0.",
                               received=self.pooled_loss, expected="(pool, weight) pairs", fix="e.g. 8:4 16:8")
+        shares = {"latent_noise_prob": self.latent_noise_prob, "latent_dropout": self.latent_dropout,
+                  "caption_dropout": self.caption_dropout}
+        for name, share in shares.items():
+            if not 0 <= share <= 1:
+                raise ConfigError(f"{name} is a share of the samples.", received=share, expected="a number in [0, 1]",
+                                  fix="e.g. 0.1 for a tenth")
         if self.lr_decay is not None and not 0 <= self.lr_decay[0] < self.lr_decay[1]:
             raise ConfigError("The learning-rate decay must end after it starts.", received=self.lr_decay,
                               expected="(start, end) steps with 0 <= start < end", fix="e.g. --lr-decay 6400 8000")
