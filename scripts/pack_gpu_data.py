@@ -27,16 +27,20 @@ def main() -> int:
     p.add_argument("--out", default="build/carry")
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
     args = p.parse_args()
-    images, tae = Path(args.out) / "images", Path(args.out) / "tae"
-    shutil.rmtree(args.out, ignore_errors=True)
+    out = Path(args.out)
+    images, tae = out / "images", out / "tae"
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ("images", "tae")) if out.is_dir() else []
+    if foreign:  # only an earlier pack is replaced
+        raise SystemExit(f"{out} holds other files ({', '.join(foreign[:5])}): pick an empty or new --out")
+    shutil.rmtree(out, ignore_errors=True)
     images.mkdir(parents=True)
     tae.mkdir()
     for name, img in package_images(exclude=DEMO_HELD_OUT).items():
         Image.fromarray(img).save(images / f"{name}.png")
     for name in ("taef1_encoder.safetensors", "taef1_decoder.safetensors", "LICENSE.taesd"):
         shutil.copy(Path(args.tae_dir) / name, tae / name)
-    size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
-    print(f"{args.out}: {len(list(images.iterdir()))} images, taef1, {size / 2**20:.1f} MiB")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"{out}: {len(list(images.iterdir()))} images, taef1, {size / 2**20:.1f} MiB")
     return 0
 
 

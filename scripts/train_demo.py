@@ -58,6 +58,8 @@ def main() -> int:
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
     p.add_argument("--init", default=None, help="start a new run from these weights (an SDK artefact or checkpoint)")
     args = p.parse_args()
+    if args.init and args.resume:
+        p.error("--init starts a new run and --resume continues one: pass one of them")
     torch.manual_seed(args.seed)
     model = initial_model(args.init)
     images = load_images(args.data)
