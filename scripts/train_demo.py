@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -28,7 +27,7 @@ from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import DEMO_HELD_OUT, IMAGE_SUFFIXES, PairSampler, package_images  # noqa: E402
+from training.data import DEMO_HELD_OUT, PairSampler, folder_images, package_images  # noqa: E402
 from training.trainer import TrainConfig, Trainer, parse_pooled_loss  # noqa: E402
 
 
@@ -106,13 +105,11 @@ def initial_model(init: str | None) -> torch.nn.Module:
 def load_images(folder: str | None) -> dict[str, np.ndarray]:
     if folder is None:
         return package_images(exclude=DEMO_HELD_OUT)
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise SystemExit(f"no images in {folder} (expected {', '.join(sorted(IMAGE_SUFFIXES))} files)")
-    held = [p.name for p in paths if p.stem in DEMO_HELD_OUT]
+    images = folder_images(folder)
+    held = [name for name in images if Path(name).name in DEMO_HELD_OUT]
     if held:
         raise SystemExit(f"{folder} holds the held-out image(s) {held}: remove them")
-    return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in paths}
+    return images
 
 
 def encoder_on(device: str, tae_dir: str):

@@ -381,3 +381,23 @@ def test_named_image_matches_the_training_pool_and_reaches_images_outside_it():
     assert named_image("skimage.camera").shape == (512, 512, 3)  # grey, not in the pool: made RGB
     with pytest.raises(InputError, match="No package image named"):
         named_image("skimage.no_such_picture")
+
+
+def test_folder_images_are_keyed_by_their_path_in_the_folder(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pid_sdk.errors import InputError
+    from training.data import folder_images, load_folder
+
+    (tmp_path / "sub").mkdir()
+    for name, value in (("a.png", 10), ("sub/a.PNG", 200)):
+        Image.fromarray(np.full((4, 6), value, np.uint8)).save(tmp_path / name)  # grey: read back as RGB
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = folder_images(tmp_path)
+    assert list(images) == ["a", "sub/a"]  # same stem in two folders: both kept
+    assert images["sub/a"].shape == (4, 6, 3) and images["sub/a"][0, 0, 0] == 200
+    assert [i[0, 0, 0] for i in load_folder(tmp_path)] == [10, 200]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="No images"):
+        folder_images(tmp_path / "empty")

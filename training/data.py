@@ -21,11 +21,17 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 DEMO_HELD_OUT = ("skimage.chelsea",)  # the source of the bundled sample latent: never trained on
 
 
-def load_folder(folder: str | Path) -> list[np.ndarray]:
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def folder_images(folder: str | Path) -> dict[str, np.ndarray]:
+    """Every image under `folder` as RGB, keyed by its path inside the folder without the suffix, in path order."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise InputError(f"No images in {folder}.", expected=", ".join(sorted(IMAGE_SUFFIXES)))
-    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return {str(p.relative_to(folder).with_suffix("")): np.asarray(Image.open(p).convert("RGB")) for p in paths}
+
+
+def load_folder(folder: str | Path) -> list[np.ndarray]:
+    return list(folder_images(folder).values())
 
 
 def package_images(exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
