@@ -5,7 +5,8 @@
 #   back:    $OUT/demo-flux1/ (bf16 artefact), $OUT/train.log; judge it here with bench/quality.py --model
 # From the shipped weights: FLOW_MIN minutes of rectified flow at lr 2e-4, then a rollout phase sized to ROLL_MIN
 # minutes at the flow phase's measured rate (a rollout step costs about two flow steps) with the lr decaying to a
-# tenth and mostly clean latents, as the shipped model's last phase (docs/quality.md). bf16 autocast, batch BATCH at 512x512 (smaller crops get as many pixels). Nothing is installed.
+# tenth and mostly clean latents, as the shipped model's last phase (docs/quality.md). bf16 autocast, batch BATCH
+# at 512x512 (smaller crops get as many pixels). Nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out} RUN=${RUN:-/tmp/demo_gpu} FLOW_MIN=${FLOW_MIN:-4} ROLL_MIN=${ROLL_MIN:-3} BATCH=${BATCH:-16}
