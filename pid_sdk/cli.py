@@ -263,13 +263,14 @@ def _build(args) -> int:
 
 
 # --- train / distill -----------------------------------------------------------------------------------------
-def _sampler(args):
+def _sampler(args, device: str = "cpu"):
     from pid_sdk.tae import TinyAutoencoder
     from training.data import DEMO_HELD_OUT, PairSampler, load_folder, package_images
 
     tae = TinyAutoencoder(args.tae_dir, args.tae)
+    tae.encoder.to(device)
     images = load_folder(args.data) if args.data else list(package_images(exclude=DEMO_HELD_OUT).values())
-    return PairSampler(images, tae.encode, buckets=[(args.size, args.size)])
+    return PairSampler(images, tae.encode, buckets=[(args.size, args.size)], device=device)
 
 
 def _train(args) -> int:
@@ -291,7 +292,7 @@ def _train(args) -> int:
                                                 pooled_loss=parse_pooled_loss(args.pooled_loss)), device)
     if args.resume:
         trainer.resume(args.out)
-    trainer.fit(_sampler(args), args.out)
+    trainer.fit(_sampler(args, device), args.out)
     print(f"{args.out}: {trainer.step_count} steps")
     return 0
 

@@ -63,7 +63,7 @@ def main() -> int:
     model = initial_model(args.init)
     images = load_images(args.data)
     sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
-                          buckets=[(s, s) for s in args.sizes], seed=args.seed)
+                          buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device)
     trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
                                   ema_decay=0.995, seed=args.seed, compile=args.compile,
@@ -87,7 +87,8 @@ def main() -> int:
         if trainer.step_count % 200 == 0:
             trainer.save(out)
     trainer.save(out)
-    print(f"done: {trainer.step_count} steps in {(time.perf_counter() - t0) / 60:.1f} min")
+    peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB on the GPU" if args.device == "cuda" else ""
+    print(f"done: {trainer.step_count} steps in {(time.perf_counter() - t0) / 60:.1f} min{peak}")
     return 0
 
 

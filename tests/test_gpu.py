@@ -208,3 +208,16 @@ def test_cuda_training_under_bf16_autocast_learns_and_resumes(tmp_path, objectiv
     assert resumed.step_count == 30 and next(resumed.ema.model.parameters()).is_cuda
     for (k, v), w in zip(trainer.ema.model.state_dict().items(), resumed.ema.model.state_dict().values()):
         torch.testing.assert_close(w, v, msg=k)
+
+
+def test_pair_sampler_cuts_crops_on_the_gpu_as_on_the_cpu():
+    """scripts/train_demo.py --device cuda crops there; the same seed gives the CPU's crops (same positions, flips)."""
+    import numpy as np
+
+    from training.data import PairSampler
+
+    img = np.random.default_rng(0).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    encode = lambda rgb: torch.nn.functional.avg_pool2d(rgb, 8)  # noqa: E731  any callable encoder
+    on = {dev: PairSampler([img], encode, buckets=[(128, 128)], seed=3, device=dev).batch(4) for dev in ("cpu", "cuda")}
+    assert on["cuda"]["image"].is_cuda and on["cuda"]["latent"].shape == (4, 3, 4, 4)
+    torch.testing.assert_close(on["cuda"]["image"].cpu(), on["cpu"]["image"], atol=1e-4, rtol=0)

@@ -135,10 +135,12 @@ class PairSampler:
     """Batches of {"image": [B, 3, H, W] in [-1, 1], "latent": [B, C, H/(4f), W/(4f)]} from a list of images."""
 
     def __init__(self, images: list[np.ndarray], encode: Callable[[Tensor], Tensor], *, buckets: list[tuple[int, int]],
-                 sr_scale: int = 4, scales: tuple[float, ...] = (1.0, 0.7, 0.5), seed: int = 0):
+                 sr_scale: int = 4, scales: tuple[float, ...] = (1.0, 0.7, 0.5), seed: int = 0,
+                 device: str | torch.device = "cpu"):
         if not images:
             raise InputError("No training images.", fix="pass a folder of images or use the package images")
-        self.images = [to_tensor(i) for i in images]
+        # Crops are cut and resized where the images are: on a GPU the CPU would otherwise set the training pace.
+        self.images = [to_tensor(i).to(device) for i in images]
         self.encode, self.buckets, self.sr, self.scales = encode, buckets, sr_scale, scales
         self.gen = torch.Generator().manual_seed(seed)
 

@@ -62,7 +62,7 @@ def student_sample(student: nn.Module, cond: Conditioning, shape, gen: torch.Gen
     """Backward simulation: run the student (no grad) from noise to a random step of its schedule, then one step with
     grad. Returns the student's x0 and the sigma it was predicted at."""
     sigmas = STUDENT_SIGMAS[:-1]
-    k = int(torch.randint(len(sigmas), (1,), generator=gen))
+    k = int(torch.randint(len(sigmas), (1,), generator=gen, device=gen.device))  # a CUDA generator draws there
     x = torch.randn(shape, generator=gen, device=cond.latent.device)
     with torch.no_grad():
         for i in range(k):
