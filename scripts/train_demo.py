@@ -77,7 +77,7 @@ def main() -> int:
     record = json.loads((out / "data.json").read_text()) if args.resume and (out / "data.json").exists() else {}
     (out / "data.json").write_text(json.dumps({"images": sorted(images), "held_out": DEMO_HELD_OUT,
                                                "command": " ".join(sys.argv),
-                                               "init": args.init or record.get("init")}, indent=2))
+                                               "init": init_record(args.init) or record.get("init")}, indent=2))
     t0, deadline, losses = time.perf_counter(), time.perf_counter() + 60 * args.minutes, []
     while time.perf_counter() < deadline and (args.until_step is None or trainer.step_count < args.until_step):
         losses.append(trainer.step(sampler.batch_of_pixels(args.batch * 512 * 512)))
@@ -101,6 +101,15 @@ def initial_model(init: str | None) -> torch.nn.Module:
     if loaded.config.name != "demo-flux1":
         raise SystemExit(f"--init {init} holds a {loaded.config.name} model; this script trains demo-flux1")
     return loaded.model.float()
+
+
+def init_record(init: str | None) -> str | None:
+    """The --init path, with the source its manifest names: "from pid_sdk/data/demo-flux1" alone would not say which
+    weights those were once the artefact is replaced."""
+    manifest = Path(init or "") / "manifest.json"
+    if init is None or not manifest.is_file():
+        return init
+    return f"{init} ({json.loads(manifest.read_text()).get('source', 'no source recorded')})"
 
 
 def load_images(folder: str | None) -> dict[str, np.ndarray]:
