@@ -8,11 +8,12 @@
 # the start less a margin for shipping, with the lr decaying to a tenth over the steps the flow phase's rate predicts
 # (a rollout step costs about ROLL_COST flow steps) and mostly clean latents, as the shipped model's last phase
 # (docs/quality.md). bf16 autocast, batch BATCH at 512x512 (smaller crops get as many pixels). Meanwhile the marked
-# GPU tests run beside it. Nothing is installed.
+# GPU tests run beside it. GROW="patch_depth=8 num_res_blocks=6" deepens the shipped model first (training/grow.py:
+# the same function, new blocks free to learn). Nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out} RUN=${RUN:-/tmp/demo_gpu} FLOW_MIN=${FLOW_MIN:-3} TOTAL_S=${TOTAL_S:-510} BATCH=${BATCH:-32}
-ROLL_COST=${ROLL_COST:-1.5} DEVICE=${DEVICE:-cuda}
+ROLL_COST=${ROLL_COST:-1.5} DEVICE=${DEVICE:-cuda} GROW=${GROW:-}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 log() { (grep -v -i warn || true) | tee -a "$OUT/train.log"; }
@@ -22,7 +23,10 @@ if [ "$DEVICE" = cuda ]; then
 fi
 common=(--out "$RUN" --data build/carry/images --tae-dir build/carry/tae --device "$DEVICE" --sizes 256 384 512
         --batch "$BATCH")
-python3 scripts/train_demo.py "${common[@]}" --init pid_sdk/data/demo-flux1 --lr 2e-4 --minutes "$FLOW_MIN" 2>&1 | log
+grow=()
+[ -z "$GROW" ] || read -r -a grow <<<"--grow $GROW"
+python3 scripts/train_demo.py "${common[@]}" --init pid_sdk/data/demo-flux1 "${grow[@]}" --lr 2e-4 \
+  --minutes "$FLOW_MIN" 2>&1 | log
 python3 scripts/ship_demo.py "$RUN" --out "$OUT/flow-demo-flux1" | log
 flow=$(python3 -c "import torch; print(torch.load('$RUN/trainer_state.pt', weights_only=True)['step'])")
 minutes=$(python3 -c "print(max(0.5, ($TOTAL_S - $SECONDS - 45) / 60))")

@@ -24,11 +24,13 @@ sys.path.insert(0, str(ROOT))
 
 from pid_sdk.checkpoints import load_checkpoint  # noqa: E402
 from pid_sdk.config import get_preset  # noqa: E402
+from pid_sdk.errors import ConfigError  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
 from training.data import DEMO_HELD_OUT, PairSampler, folder_images, package_images  # noqa: E402
-from training.trainer import TrainConfig, Trainer, parse_pooled_loss  # noqa: E402
+from training.grow import grow  # noqa: E402
+from training.trainer import TrainConfig, Trainer, parse_pooled_loss, run_config  # noqa: E402
 
 
 def main() -> int:
@@ -56,11 +58,15 @@ def main() -> int:
     p.add_argument("--data", default=None, help="a folder of training images instead of the package photographs")
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
     p.add_argument("--init", default=None, help="start a new run from these weights (an SDK artefact or checkpoint)")
+    p.add_argument("--grow", nargs="+", metavar="NAME=DEPTH", default=[],
+                   help="with --init: deepen it first, computing the same (training/grow.py), e.g. patch_depth=6")
     args = p.parse_args()
     if args.init and args.resume:
         p.error("--init starts a new run and --resume continues one: pass one of them")
+    if args.grow and not args.init:
+        p.error("--grow deepens the --init weights: pass --init too")
     torch.manual_seed(args.seed)
-    model = initial_model(args.init)
+    model = build_model(run_config(args.out)) if args.resume else initial_model(args.init, depths(p, args.grow))
     images = load_images(args.data)
     sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
                           buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device)
@@ -92,7 +98,14 @@ def main() -> int:
     return 0
 
 
-def initial_model(init: str | None) -> torch.nn.Module:
+def depths(p: argparse.ArgumentParser, items: list[str]) -> dict[str, int]:
+    try:
+        return {name: int(depth) for name, _, depth in (item.partition("=") for item in items)}
+    except ValueError:
+        p.error(f"--grow takes NAME=DEPTH items with whole-number depths, got {items}")
+
+
+def initial_model(init: str | None, grow_to: dict[str, int]) -> torch.nn.Module:
     if init is None:
         model = build_model(get_preset("demo-flux1"))
         model.init_weights()
@@ -100,7 +113,10 @@ def initial_model(init: str | None) -> torch.nn.Module:
     loaded = load_checkpoint(init)
     if loaded.config.name != "demo-flux1":
         raise SystemExit(f"--init {init} holds a {loaded.config.name} model; this script trains demo-flux1")
-    return loaded.model.float()
+    try:
+        return grow(loaded.model.float(), grow_to) if grow_to else loaded.model.float()
+    except ConfigError as e:
+        raise SystemExit(f"--grow: {e}") from None
 
 
 def init_record(init: str | None) -> str | None:
