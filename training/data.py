@@ -139,7 +139,8 @@ class PairSampler:
                  device: str | torch.device = "cpu"):
         if not images:
             raise InputError("No training images.", fix="pass a folder of images or use the package images")
-        # Crops are cut and resized where the images are: on a GPU the CPU would otherwise set the training pace.
+        # Crops are cut and resized where the images are: on the training device, so a GPU run does no per-crop
+        # work on the host.
         self.images = [to_tensor(i).to(device) for i in images]
         self.encode, self.buckets, self.sr, self.scales = encode, buckets, sr_scale, scales
         self.gen = torch.Generator().manual_seed(seed)
