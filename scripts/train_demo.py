@@ -66,7 +66,10 @@ def main() -> int:
     if args.grow and not args.init:
         p.error("--grow deepens the --init weights: pass --init too")
     torch.manual_seed(args.seed)
-    model = build_model(run_config(args.out)) if args.resume else initial_model(args.init, depths(p, args.grow))
+    if args.resume:
+        model, init = build_model(run_config(args.out)), None
+    else:
+        model, init = initial_model(args.init, depths(p, args.grow))
     images = load_images(args.data)
     sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
                           buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device)
@@ -83,7 +86,7 @@ def main() -> int:
     record = json.loads((out / "data.json").read_text()) if args.resume and (out / "data.json").exists() else {}
     (out / "data.json").write_text(json.dumps({"images": sorted(images), "held_out": DEMO_HELD_OUT,
                                                "command": " ".join(sys.argv),
-                                               "init": init_record(args.init) or record.get("init")}, indent=2))
+                                               "init": init or record.get("init")}, indent=2))
     t0, deadline, losses = time.perf_counter(), time.perf_counter() + 60 * args.minutes, []
     while time.perf_counter() < deadline and (args.until_step is None or trainer.step_count < args.until_step):
         losses.append(trainer.step(sampler.batch_of_pixels(args.batch * 512 * 512)))
@@ -105,27 +108,22 @@ def depths(p: argparse.ArgumentParser, items: list[str]) -> dict[str, int]:
         p.error(f"--grow takes NAME=DEPTH items with whole-number depths, got {items}")
 
 
-def initial_model(init: str | None, grow_to: dict[str, int]) -> torch.nn.Module:
+def initial_model(init: str | None, grow_to: dict[str, int]) -> tuple[torch.nn.Module, str | None]:
+    """The model a new run starts from, and how data.json records it: the --init path with the source its manifest
+    names ("from pid_sdk/data/demo-flux1" alone would not say which weights those were once the artefact changes)."""
     if init is None:
         model = build_model(get_preset("demo-flux1"))
         model.init_weights()
-        return model
+        return model, None
     loaded = load_checkpoint(init)
     if loaded.config.name != "demo-flux1":
         raise SystemExit(f"--init {init} holds a {loaded.config.name} model; this script trains demo-flux1")
     try:
-        return grow(loaded.model.float(), grow_to) if grow_to else loaded.model.float()
+        model = grow(loaded.model.float(), grow_to) if grow_to else loaded.model.float()
     except ConfigError as e:
         raise SystemExit(f"--grow: {e}") from None
-
-
-def init_record(init: str | None) -> str | None:
-    """The --init path, with the source its manifest names: "from pid_sdk/data/demo-flux1" alone would not say which
-    weights those were once the artefact is replaced."""
-    manifest = Path(init or "") / "manifest.json"
-    if init is None or not manifest.is_file():
-        return init
-    return f"{init} ({json.loads(manifest.read_text()).get('source', 'no source recorded')})"
+    source = (loaded.manifest or {}).get("source")
+    return model, f"{init} ({source})" if source else init
 
 
 def load_images(folder: str | None) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from torch import nn
 from pid_sdk.config import PiDConfig
 from pid_sdk.errors import ConfigError
 from pid_sdk.model import build_model
+from pid_sdk.model.adapter import ResBlock
 
 DEPTHS = {"patch_depth": "backbone", "pixel_depth": "backbone", "num_res_blocks": "adapter"}
 
@@ -46,8 +47,8 @@ def grow(model: nn.Module, depths: dict[str, int]) -> nn.Module:
         _zero(block.adaLN_modulation_img, block.adaLN_modulation_txt)
     for block in list(big.pixel_blocks)[small.backbone.pixel_depth:]:
         _zero(block.adaLN_modulation)
-    first_res = 3  # latent_proj: conv, SiLU, conv, then the residual blocks
-    for res in list(big.lq_proj.latent_proj)[first_res + small.adapter.num_res_blocks:]:
+    res_blocks = [m for m in big.lq_proj.latent_proj if isinstance(m, ResBlock)]
+    for res in res_blocks[small.adapter.num_res_blocks:]:
         _zero(res.block[-1])
     state = big.state_dict()
     state.update(model.state_dict())
