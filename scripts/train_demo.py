@@ -139,7 +139,7 @@ def load_images(folder: str | None) -> dict[str, np.ndarray]:
 def encoder_on(device: str, tae_dir: str):
     tae = TinyAutoencoder(tae_dir, "taef1")
     tae.encoder.to(device)
-    return lambda rgb: tae.encode(rgb.to(device))
+    return tae.encode  # the sampler's crops are already on `device`
 
 
 if __name__ == "__main__":
