@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pid_sdk.errors import InputError, PiDError
+from pid_sdk.errors import ConfigError, InputError, PiDError
 from pid_sdk.runtime.speed import SPEEDS
 
 
@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--quiet", action="store_true", help="no progress bar")
     dec.set_defaults(run=_decode)
 
-    exp = sub.add_parser("export", help="export ONNX graph sets (text, adapter, denoiser) per size into an engine folder")
+    exp = sub.add_parser("export",
+                         help="export ONNX graph sets (text, adapter, denoiser) per size into an engine folder")
     exp.add_argument("folder", help="engine folder (created, or extended when it exists)")
     exp.add_argument("--model", help="checkpoint or artefact (default: the folder's own weights)")
     exp.add_argument("--preset", help="a preset with seeded random weights")
@@ -87,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="graph precision (repeatable; default fp32). fp8: FP8 linears in a bf16 graph; "
                      "fp8-fp32: the same in an fp32 graph, which ONNX Runtime runs on a CPU")
     exp.add_argument("--calib-samples", type=int, default=4, help="random calibration latents for fp8")
-    exp.add_argument("--attention-dtype", choices=["fp16"], help="run attention in this dtype (TensorRT-RTX needs fp16)")
+    exp.add_argument("--attention-dtype", choices=["fp16"],
+                     help="run attention in this dtype (TensorRT-RTX needs fp16)")
     exp.add_argument("--trust-pickle", action="store_true")
     exp.set_defaults(run=_export)
 
@@ -131,18 +133,26 @@ def _parser() -> argparse.ArgumentParser:
     tr.set_defaults(run=_train)
 
     dst = sub.add_parser("distill", help="DMD2 distillation of a trained decoder to the 4-step student")
-    dst.add_argument("out", help="run folder")
+    dst.add_argument("out", help="run folder: resumable state, and the student as a model artefact in OUT/student")
     dst.add_argument("--teacher", required=True, help="a train run folder (its EMA weights) or a model artefact")
     dst.add_argument("--data", help="folder of images (default: package photographs)")
     dst.add_argument("--tae", default="taef1")
     dst.add_argument("--tae-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tae"))
-    dst.add_argument("--steps", type=int, default=200)
+    dst.add_argument("--steps", type=int, default=200, help="total student updates (a resumed run counts on)")
     dst.add_argument("--batch", type=int, default=1)
     dst.add_argument("--size", type=int, default=512)
     dst.add_argument("--guidance", type=float, default=1.0)
+    dst.add_argument("--lr-student", type=float, default=1e-5)
+    dst.add_argument("--lr-fake", type=float, default=2e-5)
+    dst.add_argument("--fake-updates", type=int, default=5, help="fake-score updates per student update")
     dst.add_argument("--gan-weight", type=float, default=0.0)
+    dst.add_argument("--r1-weight", type=float, default=0.0, help="R1 penalty of the GAN head on real images")
     dst.add_argument("--recon-weight", type=float, default=0.0,
                      help="pull the student towards the real image too (not in the paper; 0 = plain DMD2)")
+    dst.add_argument("--seed", type=int, default=0)
+    dst.add_argument("--device", help="cpu or cuda (default: cuda when available; bf16 autocast there)")
+    dst.add_argument("--save-every", type=int, default=100, help="write the state and the student every N steps")
+    dst.add_argument("--resume", action="store_true", help="continue the run in OUT")
     dst.set_defaults(run=_distill)
 
     cmp_ = sub.add_parser("compare", help="parity of an engine folder's backend against its PyTorch reference")
@@ -196,7 +206,8 @@ def describe(cfg, params: int | None, source: str) -> str:
              f"parameters:    {params:,}", f"latent space:  {cfg.latent_space or '(none: text-to-image backbone)'}"]
     b, a = cfg.backbone, cfg.adapter
     lines.append(f"backbone:      hidden {b.hidden_size}, {b.patch_depth} MM-DiT + {b.pixel_depth} PiT blocks, "
-                 f"patch {b.patch_size}, RoPE {b.rope_mode}" + (f" (ref {b.rope_ref}px)" if b.rope_mode == "ntk" else ""))
+                 f"patch {b.patch_size}, RoPE {b.rope_mode}"
+                 + (f" (ref {b.rope_ref}px)" if b.rope_mode == "ntk" else ""))
     if a is not None:
         lines.append(f"adapter:       {a.latent_channels} ch /{a.latent_factor} -> width {a.hidden_dim}, "
                      f"{cfg.num_gates} gates ({a.gate}), x{a.sr_scale}, padding {a.padding_mode}"
@@ -250,7 +261,8 @@ def _build(args) -> int:
     if args.matrix:
         targets += list(load_matrix(Path(args.matrix))["targets"])
     if not targets:
-        raise InputError("Nothing to build.", fix="pass --target rtx5090 (or h100, gb200) or --matrix engines/matrix.json")
+        raise InputError("Nothing to build.",
+                         fix="pass --target rtx5090 (or h100, gb200) or --matrix engines/matrix.json")
     sizes = [(b.height, b.width) for b in map(Bucket.parse, args.size)] if args.size else None
     options = BuildOptions(strip=args.strip, version_compatible=args.version_compatible,
                            hardware_compatibility=args.hardware_compat,
@@ -298,6 +310,8 @@ def _train(args) -> int:
 
 
 def _distill(args) -> int:
+    from tqdm import tqdm
+
     from pid_sdk.checkpoints import load_checkpoint
     from pid_sdk.latents import get_latent_space
     from training.distill import DMD2, DistillConfig
@@ -309,19 +323,47 @@ def _distill(args) -> int:
     else:
         loaded = load_checkpoint(teacher_dir)
         cfg, teacher = loaded.config, loaded.model
-    space = get_latent_space(cfg.latent_space)
-    dmd = DMD2(teacher.float(), DistillConfig(steps=args.steps, batch=args.batch, guidance=args.guidance,
-                                              gan_weight=args.gan_weight, recon_weight=args.recon_weight))
-    sampler = _sampler(args)
-    from tqdm import tqdm
+    if args.save_every < 1:
+        raise InputError("--save-every counts steps.", received=args.save_every, expected="1 or more",
+                         fix="e.g. --save-every 100")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dcfg = DistillConfig(steps=args.steps, batch=args.batch, lr_student=args.lr_student, lr_fake=args.lr_fake,
+                         guidance=args.guidance, fake_updates=args.fake_updates, gan_weight=args.gan_weight,
+                         r1_weight=args.r1_weight, recon_weight=args.recon_weight, seed=args.seed)
+    dmd = DMD2(teacher.float(), dcfg, device)
+    out = Path(args.out)
+    if args.resume:
+        dmd.resume(out)
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty.", fix="pass --resume to continue the run there, or choose a new folder")
+    space, sampler = get_latent_space(cfg.latent_space), _sampler(args, device)
+    bar = tqdm(total=args.steps, initial=dmd.step_count, unit="step", desc="distill")
+    while dmd.step_count < args.steps:
+        losses = dmd.step(sampler.batch(args.batch), space)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+        if dmd.step_count % args.save_every == 0 or dmd.step_count == args.steps:
+            _save_distill(dmd, cfg, out, f"pid-sdk distill from {args.teacher}, step {dmd.step_count}")
+    bar.close()
+    print(f"{out / 'student'}: the student after {dmd.step_count} steps")
+    return 0
 
-    for _ in tqdm(range(args.steps), desc="distill"):
-        dmd.step(sampler.batch(args.batch), space)
+
+def _save_distill(dmd, cfg, out: Path, source: str) -> None:
+    """The resumable state, then the student artefact swapped in whole: `OUT/student` is never half-written."""
+    import shutil
+
     from pid_sdk.checkpoints import save_artefact
 
-    save_artefact(dmd.student, cfg, args.out, dtype=torch.float32, source=f"dmd2:{args.teacher}")
-    print(f"wrote {args.out}")
-    return 0
+    dmd.save(out)
+    new, old = out / ".student-new", out / ".student-old"
+    for stale in (new, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    save_artefact(dmd.student, cfg, new, dtype=torch.float32, source=source)
+    if (out / "student").exists():
+        (out / "student").rename(old)
+    new.rename(out / "student")
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- compare --------------------------------------------------------------------------------------------------
@@ -337,7 +379,8 @@ def _compare(args) -> int:
                and (not args.size or f"{e.bucket[0]}x{e.bucket[1]}" in args.size)]
     if not entries:
         raise InputError("Nothing to compare.", received=args.size or "all sizes",
-                         expected=f"{args.backend} entries in {args.folder}", fix="pid-sdk export / pid-sdk build first")
+                         expected=f"{args.backend} entries in {args.folder}",
+                         fix="pid-sdk export / pid-sdk build first")
     space = get_latent_space(reference.latent_space)
     gen = torch.Generator().manual_seed(args.seed)
     failed = 0

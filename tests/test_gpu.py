@@ -221,3 +221,38 @@ def test_pair_sampler_cuts_crops_on_the_gpu_as_on_the_cpu():
     on = {dev: PairSampler([img], encode, buckets=[(128, 128)], seed=3, device=dev).batch(4) for dev in ("cpu", "cuda")}
     assert on["cuda"]["image"].is_cuda and on["cuda"]["latent"].shape == (4, 3, 4, 4)
     torch.testing.assert_close(on["cuda"]["image"].cpu(), on["cpu"]["image"], atol=1e-4, rtol=0)
+
+
+def test_cuda_dmd2_under_bf16_autocast_pulls_towards_the_image_and_resumes(tmp_path):
+    """The path of `pid-sdk distill` on CUDA: the three networks, the GAN head and every draw on the GPU."""
+    from test_training import FLUX, batch, tiny_model
+
+    from training.distill import DMD2, Conditioning, DistillConfig, student_sample
+
+    b = {k: v.cuda() for k, v in batch().items()}
+    cond = Conditioning(torch.zeros(2, 16, 32, device="cuda"), b["latent"], torch.zeros(2, device="cuda"))
+    # The fake score frozen at the teacher: the DM gradient is zero and only the reconstruction term moves the student
+    dmd = DMD2(tiny_model(), DistillConfig(fake_updates=1, lr_fake=0.0, guidance=1.0, recon_weight=1.0,
+                                           lr_student=1e-2), "cuda")
+
+    def error() -> float:
+        with torch.no_grad():
+            x0, _ = student_sample(dmd.student, cond, (2, 3, 64, 64), torch.Generator("cuda").manual_seed(0))
+        return torch.nn.functional.mse_loss(x0, b["image"]).item()
+
+    before = error()
+    for _ in range(10):
+        dmd.step(b, FLUX)
+    assert error() < 0.9 * before  # as on the CPU (tests/test_training.py)
+
+    gan = DMD2(tiny_model(), DistillConfig(fake_updates=1, gan_weight=0.1, r1_weight=0.1), "cuda")
+    losses = gan.step(b, FLUX)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+    assert next(gan.head.parameters()).is_cuda
+    gan.save(tmp_path)
+    resumed = DMD2(tiny_model(1), DistillConfig(fake_updates=1, gan_weight=0.1, r1_weight=0.1), "cuda")
+    resumed.resume(tmp_path)
+    assert resumed.step_count == 1
+    for a, c in ((gan.student, resumed.student), (gan.fake, resumed.fake), (gan.head, resumed.head)):
+        for (k, v), w in zip(a.state_dict().items(), c.state_dict().values()):
+            torch.testing.assert_close(w, v, rtol=0, atol=0, msg=k)

@@ -314,6 +314,39 @@ def test_dmd2_step_updates_student_and_fake_not_teacher():
     assert any(not torch.equal(v, f0[k]) for k, v in dmd.fake.state_dict().items())
 
 
+def test_dmd2_resume_continues_exactly_with_the_gan_head(tmp_path):
+    """Student, fake score, GAN head, both optimisers and the random state all come back."""
+    cfg = DistillConfig(fake_updates=1, gan_weight=0.1, r1_weight=0.1, lr_student=1e-3, lr_fake=1e-3)
+    straight = DMD2(tiny_model(), cfg)
+    for i in range(3):
+        straight.step(batch(seed=i), FLUX)
+    first = DMD2(tiny_model(), cfg)
+    first.step(batch(seed=0), FLUX)
+    first.save(tmp_path)
+    resumed = DMD2(tiny_model(), cfg)
+    resumed.resume(tmp_path)
+    assert resumed.step_count == 1
+    for i in (1, 2):
+        resumed.step(batch(seed=i), FLUX)
+    for a, b in ((straight.student, resumed.student), (straight.fake, resumed.fake),
+                 (straight.head, resumed.head)):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+            torch.testing.assert_close(v, w, rtol=0, atol=1e-6, msg=k)
+
+
+def test_dmd2_resume_refuses_a_folder_without_state_and_another_teacher(tmp_path):
+    from pid_sdk.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no distillation state"):
+        DMD2(tiny_model(), DistillConfig()).resume(tmp_path)
+    DMD2(tiny_model(), DistillConfig()).save(tmp_path)
+    from dataclasses import replace
+
+    deeper = build_model(replace(PRESETS["tiny"], backbone=replace(PRESETS["tiny"].backbone, patch_depth=4)))
+    with pytest.raises(CheckpointError, match="another model"):
+        DMD2(deeper, DistillConfig()).resume(tmp_path)
+
+
 def test_recon_weight_pulls_the_student_towards_the_real_image():
     """With the fake score equal to the teacher the DM gradient is zero: only the reconstruction term moves it."""
     b = batch()
@@ -361,12 +394,20 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
     assert "latent_dropout is a share" in capsys.readouterr().err
     assert main(common + ["--steps", "5", "--resume", "--pooled-loss", "8"]) == 2
     assert "POOL:WEIGHT" in capsys.readouterr().err
-    student = tmp_path / "student"
-    assert main(["distill", str(student), "--teacher", str(run), "--data", str(data), "--tae-dir", str(tae_dir),
-                 "--steps", "1", "--size", "64"]) == 0
+    distill = ["distill", str(tmp_path / "dmd"), "--teacher", str(run), "--data", str(data), "--tae-dir",
+               str(tae_dir), "--size", "64", "--fake-updates", "1", "--save-every", "1"]
+    assert main(distill + ["--steps", "1"]) == 0
+    assert main(distill + ["--steps", "2"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(distill + ["--steps", "2", "--resume", "--gan-weight", "0"]) == 0
+    assert "after 2 steps" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "dmd").iterdir()) == [
+        "distill_config.json", "distill_state.pt", "fake.safetensors", "student", "student.safetensors"]
     import pid_sdk
 
-    dec = pid_sdk.Decoder.load(student)
+    manifest = json.loads((tmp_path / "dmd" / "student" / "manifest.json").read_text())
+    assert manifest["source"].endswith("step 2")
+    dec = pid_sdk.Decoder.load(tmp_path / "dmd" / "student")
     assert dec.decode(torch.randn(1, 16, 2, 2), seed=0).shape == (1, 3, 64, 64)
 
 

@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from pid_sdk.errors import CheckpointError
 from pid_sdk.sampling import STUDENT_SIGMAS
 from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target, x0_from_v
+from training.precision import autocast
+
+DISTILL_STATE = "distill_state.pt"
 
 
 @dataclass
@@ -143,11 +150,16 @@ class DMD2:
         self.teacher = teacher.to(device).eval().requires_grad_(False)
         self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
         self.fake = copy.deepcopy(self.teacher).train().requires_grad_(True)
-        self.head = GanHead(self.fake) if cfg.gan_weight > 0 else None
+        self.head = None
+        if cfg.gan_weight > 0:
+            with torch.random.fork_rng(devices=[]):  # the head's initial weights follow the run's seed
+                torch.manual_seed(cfg.seed)
+                self.head = GanHead(self.fake).to(device)
         fake_params = list(self.fake.parameters()) + (list(self.head.parameters()) if self.head else [])
         self.opt_student = torch.optim.AdamW(self.student.parameters(), lr=cfg.lr_student, betas=(0.0, 0.99))
         self.opt_fake = torch.optim.AdamW(fake_params, lr=cfg.lr_fake, betas=(0.0, 0.99))
         self.gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.step_count = 0
 
     def conditioning(self, batch: dict[str, Tensor], space) -> Conditioning:
         b, dev = self.teacher.cfg, self.device
@@ -161,28 +173,73 @@ class DMD2:
 
     def step(self, batch: dict[str, Tensor], space) -> dict[str, float]:
         cond = self.conditioning(batch, space)
-        shape = tuple(batch["image"].shape)
+        real = batch["image"].to(self.device)
         for _ in range(self.cfg.fake_updates):
-            with torch.no_grad():
-                x0_s, _ = student_sample(self.student, cond, shape, self.gen)
-            loss_fake = fake_score_loss(self.fake, x0_s, cond, self.gen)
-            if self.head is not None:
-                _, d_loss = gan_losses(self.head, self.fake, cond, x0_s, batch["image"].to(self.device),
-                                       self.cfg.r1_weight, self.gen)
-                loss_fake = loss_fake + self.cfg.gan_weight * d_loss
+            loss_fake = self._fake_loss(cond, real)
             self.opt_fake.zero_grad(set_to_none=True)
             loss_fake.backward()
             self.opt_fake.step()
-        x0_s, _ = student_sample(self.student, cond, shape, self.gen)
-        loss = dm_loss(x0_s, self.teacher, self.fake, cond, self.cfg, self.gen)
-        recon = F.mse_loss(x0_s, batch["image"].to(self.device))
-        if self.cfg.recon_weight > 0:
-            loss = loss + self.cfg.recon_weight * recon * x0_s[0].numel()  # dm_loss is a per-sample sum
-        if self.head is not None:
-            g_loss, _ = gan_losses(self.head, self.fake, cond, x0_s, batch["image"].to(self.device), 0.0, self.gen)
-            loss = loss + self.cfg.gan_weight * g_loss
+        loss, recon = self._student_loss(cond, real)
         self.opt_student.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_fake.zero_grad(set_to_none=True)  # the student's loss must not move the fake score
         self.opt_student.step()
+        self.step_count += 1
         return {"loss": loss.item(), "fake": loss_fake.item(), "recon_mse": recon.item()}
+
+    def _fake_loss(self, cond: Conditioning, real: Tensor) -> Tensor:
+        with autocast(self.device):
+            with torch.no_grad():
+                x0_s, _ = student_sample(self.student, cond, tuple(real.shape), self.gen)
+            loss = fake_score_loss(self.fake, x0_s.float(), cond, self.gen)
+            if self.head is not None:
+                _, d_loss = gan_losses(self.head, self.fake, cond, x0_s.float(), real, self.cfg.r1_weight, self.gen)
+                loss = loss + self.cfg.gan_weight * d_loss
+        return loss.float()
+
+    def _student_loss(self, cond: Conditioning, real: Tensor) -> tuple[Tensor, Tensor]:
+        with autocast(self.device):
+            x0_s, _ = student_sample(self.student, cond, tuple(real.shape), self.gen)
+            x0_s = x0_s.float()
+            loss = dm_loss(x0_s, self.teacher, self.fake, cond, self.cfg, self.gen)
+            recon = F.mse_loss(x0_s, real)
+            if self.cfg.recon_weight > 0:
+                loss = loss + self.cfg.recon_weight * recon * x0_s[0].numel()  # dm_loss is a per-sample sum
+            if self.head is not None:
+                g_loss, _ = gan_losses(self.head, self.fake, cond, x0_s, real, 0.0, self.gen)
+                loss = loss + self.cfg.gan_weight * g_loss
+        return loss.float(), recon.float()
+
+    # --- checkpoint and resume ------------------------------------------------------------------------------
+    def save(self, out: str | Path) -> None:
+        """Student, fake score, GAN head, both optimisers and the random state: all `resume` needs."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, module in self._networks().items():
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(out / f"{name}.safetensors"))
+        state = {"opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
+                 "step": self.step_count, "rng": self.gen.get_state()}
+        torch.save(state, out / DISTILL_STATE)
+        (out / "distill_config.json").write_text(json.dumps({"distill": asdict(self.cfg),
+                                                             "model": self.teacher.config.to_dict()}, indent=2))
+
+    def resume(self, out: str | Path) -> None:
+        out = Path(out)
+        if not (out / DISTILL_STATE).is_file():
+            raise CheckpointError(f"{out} holds no distillation state ({DISTILL_STATE}).",
+                                  fix="resume the folder a `pid-sdk distill` run wrote, or drop --resume")
+        saved = json.loads((out / "distill_config.json").read_text())["model"]
+        if saved != json.loads(json.dumps(self.teacher.config.to_dict())):  # tuples as JSON keeps them
+            raise CheckpointError(f"{out} distils another model than this teacher.",
+                                  fix="resume with the teacher the run started from")
+        for name, module in self._networks().items():
+            module.load_state_dict(load_file(str(out / f"{name}.safetensors")))
+        state = torch.load(out / DISTILL_STATE, weights_only=True)
+        self.opt_student.load_state_dict(state["opt_student"])
+        self.opt_fake.load_state_dict(state["opt_fake"])
+        self.step_count = state["step"]
+        self.gen.set_state(state["rng"])
+
+    def _networks(self) -> dict[str, nn.Module]:
+        nets = {"student": self.student, "fake": self.fake}
+        return nets | ({"gan_head": self.head.head} if self.head is not None else {})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import warnings
@@ -20,6 +19,7 @@ from pid_sdk.latents import LatentSpace
 from training.distill import Conditioning, student_sample
 from training.ema import EMA
 from training.flow import add_noise, pooled_mse, sample_latent_sigma, sample_sigma, velocity_target
+from training.precision import autocast
 
 OBJECTIVES = ("flow", "rollout")
 
@@ -83,9 +83,7 @@ class Trainer:
         self.step_count = 0
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device)
 
     def conditioning(self, batch: dict[str, Tensor]) -> Conditioning:
         """The batch's caption and latent, each dropped (zeros) for its share of samples, the latent noised for its."""
