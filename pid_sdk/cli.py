@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--tae-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tae"))
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--batch", type=int, default=2)
-    tr.add_argument("--size", type=int, default=512, help="square crop side (output pixels)")
+    _data_arguments(tr)
     tr.add_argument("--lr", type=float, default=2e-4)
     tr.add_argument("--lr-decay", type=int, nargs=2, metavar=("START", "END"),
                     help="steps over which the learning rate falls linearly to a tenth")
@@ -140,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     dst.add_argument("--tae-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tae"))
     dst.add_argument("--steps", type=int, default=200, help="total student updates (a resumed run counts on)")
     dst.add_argument("--batch", type=int, default=1)
-    dst.add_argument("--size", type=int, default=512)
+    _data_arguments(dst)
     dst.add_argument("--guidance", type=float, default=1.0)
     dst.add_argument("--lr-student", type=float, default=1e-5)
     dst.add_argument("--lr-fake", type=float, default=2e-5)
@@ -275,14 +275,27 @@ def _build(args) -> int:
 
 
 # --- train / distill -----------------------------------------------------------------------------------------
-def _sampler(args, device: str = "cpu"):
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=512, help="square crop side (output pixels)")
+    p.add_argument("--buckets", nargs="+", metavar="HxW",
+                   help="aspect buckets instead of --size, e.g. 512x512 384x640 640x384 (images go to the nearest)")
+    p.add_argument("--crop", choices=["random", "centre"], default="random",
+                   help="random: crops at several scales, flipped half the time; centre: the image's centre")
+
+
+def _sampler(args, cfg, device: str = "cpu"):
+    from pid_sdk.buckets import Bucket
     from pid_sdk.tae import TinyAutoencoder
     from training.data import DEMO_HELD_OUT, PairSampler, load_folder, package_images
 
+    buckets = [Bucket.parse(b) for b in args.buckets] if args.buckets else [Bucket(args.size, args.size)]
+    for b in buckets if cfg.adapter is not None else ():
+        b.latent_size(cfg.adapter.latent_factor, cfg.adapter.sr_scale)  # whole latent cells, or the fix
     tae = TinyAutoencoder(args.tae_dir, args.tae)
     tae.encoder.to(device)
     images = load_folder(args.data) if args.data else list(package_images(exclude=DEMO_HELD_OUT).values())
-    return PairSampler(images, tae.encode, buckets=[(args.size, args.size)], device=device)
+    return PairSampler(images, tae.encode, buckets=[(b.height, b.width) for b in buckets], device=device,
+                       crop=args.crop)
 
 
 def _train(args) -> int:
@@ -304,7 +317,7 @@ def _train(args) -> int:
                                                 pooled_loss=parse_pooled_loss(args.pooled_loss)), device)
     if args.resume:
         trainer.resume(args.out)
-    trainer.fit(_sampler(args, device), args.out)
+    trainer.fit(_sampler(args, cfg, device), args.out)
     print(f"{args.out}: {trainer.step_count} steps")
     return 0
 
@@ -336,7 +349,7 @@ def _distill(args) -> int:
         dmd.resume(out)
     elif out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty.", fix="pass --resume to continue the run there, or choose a new folder")
-    space, sampler = get_latent_space(cfg.latent_space), _sampler(args, device)
+    space, sampler = get_latent_space(cfg.latent_space), _sampler(args, cfg, device)
     bar = tqdm(total=args.steps, initial=dmd.step_count, unit="step", desc="distill")
     while dmd.step_count < args.steps:
         losses = dmd.step(sampler.batch(args.batch), space)

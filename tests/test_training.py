@@ -394,6 +394,10 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
     assert "latent_dropout is a share" in capsys.readouterr().err
     assert main(common + ["--steps", "5", "--resume", "--pooled-loss", "8"]) == 2
     assert "POOL:WEIGHT" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="bucket 64x128"):  # the two images are square
+        assert main(common + ["--steps", "5", "--resume", "--buckets", "64x64", "64x128", "--crop", "centre"]) == 0
+    assert main(common + ["--steps", "6", "--resume", "--buckets", "60x64"]) == 2
+    assert "whole number of latent cells" in capsys.readouterr().err
     distill = ["distill", str(tmp_path / "dmd"), "--teacher", str(run), "--data", str(data), "--tae-dir",
                str(tae_dir), "--size", "64", "--fake-updates", "1", "--save-every", "1"]
     assert main(distill + ["--steps", "1"]) == 0

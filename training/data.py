@@ -1,11 +1,13 @@
 """Training pairs from real images: a high-resolution crop and the latent of its 4x smaller version.
 
-Images come from a folder or from the ones that ship inside packages. Each batch shares one aspect bucket; crops are
-taken at several scales so small package images still give many distinct views.
+Images come from a folder or from the ones that ship inside packages. Each batch shares one aspect bucket and takes
+the images nearest its aspect ratio; crops are taken at several scales so small package images still give many
+distinct views, or (`crop="centre"`) each image is resized to cover the bucket and its centre kept.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -132,17 +134,33 @@ def downsample(x: Tensor, factor: int) -> Tensor:
 
 
 class PairSampler:
-    """Batches of {"image": [B, 3, H, W] in [-1, 1], "latent": [B, C, H/(4f), W/(4f)]} from a list of images."""
+    """Batches of {"image": [B, 3, H, W] in [-1, 1], "latent": [B, C, H/(4f), W/(4f)]} from a list of images.
+
+    Each batch is one bucket (height, width), drawn uniformly among the buckets; its images are drawn among those
+    whose aspect ratio is nearest the bucket's, so a portrait photograph never gives a panorama's sliver. Buckets of
+    one aspect ratio (sizes of a square, say) share all images. `crop="random"` cuts a crop covering one of
+    `scales` of the image's shorter side at a random place, flipped half the time; `crop="centre"` takes the whole
+    image, resized to cover the bucket, and its centre.
+    """
+
+    CROPS = ("random", "centre")
 
     def __init__(self, images: list[np.ndarray], encode: Callable[[Tensor], Tensor], *, buckets: list[tuple[int, int]],
                  sr_scale: int = 4, scales: tuple[float, ...] = (1.0, 0.7, 0.5), seed: int = 0,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", crop: str = "random"):
         if not images:
             raise InputError("No training images.", fix="pass a folder of images or use the package images")
+        if crop not in self.CROPS:
+            raise InputError("Unknown crop.", received=crop, expected=" or ".join(self.CROPS))
         # Crops are cut and resized where the images are: on the training device, so a GPU run does no per-crop
         # work on the host.
         self.images = [to_tensor(i).to(device) for i in images]
-        self.encode, self.buckets, self.sr, self.scales = encode, buckets, sr_scale, scales
+        self.encode, self.sr, self.scales, self.crop = encode, sr_scale, scales, crop
+        self.members = bucket_members([i.shape[:2] for i in images], buckets)
+        self.buckets = [b for b in buckets if self.members[b]]
+        if len(self.buckets) < len(buckets):
+            idle = ", ".join(f"{h}x{w}" for h, w in buckets if not self.members[(h, w)])
+            warnings.warn(f"No training image has the aspect ratio of bucket {idle}; it is not trained.", stacklevel=2)
         self.gen = torch.Generator().manual_seed(seed)
 
     def batch(self, size: int) -> dict[str, Tensor]:
@@ -158,12 +176,24 @@ class PairSampler:
 
     def _batch(self, size: int, bucket: tuple[int, int]) -> dict[str, Tensor]:
         height, width = bucket
-        crops = []
+        members, crops = self.members[bucket], []
         for _ in range(size):
-            img = self.images[int(torch.randint(len(self.images), (1,), generator=self.gen))]
+            img = self.images[members[int(torch.randint(len(members), (1,), generator=self.gen))]]
+            if self.crop == "centre":
+                crops.append(centre_crop(img, height, width))
+                continue
             scale = self.scales[int(torch.randint(len(self.scales), (1,), generator=self.gen))]
             crops.append(random_crop(img, height, width, scale, self.gen))
         hr = torch.stack(crops)
         with torch.no_grad():
             latent = self.encode(downsample(hr, self.sr))
         return {"image": hr * 2 - 1, "latent": latent}
+
+
+def bucket_members(sizes: list[tuple[int, int]], buckets: list[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+    """For each bucket, the indices of the images (height, width) whose aspect ratio is nearest its own."""
+    if not buckets:
+        raise InputError("No buckets to train on.", expected="one or more (height, width)", fix="e.g. --size 512")
+    ratios = sorted({h / w for h, w in buckets})
+    nearest = [min(ratios, key=lambda r: abs(np.log(h / w / r))) for h, w in sizes]
+    return {(h, w): [i for i, r in enumerate(nearest) if r == h / w] for h, w in buckets}
