@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -149,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     dst.add_argument("--r1-weight", type=float, default=0.0, help="R1 penalty of the GAN head on real images")
     dst.add_argument("--recon-weight", type=float, default=0.0,
                      help="pull the student towards the real image too (not in the paper; 0 = plain DMD2)")
+    dst.add_argument("--latent-noise-prob", type=float, default=0.5,
+                     help="share of samples with a noised latent (sigma_latent ~ U[0, 0.8]), as in training")
     dst.add_argument("--seed", type=int, default=0)
     dst.add_argument("--device", help="cpu or cuda (default: cuda when available; bf16 autocast there)")
     dst.add_argument("--save-every", type=int, default=100, help="write the state and the student every N steps")
@@ -342,7 +345,8 @@ def _distill(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dcfg = DistillConfig(steps=args.steps, batch=args.batch, lr_student=args.lr_student, lr_fake=args.lr_fake,
                          guidance=args.guidance, fake_updates=args.fake_updates, gan_weight=args.gan_weight,
-                         r1_weight=args.r1_weight, recon_weight=args.recon_weight, seed=args.seed)
+                         r1_weight=args.r1_weight, recon_weight=args.recon_weight,
+                         latent_noise_prob=args.latent_noise_prob, seed=args.seed)
     dmd = DMD2(teacher.float(), dcfg, device)
     out = Path(args.out)
     if args.resume:
@@ -351,9 +355,12 @@ def _distill(args) -> int:
         raise ConfigError(f"{out} is not empty.", fix="pass --resume to continue the run there, or choose a new folder")
     space, sampler = get_latent_space(cfg.latent_space), _sampler(args, cfg, device)
     bar = tqdm(total=args.steps, initial=dmd.step_count, unit="step", desc="distill")
+    t0, seen = time.perf_counter(), 0
     while dmd.step_count < args.steps:
         losses = dmd.step(sampler.batch(args.batch), space)
+        seen += args.batch
         bar.update(1)
+        losses["img_s"] = seen / (time.perf_counter() - t0)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
         if dmd.step_count % args.save_every == 0 or dmd.step_count == args.steps:
             _save_distill(dmd, cfg, out, f"pid-sdk distill from {args.teacher}, step {dmd.step_count}")

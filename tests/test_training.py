@@ -334,6 +334,24 @@ def test_dmd2_resume_continues_exactly_with_the_gan_head(tmp_path):
             torch.testing.assert_close(v, w, rtol=0, atol=1e-6, msg=k)
 
 
+def test_distill_config_rejects_shares_outside_0_1_and_no_fake_updates():
+    from pid_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="share"):
+        DistillConfig(latent_noise_prob=1.5)
+    with pytest.raises(ConfigError, match="fake_updates"):
+        DistillConfig(fake_updates=0)
+
+
+def test_dmd2_latent_noise_prob_sets_the_share_of_noised_latents():
+    b = batch(n=64)
+    clean = DMD2(tiny_model(), DistillConfig(latent_noise_prob=0.0)).conditioning(b, FLUX)
+    torch.testing.assert_close(clean.latent, b["latent"])
+    assert torch.all(clean.latent_sigma == 0)
+    noised = DMD2(tiny_model(), DistillConfig(latent_noise_prob=0.5)).conditioning(b, FLUX)
+    assert 16 < int((noised.latent_sigma > 0).sum()) < 48
+
+
 def test_dmd2_resume_refuses_a_folder_without_state_and_another_teacher(tmp_path):
     from pid_sdk.errors import CheckpointError
 

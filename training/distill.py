@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from pid_sdk.errors import CheckpointError
+from pid_sdk.errors import CheckpointError, ConfigError
 from pid_sdk.sampling import STUDENT_SIGMAS
 from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target, x0_from_v
 from training.precision import autocast
@@ -43,7 +43,16 @@ class DistillConfig:
     # Not in the paper: a decoder has the real image of every latent, so the student's x0 can also be pulled
     # towards it (mean squared error). 0 is plain DMD2; > 0 trades some sharpness for fidelity (PSNR).
     recon_weight: float = 0.0
+    latent_noise_prob: float = 0.5  # share of samples with a noised latent, as in training (spec 6.2)
     seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.latent_noise_prob <= 1:
+            raise ConfigError("latent_noise_prob is a share of the samples.", received=self.latent_noise_prob,
+                              expected="a number in [0, 1]", fix="e.g. 0.1 to distil mostly for clean latents")
+        if self.fake_updates < 1:
+            raise ConfigError("The fake score must follow the student.", received=self.fake_updates,
+                              expected="fake_updates of 1 or more", fix="the paper uses 5; 1 or 2 for speed")
 
 
 class Conditioning:
@@ -167,7 +176,7 @@ class DMD2:
         n = latent.shape[0]
         text = batch.get("text")
         text = torch.zeros(n, b.txt_max_length, b.txt_embed_dim, device=dev) if text is None else text.to(dev)
-        latent_sigma = sample_latent_sigma(n, generator=self.gen, device=dev)
+        latent_sigma = sample_latent_sigma(n, prob=self.cfg.latent_noise_prob, generator=self.gen, device=dev)
         latent = space.add_noise(latent, latent_sigma, torch.randn(latent.shape, generator=self.gen, device=dev))
         return Conditioning(text, latent, latent_sigma)
 
