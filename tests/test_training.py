@@ -334,6 +334,24 @@ def test_dmd2_resume_continues_exactly_with_the_gan_head(tmp_path):
             torch.testing.assert_close(v, w, rtol=0, atol=1e-6, msg=k)
 
 
+def test_a_failed_save_keeps_the_previous_checkpoint_whole(tmp_path):
+    from training.files import write_all_then_rename
+
+    (tmp_path / "a.txt").write_text("old a")
+    (tmp_path / "b.txt").write_text("old b")
+
+    def fail(path):
+        path.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_all_then_rename({tmp_path / "a.txt": lambda p: p.write_text("new a"), tmp_path / "b.txt": fail})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporary files left
+    assert (tmp_path / "a.txt").read_text() == "old a" and (tmp_path / "b.txt").read_text() == "old b"
+    write_all_then_rename({tmp_path / "a.txt": lambda p: p.write_text("new a")})
+    assert (tmp_path / "a.txt").read_text() == "new a"
+
+
 def test_distill_config_rejects_shares_outside_0_1_and_no_fake_updates():
     from pid_sdk.errors import ConfigError
 
@@ -363,6 +381,8 @@ def test_dmd2_resume_refuses_a_folder_without_state_and_another_teacher(tmp_path
     deeper = build_model(replace(PRESETS["tiny"], backbone=replace(PRESETS["tiny"].backbone, patch_depth=4)))
     with pytest.raises(CheckpointError, match="another model"):
         DMD2(deeper, DistillConfig()).resume(tmp_path)
+    with pytest.raises(CheckpointError, match="without a GAN head"):
+        DMD2(tiny_model(), DistillConfig(gan_weight=0.1)).resume(tmp_path)
 
 
 def test_recon_weight_pulls_the_student_towards_the_real_image():

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
 from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pid_sdk.errors import CheckpointError, ConfigError
 from pid_sdk.sampling import STUDENT_SIGMAS
+from training.files import write_all_then_rename
 from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target, x0_from_v
 from training.precision import autocast
 
@@ -224,23 +225,28 @@ class DMD2:
         """Student, fake score, GAN head, both optimisers and the random state: all `resume` needs."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        for name, module in self._networks().items():
-            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(out / f"{name}.safetensors"))
+        writers = {out / f"{name}.safetensors": _safetensors_writer(net) for name, net in self._networks().items()}
         state = {"opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
                  "step": self.step_count, "rng": self.gen.get_state()}
-        torch.save(state, out / DISTILL_STATE)
-        (out / "distill_config.json").write_text(json.dumps({"distill": asdict(self.cfg),
-                                                             "model": self.teacher.config.to_dict()}, indent=2))
+        writers[out / DISTILL_STATE] = lambda path: torch.save(state, path)
+        config = json.dumps({"distill": asdict(self.cfg), "model": self.teacher.config.to_dict()}, indent=2)
+        writers[out / "distill_config.json"] = lambda path: path.write_text(config)
+        write_all_then_rename(writers)
 
     def resume(self, out: str | Path) -> None:
         out = Path(out)
         if not (out / DISTILL_STATE).is_file():
             raise CheckpointError(f"{out} holds no distillation state ({DISTILL_STATE}).",
                                   fix="resume the folder a `pid-sdk distill` run wrote, or drop --resume")
-        saved = json.loads((out / "distill_config.json").read_text())["model"]
-        if saved != json.loads(json.dumps(self.teacher.config.to_dict())):  # tuples as JSON keeps them
+        saved = json.loads((out / "distill_config.json").read_text())
+        if saved["model"] != json.loads(json.dumps(self.teacher.config.to_dict())):  # tuples as JSON keeps them
             raise CheckpointError(f"{out} distils another model than this teacher.",
                                   fix="resume with the teacher the run started from")
+        if (saved["distill"]["gan_weight"] > 0) != (self.head is not None):
+            raise CheckpointError(f"{out} was distilled {'with' if self.head is None else 'without'} a GAN head.",
+                                  received=f"gan_weight {self.cfg.gan_weight}",
+                                  expected=f"gan_weight {saved['distill']['gan_weight']} as in that run",
+                                  fix="resume with the run's --gan-weight, or start a new run")
         for name, module in self._networks().items():
             module.load_state_dict(load_file(str(out / f"{name}.safetensors")))
         state = torch.load(out / DISTILL_STATE, weights_only=True)
@@ -252,3 +258,8 @@ class DMD2:
     def _networks(self) -> dict[str, nn.Module]:
         nets = {"student": self.student, "fake": self.fake}
         return nets | ({"gan_head": self.head.head} if self.head is not None else {})
+
+
+def _safetensors_writer(module: nn.Module):
+    tensors = {k: v.contiguous() for k, v in module.state_dict().items()}
+    return lambda path: save_file(tensors, str(path))

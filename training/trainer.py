@@ -18,6 +18,7 @@ from pid_sdk.errors import ConfigError
 from pid_sdk.latents import LatentSpace
 from training.distill import Conditioning, student_sample
 from training.ema import EMA
+from training.files import write_all_then_rename
 from training.flow import add_noise, pooled_mse, sample_latent_sigma, sample_sigma, velocity_target
 from training.precision import autocast
 
@@ -153,12 +154,13 @@ class Trainer:
     def save(self, out: str | Path) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(out / "model.safetensors"))
-        save_file({k: v.contiguous() for k, v in self.ema.model.state_dict().items()}, str(out / "ema.safetensors"))
+        model, ema = ({k: v.contiguous() for k, v in m.state_dict().items()} for m in (self.model, self.ema.model))
         state = {"optimizer": self.opt.state_dict(), "step": self.step_count, "rng": self.gen.get_state()}
-        torch.save(state, out / "trainer_state.pt")
-        (out / "train_config.json").write_text(json.dumps({"train": asdict(self.cfg),
-                                                           "model": self.model.config.to_dict()}, indent=2))
+        config = json.dumps({"train": asdict(self.cfg), "model": self.model.config.to_dict()}, indent=2)
+        write_all_then_rename({out / "model.safetensors": lambda path: save_file(model, str(path)),
+                               out / "ema.safetensors": lambda path: save_file(ema, str(path)),
+                               out / "trainer_state.pt": lambda path: torch.save(state, path),
+                               out / "train_config.json": lambda path: path.write_text(config)})
 
     def resume(self, out: str | Path) -> None:
         out = Path(out)
