@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="steps over which the learning rate falls linearly to a tenth")
     tr.add_argument("--shift", type=float, default=1.0)
     tr.add_argument("--freeze-backbone", action="store_true", help="train only the adapter and its gates")
-    tr.add_argument("--objective", choices=["flow", "rollout", "unrolled"], default="flow",
+    tr.add_argument("--objective", choices=["flow", "rollout"], default="flow",
                     help="rollout: fine-tune a trained run for the 4-step sampler (see training/trainer.py)")
     tr.add_argument("--latent-noise-prob", type=float, default=0.5,
                     help="share of samples with a noised latent (sigma_latent ~ U[0, 0.8]); lower it to fine-tune "

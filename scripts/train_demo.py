@@ -47,7 +47,7 @@ def main() -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model: 1.25-1.4x faster after one compile per crop size")
-    p.add_argument("--objective", choices=["flow", "rollout", "unrolled"], default="flow",
+    p.add_argument("--objective", choices=["flow", "rollout"], default="flow",
                    help="rollout: fine-tune for the 4-step sampler on the model's own steps (training/trainer.py)")
     p.add_argument("--pooled-loss", nargs="*", metavar="POOL:WEIGHT", help="e.g. 8:4 16:8 (training/flow.py)")
     p.add_argument("--latent-noise-prob", type=float, default=0.5,

@@ -120,28 +120,6 @@ def test_rollout_fine_tune_lowers_the_error_of_the_four_step_decode():
     assert eval_loss(trainer, b) < 0.7 * first
 
 
-def test_unrolled_sample_is_the_sdks_four_step_decode():
-    from pid_sdk.sampling import sample_student
-    from training.distill import unrolled_sample
-
-    model, b = tiny_model(), batch()
-    cond = cond_for(b)
-    ours = unrolled_sample(model, cond, (2, 3, 64, 64), torch.Generator().manual_seed(3))
-    decode = sample_student(lambda x, s: cond(model, x, torch.full((2,), s)), (2, 3, 64, 64),
-                            generator=torch.Generator().manual_seed(3))
-    torch.testing.assert_close(ours.clamp(-1, 1), decode, atol=1e-5, rtol=0)
-
-
-def test_unrolled_objective_lowers_the_error_of_the_four_step_decode():
-    trainer = Trainer(tiny_model(), FLUX, TrainConfig(objective="unrolled", lr=2e-3, caption_dropout=0,
-                                                      latent_dropout=0, latent_noise_prob=0))
-    b = smooth_batch()
-    first = eval_loss(trainer, b)
-    for _ in range(30):
-        trainer.step(b)
-    assert eval_loss(trainer, b) < 0.7 * first
-
-
 def test_noisy_latent_conditioning_and_dropouts_are_applied():
     seen = {}
 

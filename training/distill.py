@@ -90,18 +90,6 @@ def student_sample(student: nn.Module, cond: Conditioning, shape, gen: torch.Gen
     return x0_from_v(x, s, cond(student, x, s)), s
 
 
-def unrolled_sample(model: nn.Module, cond: Conditioning, shape, gen: torch.Generator) -> Tensor:
-    """The whole 4-step SDE decode with gradients through every step: the error of its output trains all four calls
-    at once, so an early step learns what helps the later ones and not only its own x0."""
-    x = torch.randn(shape, generator=gen, device=cond.latent.device)
-    for cur, nxt in zip(STUDENT_SIGMAS[:-1], STUDENT_SIGMAS[1:]):
-        s = torch.full((shape[0],), cur, device=x.device)
-        x0 = x0_from_v(x, s, cond(model, x, s))
-        if nxt > 0:
-            x = add_noise(x0, torch.full_like(s, nxt), torch.randn(shape, generator=gen, device=x.device))
-    return x0
-
-
 def dm_loss(x0_student: Tensor, teacher: nn.Module, fake: nn.Module, cond: Conditioning, cfg: DistillConfig,
             gen: torch.Generator) -> Tensor:
     """Distribution matching: move the student's x0 along (x0_fake - x0_real), normalised per sample."""

@@ -16,13 +16,13 @@ from pid_sdk.checkpoints import load_state_dict_strict
 from pid_sdk.config import PiDConfig
 from pid_sdk.errors import ConfigError
 from pid_sdk.latents import LatentSpace
-from training.distill import Conditioning, student_sample, unrolled_sample
+from training.distill import Conditioning, student_sample
 from training.ema import EMA
 from training.files import write_all_then_rename
 from training.flow import add_noise, pooled_mse, sample_latent_sigma, sample_sigma, velocity_target
 from training.precision import autocast
 
-OBJECTIVES = ("flow", "rollout", "unrolled")
+OBJECTIVES = ("flow", "rollout")
 
 
 @dataclass
@@ -46,8 +46,7 @@ class TrainConfig:
     # "flow": the rectified-flow loss above. "rollout": a fine-tune of a trained model for the 4-step sampler: the
     # model runs that sampler on itself (no grad) to a random step, and its x0 prediction there is regressed onto
     # the real image, so it learns to correct its own earlier steps (DMD2's backward simulation with only the
-    # reconstruction loss: no teacher or fake score, hence affordable on a CPU). "unrolled": the whole 4-step decode
-    # with gradients through all four calls, its output regressed onto the real image (about 3x a rollout step).
+    # reconstruction loss: no teacher or fake score, hence affordable on a CPU).
     objective: str = "flow"
     pooled_loss: tuple[tuple[int, float], ...] = ()  # (pool, weight) terms of `pooled_mse`: weigh coarse errors more
 
@@ -104,12 +103,9 @@ class Trainer:
         """Rectified flow on v = eps - x0, or the rollout loss (TrainConfig.objective), on `conditioning(batch)`."""
         x0 = batch["image"].to(self.device)
         cond = self.conditioning(batch)
-        if self.cfg.objective in ("rollout", "unrolled"):  # x0 of the model's own 4-step sampler
+        if self.cfg.objective == "rollout":  # x0 at a random step of the model's own 4-step sampler
             with self.autocast():
-                if self.cfg.objective == "rollout":  # at a random step, the steps before it without gradients
-                    x0_pred, _ = student_sample(self.forward, cond, tuple(x0.shape), self.gen)
-                else:
-                    x0_pred = unrolled_sample(self.forward, cond, tuple(x0.shape), self.gen)
+                x0_pred, _ = student_sample(self.forward, cond, tuple(x0.shape), self.gen)
             return pooled_mse(x0_pred.float() - x0, self.cfg.pooled_loss)
         sigma = sample_sigma(x0.shape[0], shift=self.cfg.shift, generator=self.gen, device=self.device)
         eps = torch.randn(x0.shape, generator=self.gen, device=self.device)
