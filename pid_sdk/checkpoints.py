@@ -341,14 +341,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
 
 
 def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtype: torch.dtype = torch.bfloat16,
-                  source: str = "", latent_space: str | None = None) -> Path:
-    """Write `model.safetensors` + `manifest.json` atomically (a temporary folder renamed into place)."""
+                  source: str = "", latent_space: str | None = None, replace_artefact: bool = False) -> Path:
+    """Write `model.safetensors` + `manifest.json` atomically (a temporary folder renamed into place).
+    `replace_artefact`: an artefact already in `out_dir` is swapped for the new one, never left half-written."""
     from safetensors.torch import save_file
 
     from pid_sdk import __version__
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
+    replacing = replace_artefact and (out_dir / MANIFEST_FILE).is_file()
+    if out_dir.exists() and any(out_dir.iterdir()) and not replacing:
         raise CheckpointError(f"{out_dir} exists and is not empty.", fix="choose a new folder or remove it")
     cfg = replace(cfg, latent_space=latent_space or cfg.latent_space)
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
@@ -370,6 +372,15 @@ def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtyp
             "pid_sdk_version": __version__,
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        if replacing:  # the old artefact steps aside only for the rename
+            old = out_dir.rename(out_dir.with_name(tmp.name + "-old"))
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                old.rename(out_dir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            return out_dir
         if out_dir.exists():
             out_dir.rmdir()
         os.replace(tmp, out_dir)

@@ -370,20 +370,11 @@ def _distill(args) -> int:
 
 
 def _save_distill(dmd, cfg, out: Path, source: str) -> None:
-    """The resumable state, then the student artefact swapped in whole: `OUT/student` is never half-written."""
-    import shutil
-
+    """The resumable state, and the student as a model artefact in `OUT/student`."""
     from pid_sdk.checkpoints import save_artefact
 
     dmd.save(out)
-    new, old = out / ".student-new", out / ".student-old"
-    for stale in (new, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    save_artefact(dmd.student, cfg, new, dtype=torch.float32, source=source)
-    if (out / "student").exists():
-        (out / "student").rename(old)
-    new.rename(out / "student")
-    shutil.rmtree(old, ignore_errors=True)
+    save_artefact(dmd.student, cfg, out / "student", dtype=torch.float32, source=source, replace_artefact=True)
 
 
 # --- compare --------------------------------------------------------------------------------------------------

@@ -122,6 +122,21 @@ def test_artefact_file_format_is_pinned(tmp_path):
     assert set(manifest["config"]) == {"name", "backbone", "adapter", "latent_space", "description"}
 
 
+def test_an_artefact_is_replaced_only_when_asked_and_only_an_artefact(tmp_path):
+    first = save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a", source="first")
+    with pytest.raises(CheckpointError, match="not empty"):
+        save_artefact(reference("tiny"), PRESETS["tiny"], first, source="second")
+    save_artefact(reference("tiny"), PRESETS["tiny"], first, source="second", replace_artefact=True)
+    assert json.loads((first / "manifest.json").read_text())["source"] == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # nothing left aside
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep")
+    with pytest.raises(CheckpointError, match="not empty"):  # a folder that is no artefact is never replaced
+        save_artefact(reference("tiny"), PRESETS["tiny"], other, replace_artefact=True)
+    assert (other / "todo.txt").read_text() == "keep"
+
+
 def test_artefact_sha_mismatch_and_missing_manifest(tmp_path):
     out = save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a")
     data = bytearray((out / "model.safetensors").read_bytes())

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pid_sdk.errors import CheckpointError, ConfigError
 from pid_sdk.sampling import STUDENT_SIGMAS
-from training.files import write_all_then_rename
+from training.files import safetensors_writer, write_all_then_rename
 from training.flow import add_noise, sample_latent_sigma, sample_sigma, velocity_target, x0_from_v
 from training.precision import autocast
 
@@ -225,7 +225,7 @@ class DMD2:
         """Student, fake score, GAN head, both optimisers and the random state: all `resume` needs."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        writers = {out / f"{name}.safetensors": _safetensors_writer(net) for name, net in self._networks().items()}
+        writers = {out / f"{name}.safetensors": safetensors_writer(net) for name, net in self._networks().items()}
         state = {"opt_student": self.opt_student.state_dict(), "opt_fake": self.opt_fake.state_dict(),
                  "step": self.step_count, "rng": self.gen.get_state()}
         writers[out / DISTILL_STATE] = lambda path: torch.save(state, path)
@@ -259,7 +259,3 @@ class DMD2:
         nets = {"student": self.student, "fake": self.fake}
         return nets | ({"gan_head": self.head.head} if self.head is not None else {})
 
-
-def _safetensors_writer(module: nn.Module):
-    tensors = {k: v.contiguous() for k, v in module.state_dict().items()}
-    return lambda path: save_file(tensors, str(path))

@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from safetensors.torch import save_file
+from torch import nn
+
 
 def write_all_then_rename(writers: dict[Path, Callable[[Path], None]]) -> None:
     """Each writer writes its file under a temporary name beside the target; only when every one has succeeded are
@@ -19,3 +22,9 @@ def write_all_then_rename(writers: dict[Path, Callable[[Path], None]]) -> None:
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
+
+
+def safetensors_writer(module: nn.Module) -> Callable[[Path], None]:
+    """A writer of the module's state dict as it is now (the tensors are taken at once, written later)."""
+    tensors = {k: v.contiguous() for k, v in module.state_dict().items()}
+    return lambda path: save_file(tensors, str(path))

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from pid_sdk.checkpoints import load_state_dict_strict
@@ -18,7 +18,7 @@ from pid_sdk.errors import ConfigError
 from pid_sdk.latents import LatentSpace
 from training.distill import Conditioning, student_sample
 from training.ema import EMA
-from training.files import write_all_then_rename
+from training.files import safetensors_writer, write_all_then_rename
 from training.flow import add_noise, pooled_mse, sample_latent_sigma, sample_sigma, velocity_target
 from training.precision import autocast
 
@@ -154,11 +154,10 @@ class Trainer:
     def save(self, out: str | Path) -> None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        model, ema = ({k: v.contiguous() for k, v in m.state_dict().items()} for m in (self.model, self.ema.model))
         state = {"optimizer": self.opt.state_dict(), "step": self.step_count, "rng": self.gen.get_state()}
         config = json.dumps({"train": asdict(self.cfg), "model": self.model.config.to_dict()}, indent=2)
-        write_all_then_rename({out / "model.safetensors": lambda path: save_file(model, str(path)),
-                               out / "ema.safetensors": lambda path: save_file(ema, str(path)),
+        write_all_then_rename({out / "model.safetensors": safetensors_writer(self.model),
+                               out / "ema.safetensors": safetensors_writer(self.ema.model),
                                out / "trainer_state.pt": lambda path: torch.save(state, path),
                                out / "train_config.json": lambda path: path.write_text(config)})
 
