@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pid_sdk.errors import ConfigError, InputError, PiDError
+from pid_sdk.errors import CheckpointError, ConfigError, InputError, PiDError
 from pid_sdk.runtime.speed import SPEEDS
 
 
@@ -121,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="steps over which the learning rate falls linearly to a tenth")
     tr.add_argument("--shift", type=float, default=1.0)
     tr.add_argument("--freeze-backbone", action="store_true", help="train only the adapter and its gates")
+    tr.add_argument("--init", help="start from trained weights (official checkpoint or artefact) instead of --preset")
+    tr.add_argument("--latent-space", help="with --init: the latent space, where the checkpoint does not say it")
+    tr.add_argument("--trust-pickle", action="store_true", help="allow --init pickles that run code (trusted files)")
     tr.add_argument("--objective", choices=["flow", "rollout"], default="flow",
                     help="rollout: fine-tune a trained run for the 4-step sampler (see training/trainer.py)")
     tr.add_argument("--latent-noise-prob", type=float, default=0.5,
@@ -302,14 +306,10 @@ def _sampler(args, cfg, device: str = "cpu"):
 
 
 def _train(args) -> int:
-    from pid_sdk.config import get_preset
     from pid_sdk.latents import get_latent_space
-    from pid_sdk.model import build_model
     from training.trainer import TrainConfig, Trainer, parse_pooled_loss
 
-    cfg = get_preset(args.preset)
-    model = build_model(cfg)
-    model.init_weights()
+    cfg, model = _initial_model(args)
     space = get_latent_space(cfg.latent_space)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     trainer = Trainer(model, space, TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay,
@@ -320,9 +320,45 @@ def _train(args) -> int:
                                                 pooled_loss=parse_pooled_loss(args.pooled_loss)), device)
     if args.resume:
         trainer.resume(args.out)
+    elif args.init:  # where the weights came from, kept beside the run (resuming never rewrites it)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "init.json").write_text(json.dumps({"init": args.init, "config": cfg.name}, indent=2))
     trainer.fit(_sampler(args, cfg, device), args.out)
     print(f"{args.out}: {trainer.step_count} steps")
     return 0
+
+
+def _initial_model(args):
+    """The run's config and first weights: --preset at random, --init's trained weights, or (--resume) the
+    run's own recorded config, whatever --preset says."""
+    from dataclasses import replace
+
+    from pid_sdk.checkpoints import load_checkpoint
+    from pid_sdk.config import get_preset
+    from pid_sdk.model import build_model
+    from training.trainer import run_config
+
+    if args.resume and args.init:
+        raise InputError("--init starts a new run from trained weights; --resume continues one.",
+                         received="--init and --resume", expected="one of them", fix="drop --init to resume")
+    if args.resume:
+        if not (Path(args.out) / "train_config.json").is_file():
+            raise CheckpointError(f"No training run in {args.out} to resume.", fix="drop --resume to start one there")
+        cfg = run_config(args.out)
+        return cfg, build_model(cfg)  # the checkpoint's weights are loaded by Trainer.resume
+    if not args.init:
+        cfg = get_preset(args.preset)
+        model = build_model(cfg)
+        model.init_weights()
+        return cfg, model
+    loaded = load_checkpoint(args.init, trust_pickle=args.trust_pickle)
+    cfg = replace(loaded.config, latent_space=args.latent_space or loaded.config.latent_space)
+    if cfg.adapter is None or cfg.latent_space is None:
+        raise ConfigError(f"{args.init} is no latent-conditioned decoder with a known latent space.",
+                          received=f"{cfg.name}, latent space {cfg.latent_space}",
+                          expected="a PiD checkpoint with an adapter", fix="pass --latent-space (e.g. flux1)"
+                          if cfg.adapter is not None else "start from a PiD decoder checkpoint or a --preset")
+    return cfg, loaded.model.float()
 
 
 def _distill(args) -> int:

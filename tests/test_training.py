@@ -453,6 +453,42 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
     assert dec.decode(torch.randn(1, 16, 2, 2), seed=0).shape == (1, 3, 64, 64)
 
 
+def test_cli_train_from_trained_weights_with_the_backbone_frozen(tmp_path, tae_dir, capsys):
+    from dataclasses import replace
+
+    from conftest import real_image
+    from PIL import Image
+
+    from pid_sdk.checkpoints import save_artefact
+    from pid_sdk.cli import main
+
+    data = tmp_path / "images"
+    data.mkdir()
+    arr = (real_image("coffee", 96)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    Image.fromarray(arr).save(data / "coffee.png")
+    init = tiny_model(3)
+    art = save_artefact(init, PRESETS["tiny"], tmp_path / "init", dtype=torch.float32)
+    no_space = save_artefact(init, replace(PRESETS["tiny"], latent_space=None), tmp_path / "no_space",
+                             dtype=torch.float32)
+    run = tmp_path / "run"
+    common = ["train", str(run), "--data", str(data), "--tae-dir", str(tae_dir), "--size", "64"]
+    assert main(common + ["--init", str(no_space), "--steps", "1"]) == 2
+    assert "--latent-space" in capsys.readouterr().err
+    assert main(common + ["--init", str(art), "--steps", "2", "--freeze-backbone", "--lr", "1e-2"]) == 0
+    trained = load_file(str(run / "model.safetensors"))
+    start = init.state_dict()
+    for k, v in trained.items():  # the adapter (lq_proj) and its gates learn; the backbone keeps the init's weights
+        assert torch.equal(v, start[k]) != k.startswith(("lq_proj.", "pit_lq_gate.")), k
+    assert json.loads((run / "init.json").read_text())["init"] == str(art)
+    assert main(common + ["--init", str(art), "--steps", "3", "--resume"]) == 2
+    assert "drop --init" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="optimizer starts afresh"):  # now the whole model, from the run's config
+        assert main(common + ["--steps", "3", "--resume", "--preset", "demo-flux1"]) == 0
+    assert main(common + ["--steps", "4", "--resume"]) == 0  # as at the last save: the optimizer state loads
+    assert main(["train", str(tmp_path / "none"), "--data", str(data), "--steps", "1", "--resume"]) == 2
+    assert "No training run" in capsys.readouterr().err
+
+
 def test_named_image_matches_the_training_pool_and_reaches_images_outside_it():
     import numpy as np
 

@@ -170,7 +170,12 @@ class Trainer:
         self.model.load_state_dict(load_file(str(out / "model.safetensors")))
         self.ema.model.load_state_dict(load_file(str(out / "ema.safetensors")))
         state = torch.load(out / "trainer_state.pt", weights_only=True)
-        self.opt.load_state_dict(state["optimizer"])
+        was_frozen = json.loads((out / "train_config.json").read_text())["train"].get("freeze_backbone", False)
+        if was_frozen == self.cfg.freeze_backbone:
+            self.opt.load_state_dict(state["optimizer"])
+        else:  # e.g. the adapter warmed up alone, now the whole model: the optimizer holds other parameters
+            warnings.warn(f"Resuming {out} with freeze_backbone={self.cfg.freeze_backbone} (the run had "
+                          f"{was_frozen}): the optimizer starts afresh.", stacklevel=2)
         self.step_count = state["step"]
         self.gen.set_state(state["rng"])
 
