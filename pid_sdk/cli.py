@@ -298,8 +298,7 @@ def _sampler(args, cfg, device: str = "cpu"):
     buckets = [Bucket.parse(b) for b in args.buckets] if args.buckets else [Bucket(args.size, args.size)]
     for b in buckets if cfg.adapter is not None else ():
         b.latent_size(cfg.adapter.latent_factor, cfg.adapter.sr_scale)  # whole latent cells, or the fix
-    tae = TinyAutoencoder(args.tae_dir, args.tae)
-    tae.encoder.to(device)
+    tae = TinyAutoencoder(args.tae_dir, args.tae).to(device)
     images = load_folder(args.data) if args.data else list(package_images(exclude=DEMO_HELD_OUT).values())
     return PairSampler(images, tae.encode, buckets=[(b.height, b.width) for b in buckets], device=device,
                        crop=args.crop)

@@ -77,6 +77,12 @@ class TinyAutoencoder:
         self.encoder = _load(encoder(c, pool), folder / f"{name}_encoder.safetensors")
         self.decoder = _load(decoder(c, pool), folder / f"{name}_decoder.safetensors")
 
+    def to(self, device: str | torch.device) -> "TinyAutoencoder":
+        """Both halves on `device` (inputs must be there too); returns self."""
+        self.encoder.to(device)
+        self.decoder.to(device)
+        return self
+
     @torch.no_grad()
     def encode(self, rgb: Tensor) -> Tensor:
         return self.encoder(rgb)

@@ -137,9 +137,7 @@ def load_images(folder: str | None) -> dict[str, np.ndarray]:
 
 
 def encoder_on(device: str, tae_dir: str):
-    tae = TinyAutoencoder(tae_dir, "taef1")
-    tae.encoder.to(device)
-    return tae.encode  # the sampler's crops are already on `device`
+    return TinyAutoencoder(tae_dir, "taef1").to(device).encode  # the sampler's crops are already on `device`
 
 
 if __name__ == "__main__":

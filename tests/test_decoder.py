@@ -195,3 +195,9 @@ def test_backbone_alone_cannot_decode():
 
 def test_every_error_is_a_pid_error():
     assert issubclass(InputError, PiDError) and issubclass(ConfigError, PiDError)
+
+
+def test_tiny_autoencoder_moves_both_halves(tae_dir):
+    tae = TinyAutoencoder(tae_dir, "taef1")
+    assert tae.to("meta") is tae
+    assert {p.device.type for m in (tae.encoder, tae.decoder) for p in m.parameters()} == {"meta"}
