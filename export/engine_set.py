@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from export.onnx_export import export_graph_set
 from pid_sdk.buckets import Bucket
-from pid_sdk.checkpoints import LoadedModel, load_checkpoint, sha256_file
+from pid_sdk.checkpoints import LoadedModel, load_checkpoint, save_safetensors, sha256_file
 from pid_sdk.config import get_preset
 from pid_sdk.errors import CheckpointError
 from pid_sdk.model import build_model, randomize
@@ -40,7 +39,7 @@ def open_or_create(folder: Path, loaded: LoadedModel) -> Manifest:
                                   received=loaded.config.name, fix="export into a new folder")
         return manifest
     tensors = {k: v.detach().float().contiguous() for k, v in loaded.model.state_dict().items()}
-    save_file(tensors, str(weights), metadata={"preset": loaded.config.name, "source": loaded.path})
+    save_safetensors(tensors, weights, metadata={"preset": loaded.config.name, "source": loaded.path})
     manifest = Manifest(loaded.config, sha256_file(weights), [], WEIGHTS)
     write_manifest(folder, manifest)
     return manifest

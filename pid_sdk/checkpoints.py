@@ -332,6 +332,19 @@ def current_umask() -> int:
     return mask
 
 
+def usual_permissions(path: str | Path, mode: int = 0o666) -> None:
+    """Files the SDK writes through a temporary file (mkstemp) or safetensors (which also writes 0600) get the
+    permissions of any new file: an artefact built by one user (CI) must be readable by the service that runs it."""
+    os.chmod(path, mode & ~current_umask())
+
+
+def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    usual_permissions(path)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -344,8 +357,6 @@ def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtyp
                   source: str = "", latent_space: str | None = None, replace_artefact: bool = False) -> Path:
     """Write `model.safetensors` + `manifest.json` atomically (a temporary folder renamed into place).
     `replace_artefact`: an artefact already in `out_dir` is swapped for the new one, never left half-written."""
-    from safetensors.torch import save_file
-
     from pid_sdk import __version__
 
     out_dir = Path(out_dir)
@@ -356,9 +367,9 @@ def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtyp
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".pid-convert-", dir=out_dir.parent))
-    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes a 0700 folder; the artefact gets the usual permissions
+    usual_permissions(tmp, 0o777)  # mkdtemp makes a 0700 folder
     try:
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": ARTEFACT_FORMAT, "preset": cfg.name})
+        save_safetensors(tensors, tmp / MODEL_FILE, metadata={"format": ARTEFACT_FORMAT, "preset": cfg.name})
         manifest = {
             "format": ARTEFACT_FORMAT,
             "format_version": ARTEFACT_VERSION,

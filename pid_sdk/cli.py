@@ -521,13 +521,13 @@ def _single_tensor(value, path: Path, what: str) -> torch.Tensor:
 
 def write_png_atomic(image, path: Path) -> None:
     """Write beside the target and rename: a failure never leaves a partial PNG."""
+    from pid_sdk.checkpoints import usual_permissions
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
         image.save(tmp, format="PNG")
-        from pid_sdk.checkpoints import current_umask
-
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the PNG the usual permissions
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -122,6 +122,15 @@ def test_artefact_file_format_is_pinned(tmp_path):
     assert set(manifest["config"]) == {"name", "backbone", "adapter", "latent_space", "description"}
 
 
+def test_an_artefact_has_the_permissions_of_any_new_file(tmp_path):
+    from pid_sdk.checkpoints import current_umask
+
+    out = save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a")  # built in a mkdtemp folder (0700)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o777 & ~current_umask())
+    for name in ("manifest.json", "model.safetensors"):  # safetensors alone writes 0600
+        assert oct((out / name).stat().st_mode & 0o777) == oct(0o666 & ~current_umask()), name
+
+
 def test_an_artefact_is_replaced_only_when_asked_and_only_an_artefact(tmp_path):
     first = save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a", source="first")
     with pytest.raises(CheckpointError, match="not empty"):

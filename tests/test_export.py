@@ -118,6 +118,15 @@ def test_manifest_format_is_pinned(folder):
     assert all(len(h) == 64 for h in entry["sha256"].values())
 
 
+def test_every_file_of_an_engine_folder_is_readable_by_others(folder):
+    from pid_sdk.checkpoints import current_umask
+
+    files = [p for p in folder.rglob("*") if p.is_file()]  # safetensors and mkstemp alone would write 0600
+    assert {"manifest.json", "weights.safetensors"} <= {p.name for p in files}
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~current_umask())
+                                                                      for p in files}
+
+
 @pytest.mark.parametrize("damage", ["missing", "truncated", "modified"])
 def test_damaged_graph_files_are_refused(folder, tmp_path, damage):
     f = copy(folder, tmp_path)

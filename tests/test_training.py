@@ -323,6 +323,10 @@ def test_dmd2_resume_continues_exactly_with_the_gan_head(tmp_path):
     first = DMD2(tiny_model(), cfg)
     first.step(batch(seed=0), FLUX)
     first.save(tmp_path)
+    from pid_sdk.checkpoints import current_umask
+
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {  # safetensors alone writes 0600
+        p.name: 0o666 & ~current_umask() for p in tmp_path.iterdir()}
     resumed = DMD2(tiny_model(), cfg)
     resumed.resume(tmp_path)
     assert resumed.step_count == 1

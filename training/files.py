@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from safetensors.torch import save_file
 from torch import nn
+
+from pid_sdk.checkpoints import save_safetensors
 
 
 def write_all_then_rename(writers: dict[Path, Callable[[Path], None]]) -> None:
@@ -27,4 +28,4 @@ def write_all_then_rename(writers: dict[Path, Callable[[Path], None]]) -> None:
 def safetensors_writer(module: nn.Module) -> Callable[[Path], None]:
     """A writer of the module's state dict as it is now (the tensors are taken at once, written later)."""
     tensors = {k: v.contiguous() for k, v in module.state_dict().items()}
-    return lambda path: save_file(tensors, str(path))
+    return lambda path: save_safetensors(tensors, path)

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pid_sdk.checkpoints import sha256_file
+from pid_sdk.checkpoints import sha256_file, usual_permissions
 from pid_sdk.config import PiDConfig
 from pid_sdk.errors import CheckpointError
 
@@ -111,6 +111,7 @@ def write_manifest(folder: str | Path, manifest: Manifest) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(manifest.to_dict(), f, indent=2)
         f.write("\n")
+    usual_permissions(tmp)
     os.replace(tmp, folder / MANIFEST)
 
 
