@@ -203,8 +203,8 @@ def _info(args) -> int:
 
 
 def describe(cfg, params: int | None, source: str) -> str:
-    from pid_sdk.model import build_model
     from pid_sdk.memory import estimate_memory
+    from pid_sdk.model import build_model
 
     if params is None:
         with torch.device("meta"):
@@ -308,6 +308,9 @@ def _train(args) -> int:
     from pid_sdk.latents import get_latent_space
     from training.trainer import TrainConfig, Trainer, parse_pooled_loss
 
+    out = Path(args.out)
+    if not args.resume and out.exists() and any(out.iterdir()):  # a new run would mix its checkpoints with these
+        raise ConfigError(f"{out} is not empty.", fix="pass --resume to continue the run there, or choose a new folder")
     cfg, model = _initial_model(args)
     space = get_latent_space(cfg.latent_space)
     device = "cuda" if torch.cuda.is_available() else "cpu"

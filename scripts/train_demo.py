@@ -65,6 +65,8 @@ def main() -> int:
         p.error("--init starts a new run and --resume continues one: pass one of them")
     if args.grow and not args.init:
         p.error("--grow deepens the --init weights: pass --init too")
+    if not args.resume and Path(args.out).exists() and any(Path(args.out).iterdir()):
+        p.error(f"{args.out} is not empty: pass --resume to continue the run there, or choose a new folder")
     torch.manual_seed(args.seed)
     if args.resume:
         model, init = build_model(run_config(args.out)), None

@@ -421,6 +421,8 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
     assert main(["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir),
                  "--steps", "2", "--size", "64"]) == 0
     assert {p.name for p in run.iterdir()} >= {"model.safetensors", "ema.safetensors", "trainer_state.pt"}
+    assert main(["train", str(run), "--preset", "tiny", "--data", str(data), "--steps", "3"]) == 2
+    assert "--resume" in capsys.readouterr().err
     assert main(["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir),
                  "--steps", "3", "--size", "64", "--resume", "--lr-decay", "1", "3", "--compile"]) == 0
     assert "3 steps" in capsys.readouterr().out
