@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from quality import HELD_OUT, TAE, load_decoder, reference_and_latent  # noqa: E402
+
 from pid_sdk.compare import compare  # noqa: E402
 from pid_sdk.sampling import STUDENT_SIGMAS  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402

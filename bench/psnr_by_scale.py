@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from denoise_by_sigma import psnr  # noqa: E402
 from quality import HELD_OUT, TAE, load_decoder, reference_and_latent, taef1_image  # noqa: E402
+
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
 
 

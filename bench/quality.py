@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import pid_sdk  # noqa: E402
 from pid_sdk.checkpoints import LoadedModel  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.trainer import is_run_folder, load_run_ema  # noqa: E402
 from training.data import DEMO_HELD_OUT, centre_crop, downsample, named_image, to_tensor  # noqa: E402
+from training.trainer import is_run_folder, load_run_ema  # noqa: E402
 
 TAE = ROOT.parent / "shared" / "data" / "tae"
 # Real photographs outside the demo's training pool: chelsea (held out on purpose), grey or small ones the pool skips

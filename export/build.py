@@ -52,8 +52,9 @@ def load_matrix(path: Path = MATRIX) -> dict:
     return matrix
 
 
-def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int]] | None = None, batch: int | None = None,
-                  precisions: list[str] | None = None, options: BuildOptions = BuildOptions(), log=print) -> list[Entry]:
+def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int]] | None = None,
+                  batch: int | None = None, precisions: list[str] | None = None,
+                  options: BuildOptions = BuildOptions(), log=print) -> list[Entry]:
     """Build one plan per graph for every matching ONNX entry of the folder and record them in its manifest."""
     if target not in TARGETS:
         raise ConfigError("Unknown build target.", received=target, expected=", ".join(TARGETS))
@@ -132,7 +133,8 @@ def _target(trt, backend: str, config, sms: tuple[int, ...], options: BuildOptio
             config.set_compute_capability(getattr(trt.ComputeCapability, f"SM{sm}"), i)
         return
     levels = {"none": "NONE", "ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
-    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, levels[options.hardware_compatibility])
+    level = levels[options.hardware_compatibility]
+    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
 
 
 def _flags(trt, config, options: BuildOptions) -> None:

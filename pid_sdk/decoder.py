@@ -70,7 +70,8 @@ class Decoder:
         here and warns with the reason for each one it skips. `speed` applies to the PyTorch backend (see `Speed`).
         """
         if path is None and preset is None:
-            raise ConfigError("Decoder.load needs a path or a preset.", fix="Decoder.load('model_dir') or preset='tiny'")
+            raise ConfigError("Decoder.load needs a path or a preset.",
+                              fix="Decoder.load('model_dir') or preset='tiny'")
         if path is not None and is_engine_dir(path):
             from pid_sdk.runtime.engine_set import open_engine_set
 
@@ -303,7 +304,8 @@ def _check_size(z: Tensor, space: LatentSpace, sr_scale: int, max_side: int) -> 
     if max(out_h, out_w) > max_side:
         raise InputError("The latent is too large: the decoded image would exceed the size limit.",
                          received=f"latent {tuple(z.shape)} -> {out_h}x{out_w} pixels",
-                         expected=f"an output side <= {max_side} (latent side <= {max_side // (space.factor * sr_scale)})",
+                         expected=f"an output side <= {max_side} "
+                                  f"(latent side <= {max_side // (space.factor * sr_scale)})",
                          fix="check that you passed a latent, not an image; or raise Decoder.max_output_side")
 
 

@@ -39,7 +39,8 @@ class TextEncoder:
         path = Path(path)
         if not path.is_dir():
             raise ConfigError(f"No text encoder folder at {path}.", expected=f"a local copy of {GEMMA_ID}",
-                              fix="download it once and pass its folder (text_encoder=...); nothing is fetched at run time")
+                              fix="download it once and pass its folder (text_encoder=...); "
+                                  "nothing is fetched at run time")
         self.device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -20,12 +20,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from train_demo import encoder_on  # noqa: E402
+
 from pid_sdk.checkpoints import save_artefact  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.distill import DMD2, DistillConfig  # noqa: E402
 from training.trainer import load_run_ema  # noqa: E402
-from train_demo import encoder_on  # noqa: E402
 
 
 def main() -> int:

@@ -108,7 +108,8 @@ def test_bad_input_is_a_message_exit_2_and_no_png(tmp_path, capsys, case):
 def test_installed_entry_point_runs_without_traceback(tmp_path):
     exe = Path(sys.executable).with_name("pid-sdk")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pid_sdk.cli"]
-    res = subprocess.run(cmd + ["decode", str(tmp_path / "none.npy"), "--preset", "tiny", "-o", str(tmp_path / "o.png")],
+    args = ["decode", str(tmp_path / "none.npy"), "--preset", "tiny", "-o", str(tmp_path / "o.png")]
+    res = subprocess.run(cmd + args,
                          capture_output=True, text=True, env={**os.environ, "PID_SDK_DEBUG": ""})
     assert res.returncode == 2 and "No latent file" in res.stderr and "Traceback" not in res.stderr
 

@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import real_image
 
 import pid_sdk
 from pid_sdk import Decoder
 from pid_sdk.config import OFFICIAL_PRESETS, PRESETS
 from pid_sdk.errors import ConfigError, InputError, PiDError
 from pid_sdk.tae import TinyAutoencoder
-
-from conftest import real_image
 
 PID_TINY = [f"tiny-{n}" for n in OFFICIAL_PRESETS if PRESETS[n].adapter is not None]
 

@@ -227,7 +227,8 @@ def test_version_compatible_and_hardware_compatible_plans():
     assert runs_on(e, DeviceInfo(90, tensorrt="10.14.0"))[0] and not runs_on(e, DeviceInfo(90, tensorrt="10.12.0"))[0]
     assert not runs_on(e, DeviceInfo(90, tensorrt="11.0.0"))[0]
     amp = engine("any", (80,), "10.13.0.35", hardware_compatibility="ampere_plus")
-    assert runs_on(amp, DeviceInfo(120, tensorrt="10.13.0.35"))[0] and not runs_on(amp, DeviceInfo(75, tensorrt="10.13.0.35"))[0]
+    assert runs_on(amp, DeviceInfo(120, tensorrt="10.13.0.35"))[0]
+    assert not runs_on(amp, DeviceInfo(75, tensorrt="10.13.0.35"))[0]
 
 
 def test_auto_prefers_tensorrt_when_an_engine_runs(matrix):

@@ -8,7 +8,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from pid_sdk.config import OFFICIAL_PRESETS, PRESETS
 from pid_sdk.flops import attention, conv3x3, decode_flops, linear
 from pid_sdk.model import build_model, randomize
-
 from tests.test_model import latent_for
 
 

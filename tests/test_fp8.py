@@ -15,9 +15,9 @@ from export.engine_set import export_engine_set  # noqa: E402
 from export.fp8 import load_scales, quantized_layers  # noqa: E402
 from pid_sdk.buckets import Bucket  # noqa: E402
 from pid_sdk.compare import run_parity  # noqa: E402
+from pid_sdk.config import PRESETS  # noqa: E402
 from pid_sdk.errors import CheckpointError  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
-from pid_sdk.config import PRESETS  # noqa: E402
 from pid_sdk.runtime.manifest import read_manifest  # noqa: E402
 
 

@@ -191,7 +191,7 @@ def test_cuda_training_under_bf16_autocast_learns_and_resumes(tmp_path, objectiv
     """The path of `pid-sdk train` and scripts/gpu_train_demo.sh on CUDA: bf16 autocast, EMA, save and resume."""
     from test_training import FLUX, eval_loss, smooth_batch, tiny_model
 
-    from training.trainer import Trainer, TrainConfig
+    from training.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(objective=objective, lr=2e-3, caption_dropout=0, latent_dropout=0, latent_noise_prob=0)
     trainer = Trainer(tiny_model(), FLUX, cfg, "cuda")

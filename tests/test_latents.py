@@ -23,7 +23,8 @@ def test_unknown_latent_space():
         get_latent_space("sd4")
 
 
-@pytest.mark.parametrize("name,scale,shift", [("flux1", 0.3611, 0.1159), ("sd3", 1.5305, 0.0609), ("sdxl", 0.13025, 0.0)])
+@pytest.mark.parametrize("name,scale,shift",
+                         [("flux1", 0.3611, 0.1159), ("sd3", 1.5305, 0.0609), ("sdxl", 0.13025, 0.0)])
 def test_affine_normalisation(name, scale, shift):
     raw = torch.randn(1, LATENT_SPACES[name].channels, 4, 4)
     torch.testing.assert_close(get_latent_space(name).normalize(raw), scale * (raw - shift))

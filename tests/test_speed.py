@@ -10,7 +10,6 @@ from pid_sdk.model import build_model, randomize
 from pid_sdk.runtime.attention import kernels_used
 from pid_sdk.runtime.fp8_linear import Fp8Linear, quantize_linears
 from pid_sdk.runtime.speed import get_speed
-
 from tests.test_model import latent_for
 
 PRESET = "tiny-pid-2kto4k-v1.5"  # PiT injection and per-token gates: every path the settings touch
