@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,11 +35,7 @@ def main() -> int:
     start = f" from {data['init']}" if data.get("init") else ""
     source = (f"scripts/train_demo.py EMA after {step} steps{start}, the last ones with the {objective} objective "
               "(not DMD2-distilled; provenance in docs/quality.md)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # the old artefact goes only once the new one is whole
-        save_artefact(model, cfg, Path(tmp) / "demo", dtype=torch.bfloat16, source=source)
-        shutil.rmtree(out, ignore_errors=True)
-        (Path(tmp) / "demo").rename(out)
+    save_artefact(model, cfg, out, dtype=torch.bfloat16, source=source, replace_artefact=True)  # swapped in whole
     print(f"{out}: {source}")
     return 0
 
