@@ -454,6 +454,9 @@ def _decode(args) -> int:
         raise InputError(f"The output folder {out.parent} does not exist.", fix=f"mkdir -p {out.parent}")
     if args.batch_size < 1:
         raise InputError("--batch-size must be >= 1.", received=args.batch_size)
+    if args.steps < 1:  # before the progress bar opens
+        raise InputError("--steps must be a positive integer.", received=args.steps,
+                         expected="1, 2, 3, 4 (default), ...")
     latents = read_latent_file(args.latent, trust_pickle=args.trust_pickle)
     if latents.ndim == 3:
         latents = latents[None]
@@ -498,8 +501,12 @@ def read_latent_file(path: str, *, trust_pickle: bool = False, what: str = "late
         elif p.suffix in (".pt", ".pth"):
             value = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
         else:
+            image = p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
             raise InputError(f"Unsupported {what} file type.", received=p.suffix,
-                             expected=".safetensors, .pt, .pth or .npy")
+                             expected=".safetensors, .pt, .pth or .npy",
+                             fix="PiD decodes latents, not images: encode the image with its latent space's VAE "
+                                 "first (a tiny one: pid_sdk.tae.TinyAutoencoder)" if image else
+                                 "save it with safetensors.torch.save_file({'latent': z}, path)")
     except PiDError:
         raise
     except Exception as exc:

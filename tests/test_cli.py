@@ -78,7 +78,8 @@ def test_info_presets(capsys):
     assert code == 0 and "pid-2kto4k-v1.5-flux2" in stdout
 
 
-@pytest.mark.parametrize("case", ["channels", "nan", "missing", "bad_model", "bad_space", "bad_output", "truncated"])
+@pytest.mark.parametrize("case", ["channels", "nan", "missing", "bad_model", "bad_space", "bad_output", "truncated",
+                                  "image", "steps"])
 def test_bad_input_is_a_message_exit_2_and_no_png(tmp_path, capsys, case):
     latent = tmp_path / "z.safetensors"
     z = torch.randn(1, 16, 2, 2)
@@ -99,9 +100,15 @@ def test_bad_input_is_a_message_exit_2_and_no_png(tmp_path, capsys, case):
         args += ["--latent-space", "sd9"]
     if case == "bad_output":
         args[5] = tmp_path / "out.jpg"
+    if case == "image":
+        (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8")
+        args[1] = tmp_path / "photo.jpg"
+    if case == "steps":
+        args += ["--steps", "0"]
     code, stdout, err = run(capsys, *args)
     assert code == 2
     assert err.startswith("error: ") and "Traceback" not in err
+    assert {"image": "decodes latents, not images", "steps": "--steps must be"}.get(case, "") in err
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(".*png"))
 
 
