@@ -8,7 +8,7 @@
 __version__ = "0.1.0"
 
 from pid_sdk.checkpoints import load_checkpoint, save_artefact
-from pid_sdk.config import PRESETS, AdapterConfig, BackboneConfig, PiDConfig, get_preset
+from pid_sdk.config import DEMO_MODEL, PRESETS, PiDConfig, get_preset
 from pid_sdk.decoder import Decoder
 from pid_sdk.errors import PiDError
 from pid_sdk.latents import LATENT_SPACES, get_latent_space
@@ -21,9 +21,8 @@ __all__ = [
     "Speed",
     "PiDError",
     "PiDConfig",
-    "BackboneConfig",
-    "AdapterConfig",
     "PRESETS",
+    "DEMO_MODEL",
     "get_preset",
     "build_model",
     "load_checkpoint",

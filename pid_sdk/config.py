@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from pid_sdk.errors import ConfigError
 
@@ -210,6 +211,8 @@ PRESETS["demo-flux1"] = replace(
     adapter=replace(ADAPTER_V1, hidden_dim=64, num_res_blocks=2),
     description="pid-sdk demo decoder: FLUX.1 latents -> 4x, 6.8M parameters, trained on package images",
 )
+# Its trained weights, installed with the package: Decoder.load(pid_sdk.DEMO_MODEL) decodes FLUX.1 latents for real.
+DEMO_MODEL = Path(__file__).resolve().parent / "data" / "demo-flux1"
 OFFICIAL_PRESETS = tuple(c.name for c in _OFFICIAL)
 
 

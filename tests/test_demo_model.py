@@ -13,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "pid_sdk" / "data" / "demo-flux1"
 
 
+def test_the_public_name_points_at_the_embedded_model():
+    assert pid_sdk.DEMO_MODEL == DEMO.resolve() and (DEMO / "manifest.json").is_file()
+
+
 def test_demo_model_decodes_the_sample_like_its_photograph():
     dec = pid_sdk.Decoder.load(DEMO)
     assert dec.config.name == "demo-flux1" and dec.latent_space == "flux1"
