@@ -9,11 +9,12 @@
 # (a rollout step costs about ROLL_COST flow steps) and mostly clean latents, as the shipped model's last phase
 # (docs/quality.md). bf16 autocast, batch BATCH at 512x512 (smaller crops get as many pixels). Meanwhile the marked
 # GPU tests run beside it. GROW="patch_depth=8 num_res_blocks=6" deepens the shipped model first (training/grow.py:
-# the same function, new blocks free to learn). Nothing is installed.
+# the same function, new blocks free to learn). INIT=build/carry/init starts from another artefact instead of the
+# shipped weights (scripts/pack_gpu_data.py --init; e.g. a model grown and trained on the CPU). Nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out} RUN=${RUN:-/tmp/demo_gpu} FLOW_MIN=${FLOW_MIN:-3} TOTAL_S=${TOTAL_S:-510} BATCH=${BATCH:-32}
-ROLL_COST=${ROLL_COST:-1.5} DEVICE=${DEVICE:-cuda} GROW=${GROW:-}
+ROLL_COST=${ROLL_COST:-1.5} DEVICE=${DEVICE:-cuda} GROW=${GROW:-} INIT=${INIT:-pid_sdk/data/demo-flux1}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 log() { (grep -v -i warn || true) | tee -a "$OUT/train.log"; }
@@ -25,7 +26,7 @@ common=(--out "$RUN" --data build/carry/images --tae-dir build/carry/tae --devic
         --batch "$BATCH")
 grow=()
 [ -z "$GROW" ] || read -r -a grow <<<"--grow $GROW"
-python3 scripts/train_demo.py "${common[@]}" --init pid_sdk/data/demo-flux1 "${grow[@]}" --lr 2e-4 \
+python3 scripts/train_demo.py "${common[@]}" --init "$INIT" "${grow[@]}" --lr 2e-4 \
   --minutes "$FLOW_MIN" 2>&1 | log
 python3 scripts/ship_demo.py "$RUN" --out "$OUT/flow-demo-flux1" | log
 flow=$(python3 -c "import torch; print(torch.load('$RUN/trainer_state.pt', weights_only=True)['step'])")

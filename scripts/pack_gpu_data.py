@@ -1,6 +1,7 @@
 """Write the demo's training pool and taef1 into one folder, for a machine without the packages.
 
     python scripts/pack_gpu_data.py --out build/carry
+    python scripts/pack_gpu_data.py --init build/grow8-s2900     # also a model to start from (INIT=build/carry/init)
 
 The device machine of scripts/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:
 this folder (about 27 MiB) travels with the command instead (`carry`). Images are lossless PNGs named after their
@@ -26,10 +27,14 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="build/carry")
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
+    p.add_argument("--init", default=None, help="an SDK artefact to carry as OUT/init (gpu_train_demo.sh INIT=)")
     args = p.parse_args()
     out = Path(args.out)
+    if args.init and not (Path(args.init) / "manifest.json").is_file():  # checked before the old pack goes
+        raise SystemExit(f"--init {args.init} is no SDK artefact (no manifest.json): pass a folder of ship_demo.py")
     images, tae = out / "images", out / "tae"
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in ("images", "tae")) if out.is_dir() else []
+    ours = ("images", "tae", "init")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
     if foreign:  # only an earlier pack is replaced
         raise SystemExit(f"{out} holds other files ({', '.join(foreign[:5])}): pick an empty or new --out")
     shutil.rmtree(out, ignore_errors=True)
@@ -39,8 +44,11 @@ def main() -> int:
         Image.fromarray(img).save(images / f"{name}.png")
     for name in ("taef1_encoder.safetensors", "taef1_decoder.safetensors", "LICENSE.taesd"):
         shutil.copy(Path(args.tae_dir) / name, tae / name)
+    if args.init:
+        shutil.copytree(args.init, out / "init")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"{out}: {len(list(images.iterdir()))} images, taef1, {size / 2**20:.1f} MiB")
+    init = f", init {args.init}" if args.init else ""
+    print(f"{out}: {len(list(images.iterdir()))} images, taef1{init}, {size / 2**20:.1f} MiB")
     return 0
 
 

@@ -33,8 +33,8 @@ def main() -> int:
     objective = json.loads((run / "train_config.json").read_text())["train"].get("objective", "flow")
     data = json.loads((run / "data.json").read_text()) if (run / "data.json").exists() else {}
     start = f" from {data['init']}" if data.get("init") else ""
-    source = (f"scripts/train_demo.py EMA after {step} steps{start}, the last ones with the {objective} objective "
-              "(not DMD2-distilled; provenance in docs/quality.md)")
+    note = "" if "provenance in docs" in start else " (not DMD2-distilled; provenance in docs/quality.md)"  # once
+    source = f"scripts/train_demo.py EMA after {step} steps{start}, the last ones with the {objective} objective{note}"
     save_artefact(model, cfg, out, dtype=torch.bfloat16, source=source, replace_artefact=True)  # swapped in whole
     print(f"{out}: {source}")
     return 0
