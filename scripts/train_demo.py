@@ -125,7 +125,8 @@ def initial_model(init: str | None, grow_to: dict[str, int]) -> tuple[torch.nn.M
     except ConfigError as e:
         raise SystemExit(f"--grow: {e}") from None
     source = (loaded.manifest or {}).get("source")
-    return model, f"{init} ({source})" if source else init
+    grown = " grown to " + " ".join(f"{k}={v}" for k, v in grow_to.items()) if grow_to else ""
+    return model, (f"{init} ({source})" if source else init) + grown
 
 
 def load_images(folder: str | None) -> dict[str, np.ndarray]:
