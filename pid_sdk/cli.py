@@ -308,9 +308,7 @@ def _train(args) -> int:
     from pid_sdk.latents import get_latent_space
     from training.trainer import TrainConfig, Trainer, parse_pooled_loss
 
-    out = Path(args.out)
-    if not args.resume and out.exists() and any(out.iterdir()):  # a new run would mix its checkpoints with these
-        raise ConfigError(f"{out} is not empty.", fix="pass --resume to continue the run there, or choose a new folder")
+    _refuse_a_used_folder(Path(args.out), args.resume)
     cfg, model = _initial_model(args)
     space = get_latent_space(cfg.latent_space)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -328,6 +326,12 @@ def _train(args) -> int:
     trainer.fit(_sampler(args, cfg, device), args.out)
     print(f"{args.out}: {trainer.step_count} steps")
     return 0
+
+
+def _refuse_a_used_folder(out: Path, resume: bool) -> None:
+    """A new run in a folder that holds files would mix its checkpoints with theirs."""
+    if not resume and out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty.", fix="pass --resume to continue the run there, or choose a new folder")
 
 
 def _initial_model(args):
@@ -387,10 +391,9 @@ def _distill(args) -> int:
                          latent_noise_prob=args.latent_noise_prob, seed=args.seed)
     dmd = DMD2(teacher.float(), dcfg, device)
     out = Path(args.out)
+    _refuse_a_used_folder(out, args.resume)
     if args.resume:
         dmd.resume(out)
-    elif out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} is not empty.", fix="pass --resume to continue the run there, or choose a new folder")
     space, sampler = get_latent_space(cfg.latent_space), _sampler(args, cfg, device)
     bar = tqdm(total=args.steps, initial=dmd.step_count, unit="step", desc="distill")
     t0, seen = time.perf_counter(), 0
