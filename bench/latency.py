@@ -14,6 +14,8 @@ steps, batch 1). `--budget-s` skips what would not finish in time (a 4096x4096 d
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import json
 import platform
 import statistics
@@ -26,10 +28,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from kernel_time import time_by_kind  # noqa: E402
+
+from pid_sdk.checkpoints import LoadedModel  # noqa: E402
+from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.decoder import Decoder  # noqa: E402
 from pid_sdk.flops import decode_flops  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
+from pid_sdk.model import build_model, randomize  # noqa: E402
 from pid_sdk.runtime.attention import kernels_used  # noqa: E402
 from pid_sdk.runtime.speed import Speed  # noqa: E402
 
@@ -70,25 +78,28 @@ def time_decodes(dec: Decoder, z: torch.Tensor, runs: int) -> list[float]:
     return times
 
 
-def attention_kernels(dec: Decoder, z: torch.Tensor) -> dict[str, int]:
+def profiled(dec: Decoder, z: torch.Tensor, profiler):
     """The profiler sees operators, and a CUDA-graph replay has none: profile the same step outside the graph
     (the kernel choice is made by the same dispatch)."""
     speed = dec.runtime.speed
     dec.runtime.speed = replace(speed, cuda_graphs=False)
     try:
-        return kernels_used(lambda: dec.decode(z, seed=0))
+        return profiler(lambda: dec.decode(z, seed=0))
     finally:
         dec.runtime.speed = speed
 
 
-def measure(dec: Decoder, side: int, runs: int, warmup: int) -> dict:
+def measure(dec: Decoder, side: int, runs: int, warmup: int, breakdown: bool = False, baseline: int = 0) -> dict:
+    """`baseline`: bytes allocated before the model was built, not counted in the peak (nothing, unless an earlier
+    mode left memory behind)."""
     z = latent_for(dec, side)
     cuda = dec.device.type == "cuda"
     t0 = time.perf_counter()
     for _ in range(warmup):  # compiles and captures at the first decode of a size
         dec.decode(z, seed=0)
     warm_s = time.perf_counter() - t0
-    kernels = attention_kernels(dec, z)
+    kernels = profiled(dec, z, kernels_used)
+    by_kind = profiled(dec, z, time_by_kind) if breakdown else None
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -96,19 +107,32 @@ def measure(dec: Decoder, side: int, runs: int, warmup: int) -> dict:
     flops = decode_flops(dec.config, side, side).per_decode  # no prompt: the zero caption, all text positions
     median = statistics.median(times)
     return {"size": side, "median_ms": median, "min_ms": min(times), "max_ms": max(times), "runs": runs,
-            "warmup_s": warm_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "warmup_s": warm_s, "peak_gib": (torch.cuda.max_memory_allocated() - baseline) / 2**30 if cuda else None,
             "tflop": flops / 1e12, "tflops_per_s": flops / (median / 1000) / 1e12,
-            "attention": ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items())) or "none seen"}
+            "attention": ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items())) or "none seen",
+            **({"breakdown": by_kind} if by_kind else {})}
 
 
-def run(args) -> tuple[dict, list[dict]]:
+def release_memory(device: str) -> None:
+    """Drop the last mode's model, compiled code and graph pools, so the next mode's peak is its own."""
+    gc.collect()
+    torch._dynamo.reset()  # compiled frames hold the module they were traced from
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run(args, save=lambda meta, rows: None) -> tuple[dict, list[dict]]:
+    """Measure every (mode, size); `save` is called after each row so a run cut short keeps what it measured."""
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     preset = args.preset or ("tiny" if args.tiny else "pid-2k")
     sizes = args.sizes or ([128, 256] if args.tiny else [1024, 2048, 4096])
     modes = args.modes or (["reference", "eager", "compile", "fp8"] if device == "cpu" else
-                           ["eager", "compile", "fast", "fast-cudnn", "fp8"])
+                           ["fast-cudnn", "fast", "fp8", "compile", "eager"])  # the issue's targets first
     deadline = time.perf_counter() + args.budget_s
+    meta = {"preset": preset, "device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
+            "steps": 4, "batch": 1, "runs": args.runs, "warmup": args.warmup}
     rows = []
+    host_model = None
     for mode in modes:
         speed, note = speed_for(mode, device)
         if speed is None or time.perf_counter() > deadline:  # do not build a 1.3B model for nothing
@@ -116,20 +140,23 @@ def run(args) -> tuple[dict, list[dict]]:
             rows.append({"mode": mode, "skipped": why})
             continue
         label = f"{mode} ({note})" if note else mode
-        dec = Decoder.load(preset=preset, seed=0, device=device, speed=speed)  # cast on the host, moved once
+        if host_model is None:  # built once: drawing 1.36B random weights takes a while
+            host_model = randomize(build_model(get_preset(preset)), 0)
+        loaded = LoadedModel(copy.deepcopy(host_model), get_preset(preset), "random", f"preset:{preset}, seed 0", [])
+        baseline = torch.cuda.memory_allocated() if device == "cuda" else 0
+        dec = Decoder.from_model(loaded, device=device, speed=speed)  # cast on the host, moved once
         for side in sizes:
             if side >= LARGE and mode not in ("fast", "fast-cudnn", "fp8") and not args.all_sizes:
                 rows.append({"mode": label, "size": side, "skipped": "large sizes only in the fast modes"})
             elif time.perf_counter() > deadline:
                 rows.append({"mode": label, "size": side, "skipped": f"time budget ({args.budget_s:.0f} s) spent"})
             else:
-                rows.append({"mode": label, **measure(dec, side, args.runs, args.warmup)})
+                rows.append({"mode": label, **measure(dec, side, args.runs, args.warmup,
+                                                      breakdown=side in args.breakdown_sizes, baseline=baseline)})
                 print(format_row(rows[-1]), flush=True)
-        del dec
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    meta = {"preset": preset, "device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
-            "steps": 4, "batch": 1, "runs": args.runs, "warmup": args.warmup}
+            save(meta, rows)
+        del dec, loaded
+        release_memory(device)
     return meta, rows
 
 
@@ -167,7 +194,22 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             f"{meta['date']}; median of {meta['runs']} decodes after {meta['warmup']} warm-up")
     table = ["| mode | output | median ms | peak GiB | TFLOP/s | attention kernel | paper (H100) | target (H100) |",
              "|---|---|---|---|---|---|---|---|"]
-    return head + "\n\n" + "\n".join(table + [format_row(r) for r in rows]) + "\n"
+    return head + "\n\n" + "\n".join(table + [format_row(r) for r in rows]) + "\n" + breakdown_table(rows)
+
+
+def breakdown_table(rows: list[dict]) -> str:
+    """Kernel time by kind of the profiled rows (one decode outside CUDA graphs; profiler overhead included)."""
+    profiled_rows = [r for r in rows if "breakdown" in r]
+    if not profiled_rows:
+        return ""
+    kinds = ["attention", "matmul", "norm", "other"]
+    lines = ["", "Kernel time of one decode by kind (profiled outside CUDA graphs), ms and share:", "",
+             "| mode | output | " + " | ".join(kinds) + " | total ms |", "|---|---|" + "---|" * (len(kinds) + 1)]
+    for r in profiled_rows:
+        b = r["breakdown"]
+        cells = [f"{b['kinds'].get(k, 0.0):.1f} ({100 * b['kinds'].get(k, 0.0) / b['total_ms']:.0f}%)" for k in kinds]
+        lines.append(f"| {r['mode']} | {r['size']}x{r['size']} | " + " | ".join(cells) + f" | {b['total_ms']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,16 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=360, help="no new measurement starts after this (8 min in all)")
     p.add_argument("--all-sizes", action="store_true", help="run the large size in every mode")
+    p.add_argument("--breakdown-sizes", type=int, nargs="*", default=[],
+                   help="at these sizes also profile one decode and add up kernel time by kind")
     p.add_argument("--json")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
-    meta, rows = run(args)
-    text = markdown(meta, rows)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    if args.markdown:
-        Path(args.markdown).write_text(text)
+    def save(meta: dict, rows: list[dict]) -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        if args.markdown:
+            Path(args.markdown).write_text(markdown(meta, rows))
+
+    meta, rows = run(args, save)
+    save(meta, rows)
+    print(markdown(meta, rows))
     return 0
 
 

@@ -103,3 +103,47 @@ def test_psnr_by_scale_separates_fine_from_coarse_error(tmp_path, tae_dir):
     assert set(rows) == {"taef1 + bicubic x4", "PiD, seed 0", "PiD, mean of 2"}
     bicubic = rows["taef1 + bicubic x4"]
     assert bicubic[0] < bicubic[1] < bicubic[2]
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64", "attention"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>", "attention"),
+    ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80", "attention"),
+    ("nvjet_tst_192x192_64x4_1x2_h_bz_coopA_NNT", "matmul"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+    ("aten::addmm", "matmul"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("triton_red_fused__rms_norm_0", "norm"),
+    ("triton_poi_fused_add_mul_silu_3", "other"),
+])
+def test_kernel_kinds_from_names(name, kind):
+    assert load_bench("kernel_time").kind_of(name) == kind
+
+
+def test_breakdown_adds_up_the_profiled_decode(tmp_path):
+    bench = load_bench()
+    out_json, out_md = tmp_path / "lat.json", tmp_path / "lat.md"
+    bench.main(["--tiny", "--modes", "eager", "--sizes", "64", "--runs", "1", "--warmup", "1",
+                "--breakdown-sizes", "64", "--json", str(out_json), "--markdown", str(out_md)])
+    (row,) = json.loads(out_json.read_text())["rows"]
+    kinds = row["breakdown"]["kinds"]
+    assert kinds["attention"] > 0 and kinds["matmul"] > 0  # 16 SDPA calls and every linear layer were seen
+    assert abs(sum(kinds.values()) - row["breakdown"]["total_ms"]) < 1e-6
+    assert "| eager | 64x64 | " in out_md.read_text().split("by kind")[1]
+
+
+def test_a_run_cut_short_keeps_what_it_measured(tmp_path, monkeypatch):
+    bench = load_bench()
+    measure = bench.measure
+
+    def fail_at_128(dec, side, *args, **kwargs):
+        if side == 128:
+            raise KeyboardInterrupt  # as a run stopped at its time limit
+        return measure(dec, side, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure", fail_at_128)
+    out = tmp_path / "lat.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--tiny", "--modes", "eager", "--sizes", "64", "128", "--runs", "1", "--warmup", "0",
+                    "--json", str(out)])
+    assert [r["size"] for r in json.loads(out.read_text())["rows"]] == [64]
