@@ -6,6 +6,7 @@ import contextlib
 from typing import Callable
 
 import torch
+from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pid_sdk.errors import ConfigError
@@ -49,6 +50,6 @@ def kernels_used(fn: Callable[[], object]) -> dict[str, int]:
     found: dict[str, int] = {}
     for event in prof.key_averages():
         op = event.key.removeprefix("aten::")
-        if op in KERNEL_OPS:
+        if op in KERNEL_OPS and event.device_type == DeviceType.CPU:  # not the GPU-side annotations of the same op
             found[KERNEL_OPS[op]] = found.get(KERNEL_OPS[op], 0) + event.count
     return found

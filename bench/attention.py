@@ -1,0 +1,131 @@
+"""Attention alone, at the shapes a pid-2k decode runs: TFLOP/s of each SDPA kernel family, and the profiler's view.
+
+    python bench/attention.py --size 2048           # CUDA: cudnn / flash / efficient, model layout and variants
+    python bench/attention.py --tiny                # the harness on the CPU
+
+Attention is most of a large decode (`pid_sdk.flops`: 96 of 176 TFLOP at 2048x2048), so its kernel's rate bounds the
+decode's latency. Rows: the MM-DiT shape (24 heads of 64, image + 300 text tokens) and the PiT shape (16 heads of 72),
+with q, k, v laid out as the model makes them ([B, N, heads, Dh] transposed) and contiguous, the sequence padded to a
+multiple of 256, and the same FLOPs with heads of 128 (what a kernel reaches at a larger head dimension).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernel_time import time_by_kind  # noqa: E402
+
+from pid_sdk.runtime.attention import BACKENDS, attention_context  # noqa: E402
+
+
+def shapes(side: int, patch: int = 16, text: int = 300) -> list[tuple[str, int, int, int]]:
+    """(label, heads, tokens, head_dim) of the attention calls of one step, and the variants worth comparing."""
+    n = (side // patch) ** 2
+    padded = -(-(n + text) // 256) * 256
+    return [("MM-DiT", 24, n + text, 64), ("PiT", 16, n, 72), ("MM-DiT padded to 256", 24, padded, 64),
+            ("MM-DiT FLOPs, heads of 128", 12, n + text, 128)]
+
+
+def qkv(heads: int, tokens: int, dim: int, layout: str, device: str, dtype: torch.dtype) -> list[torch.Tensor]:
+    gen = torch.Generator(device).manual_seed(0)
+    if layout == "model":  # [B, N, heads, Dh] -> [B, heads, N, Dh], a strided view as in the model
+        return [torch.randn(1, tokens, heads, dim, generator=gen, device=device, dtype=dtype).transpose(1, 2)
+                for _ in range(3)]
+    return [torch.randn(1, heads, tokens, dim, generator=gen, device=device, dtype=dtype) for _ in range(3)]
+
+
+def time_ms(fn, runs: int, cuda: bool) -> float:
+    import time
+
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(runs):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def measure(label: str, heads: int, tokens: int, dim: int, layout: str, kernel: str, args) -> dict:
+    cuda = args.device == "cuda"
+    q, k, v = qkv(heads, tokens, dim, layout, args.device, torch.bfloat16 if cuda else torch.float32)
+    flops = 4 * tokens * tokens * heads * dim
+    row = {"shape": label, "heads": heads, "tokens": tokens, "head_dim": dim, "layout": layout, "kernel": kernel}
+    try:
+        with attention_context(kernel):
+            call = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
+            ms = time_ms(call, args.runs, cuda)
+            profiled = time_by_kind(call)["kinds"].get("attention", 0.0)
+            events = sdpa_events(call)
+    except RuntimeError as err:  # the kernel family does not take this shape here
+        return {**row, "error": str(err).splitlines()[0][:120]}
+    return {**row, "ms": ms, "tflops_per_s": flops / ms / 1e9, "profiled_attention_ms": profiled,
+            "profiler_events": events}
+
+
+def sdpa_events(fn) -> dict[str, int]:
+    """How many events the profiler lists for one SDPA call, by device type (does it count an op twice?)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        fn()
+    found: dict[str, int] = {}
+    for event in prof.key_averages():
+        if "scaled_dot_product" in event.key:
+            key = f"{event.key} ({event.device_type})"
+            found[key] = found.get(key, 0) + event.count
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=2048, help="output side of the decode whose shapes are timed")
+    p.add_argument("--tiny", action="store_true", help="CPU, 256x256 output (checks the harness)")
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    args.device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
+    side = 256 if args.tiny else args.size
+    kernels = ["flash"] if args.device == "cpu" else [k for k in BACKENDS if k != "math"]
+    rows = []
+    for label, heads, tokens, dim in shapes(side):
+        for layout in ("model", "contiguous") if label in ("MM-DiT", "PiT") else ("model",):
+            for kernel in kernels:
+                rows.append(measure(label, heads, tokens, dim, layout, kernel, args))
+                print(format_row(rows[-1]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"size": side, "device": args.device, "torch": torch.__version__,
+                                               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+                                               "rows": rows}, indent=2))
+    return 0
+
+
+def format_row(r: dict) -> str:
+    what = f"| {r['shape']} | {r['heads']}x{r['head_dim']} | {r['tokens']} | {r['layout']} | {r['kernel']} |"
+    if "error" in r:
+        return f"{what} failed: {r['error']} | | |"
+    return f"{what} {r['ms']:.3f} | {r['tflops_per_s']:.3g} | {r['profiled_attention_ms']:.3f} |"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
