@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one call of under 9 minutes: the latency benchmark (the issue's targets first),
-# then the marked GPU tests. Runs on a GPU host with torch installed (no pid-sdk install needed).
+# attention alone at a decode's shapes, then the marked GPU tests. Runs on a GPU host with torch installed (no pid-sdk install needed).
 # Results go to $OUT (default ./out); each step writes as it goes, so a step cut short keeps what it measured.
 # A dry run of the harness on the CPU: BENCH="--tiny" SIZES="128 64" LARGE=256 bash scripts/gpu_check.sh
 set -uo pipefail
@@ -21,9 +21,11 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 
 # the first size in every mode is the headline target; no new measurement starts after --budget-s
 export -f bench; export OUT BENCH
-until_mark 320 bash -c "bench --sizes $SIZES --modes fast-cudnn fp8 fast compile eager --breakdown-sizes ${SIZES%% *} \
-  --budget-s 230 --json $OUT/latency.json --markdown $OUT/latency.md"
-until_mark 430 bash -c "bench --sizes $LARGE --modes fast-cudnn --runs 3 --warmup 1 \
+until_mark 310 bash -c "bench --sizes $SIZES --modes fast-cudnn fp8 fast compile eager --breakdown-sizes ${SIZES%% *} \
+  --budget-s 220 --json $OUT/latency.json --markdown $OUT/latency.md"
+until_mark 350 bash -c "python3 bench/attention.py $BENCH --json $OUT/attention.json 2>&1 | grep -v -i warn \
+  | tee -a $OUT/latency.log"
+until_mark 440 bash -c "bench --sizes $LARGE --modes fast-cudnn --runs 3 --warmup 1 \
   --json $OUT/latency-large.json --markdown $OUT/latency-large.md"
-until_mark 540 python3 -m pytest -q -m gpu tests -p no:cacheprovider -rA 2>&1 | tee "$OUT/gpu_tests.log"
+until_mark 540 python3 -m pytest -q -m gpu tests -p no:cacheprovider -rA --show-capture=no 2>&1 | tee "$OUT/gpu_tests.log"
 echo "gpu_check: ${SECONDS} s"

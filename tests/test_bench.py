@@ -147,3 +147,19 @@ def test_a_run_cut_short_keeps_what_it_measured(tmp_path, monkeypatch):
         bench.main(["--tiny", "--modes", "eager", "--sizes", "64", "128", "--runs", "1", "--warmup", "0",
                     "--json", str(out)])
     assert [r["size"] for r in json.loads(out.read_text())["rows"]] == [64]
+
+
+def test_attention_bench_times_the_decode_shapes(tmp_path):
+    out = tmp_path / "attention.json"
+    assert load_bench("attention").main(["--tiny", "--runs", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["shape"], r["layout"]) for r in rows] == [
+        ("MM-DiT", "model"), ("MM-DiT", "contiguous"), ("PiT", "model"), ("PiT", "contiguous"),
+        ("MM-DiT padded to 256", "model"), ("MM-DiT FLOPs, heads of 128", "model")]
+    mmdit = rows[0]
+    assert (mmdit["heads"], mmdit["tokens"], mmdit["head_dim"]) == (24, (256 // 16) ** 2 + 300, 64)
+    assert rows[4]["tokens"] % 256 == 0 and rows[4]["tokens"] >= mmdit["tokens"]
+    for r in rows:
+        flops = 4 * r["tokens"] ** 2 * r["heads"] * r["head_dim"]
+        assert abs(r["tflops_per_s"] - flops / r["ms"] / 1e9) < 1e-9 and r["profiled_attention_ms"] > 0
+        assert r["profiler_events"]["aten::_scaled_dot_product_flash_attention_for_cpu (DeviceType.CPU)"] == 1
