@@ -20,7 +20,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.data import DEMO_HELD_OUT, package_images  # noqa: E402
+from training.data import DEMO_HELD_OUT, missing_package_sources, package_images  # noqa: E402
 
 
 def main() -> int:
@@ -28,8 +28,13 @@ def main() -> int:
     p.add_argument("--out", default="build/carry")
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
     p.add_argument("--init", default=None, help="an SDK artefact to carry as OUT/init (gpu_train_demo.sh INIT=)")
+    p.add_argument("--partial-data", action="store_true", help="pack the photographs found here even if some "
+                   "sources are missing")
     args = p.parse_args()
     out = Path(args.out)
+    if not args.partial_data and missing_package_sources():  # the GPU machine trains on exactly this pack
+        p.error(f"the demo's training photographs are incomplete here: {'; '.join(missing_package_sources())}. "
+                "Install them, or pass --partial-data")
     if args.init and not (Path(args.init) / "manifest.json").is_file():  # checked before the old pack goes
         raise SystemExit(f"--init {args.init} is no SDK artefact (no manifest.json): pass a folder of ship_demo.py")
     images, tae = out / "images", out / "tae"

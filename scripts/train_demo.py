@@ -28,7 +28,13 @@ from pid_sdk.errors import ConfigError  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import DEMO_HELD_OUT, PairSampler, folder_images, package_images  # noqa: E402
+from training.data import (  # noqa: E402
+    DEMO_HELD_OUT,
+    PairSampler,
+    folder_images,
+    missing_package_sources,
+    package_images,
+)
 from training.grow import grow  # noqa: E402
 from training.trainer import TrainConfig, Trainer, parse_pooled_loss, run_config  # noqa: E402
 
@@ -58,6 +64,8 @@ def main() -> int:
     p.add_argument("--data", default=None, help="a folder of training images instead of the package photographs")
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
     p.add_argument("--init", default=None, help="start a new run from these weights (an SDK artefact or checkpoint)")
+    p.add_argument("--partial-data", action="store_true",
+                   help="train on the package photographs found here even if some sources are missing")
     p.add_argument("--grow", nargs="+", metavar="NAME=DEPTH", default=[],
                    help="with --init: deepen it first, computing the same (training/grow.py), e.g. patch_depth=6")
     args = p.parse_args()
@@ -72,6 +80,10 @@ def main() -> int:
         model, init = build_model(run_config(args.out)), None
     else:
         model, init = initial_model(args.init, depths(p, args.grow))
+    if args.data is None and not args.partial_data and missing_package_sources():
+        p.error("the demo's training photographs are incomplete on this machine, so this run would not reproduce the "
+                f"recorded model. Missing: {'; '.join(missing_package_sources())}. Install them (pip install "
+                "'pid-sdk[train]'; apt-get install opencv-doc), or pass --partial-data to train on what is here")
     images = load_images(args.data)
     sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
                           buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device)

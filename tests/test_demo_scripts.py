@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import pid_sdk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +40,23 @@ def test_pack_gpu_data_checks_init_before_the_old_pack_goes(tmp_path):
     res = run_script("pack_gpu_data.py", "--out", tmp_path / "carry", "--init", tmp_path)
     assert res.returncode != 0 and "no SDK artefact" in res.stderr
     assert (old / "kept.png").read_bytes() == b"png"
+
+
+def test_an_incomplete_photograph_pool_is_refused_with_its_fix(monkeypatch, tmp_path, capsys):
+    """Without Debian's opencv-doc, scikit-learn or matplotlib the pool shrinks (35 photographs to 6): a run would
+    silently train another model than the recorded one, so the scripts refuse unless told --partial-data."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pack_gpu_data
+    import train_demo
+
+    from training import data
+
+    monkeypatch.setattr(data, "OPENCV_DOC", tmp_path / "absent")
+    assert any("apt-get install opencv-doc" in m for m in data.missing_package_sources())
+    for script, args in ((train_demo, ["--out", tmp_path / "run"]), (pack_gpu_data, ["--out", tmp_path / "carry"])):
+        monkeypatch.setattr(sys, "argv", [script.__file__, *map(str, args)])
+        with pytest.raises(SystemExit) as exit_:
+            script.main()
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "apt-get install opencv-doc" in err and "--partial-data" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "carry").exists()

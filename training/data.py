@@ -62,6 +62,25 @@ def package_images(exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
 
 
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")  # Debian's opencv-doc package
+
+
+def missing_package_sources() -> list[str]:
+    """The sources of `package_images` this machine lacks, each with how to get it (scikit-image is required)."""
+    missing = []
+    try:
+        import sklearn.datasets  # noqa: F401
+    except ImportError:
+        missing.append("scikit-learn's sample images (pip install scikit-learn)")
+    try:
+        import matplotlib.cbook as cbook
+
+        with cbook.get_sample_data("grace_hopper.jpg"):
+            pass
+    except Exception:
+        missing.append("matplotlib's grace_hopper (pip install matplotlib)")
+    if not OPENCV_DOC.is_dir():
+        missing.append(f"Debian's opencv-doc photographs in {OPENCV_DOC} (apt-get install opencv-doc)")
+    return missing
 SYNTHETIC = ("detect_blob", "opencv-logo", "sudoku", "chessboard", "board")
 
 
