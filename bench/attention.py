@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernel_time import time_by_kind  # noqa: E402
 
-from pid_sdk.runtime.attention import BACKENDS, attention_context  # noqa: E402
+from pid_sdk.runtime.attention import BACKENDS, attention_context, profiled_events  # noqa: E402
 
 
 def shapes(side: int, patch: int = 16, text: int = 300) -> list[tuple[str, int, int, int]]:
@@ -84,13 +84,8 @@ def measure(label: str, heads: int, tokens: int, dim: int, layout: str, kernel: 
 
 def sdpa_events(fn) -> dict[str, int]:
     """How many events the profiler lists for one SDPA call, by device type (does it count an op twice?)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
-        fn()
     found: dict[str, int] = {}
-    for event in prof.key_averages():
+    for event in profiled_events(fn):
         if "scaled_dot_product" in event.key:
             key = f"{event.key} ({event.device_type})"
             found[key] = found.get(key, 0) + event.count

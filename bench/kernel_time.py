@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from pid_sdk.runtime.attention import profiled_events
+
 # first match wins: cuDNN's attention kernels carry "sdpa"/"fmha" before any "gemm" in their names
 KINDS = (
     ("attention", re.compile(r"flash|fmha|sdpa|attention|attn")),
@@ -28,16 +30,9 @@ def kind_of(name: str) -> str:
 
 def time_by_kind(fn: Callable[[], object]) -> dict:
     """Run `fn` once under the profiler: {"total_ms", "kinds": {kind: ms}, "top": [(name, ms, calls), ...]}."""
-    from torch.profiler import ProfilerActivity, profile
-
     cuda = torch.cuda.is_available()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
     per_name = {}
-    for event in prof.key_averages():
+    for event in profiled_events(fn):
         us = _self_device_us(event) if cuda else _self_cpu_us(event)
         if us > 0:
             per_name[event.key] = (us / 1000, event.count)

@@ -40,15 +40,23 @@ def attention_context(name: str):
     return contextlib.nullcontext() if name == "auto" else sdpa_kernel([BACKENDS[name]])
 
 
-def kernels_used(fn: Callable[[], object]) -> dict[str, int]:
-    """Run `fn` once under the profiler; attention kernel family -> number of calls."""
+def profiled_events(fn: Callable[[], object]) -> list:
+    """Run `fn` once under the profiler (host operators, and CUDA kernels where there is a GPU); its events, summed
+    by name."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities) as prof:
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         fn()
+        if cuda:
+            torch.cuda.synchronize()
+    return list(prof.key_averages())
+
+
+def kernels_used(fn: Callable[[], object]) -> dict[str, int]:
+    """Run `fn` once under the profiler; attention kernel family -> number of calls."""
     found: dict[str, int] = {}
-    for event in prof.key_averages():
+    for event in profiled_events(fn):
         op = event.key.removeprefix("aten::")
         if op in KERNEL_OPS and event.device_type == DeviceType.CPU:  # not the GPU-side annotations of the same op
             found[KERNEL_OPS[op]] = found.get(KERNEL_OPS[op], 0) + event.count
