@@ -15,6 +15,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -45,8 +46,6 @@ def qkv(heads: int, tokens: int, dim: int, layout: str, device: str, dtype: torc
 
 
 def time_ms(fn, runs: int, cuda: bool) -> float:
-    import time
-
     for _ in range(3):
         fn()
     times = []

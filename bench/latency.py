@@ -125,6 +125,7 @@ def run(args, save=lambda meta, rows: None) -> tuple[dict, list[dict]]:
     """Measure every (mode, size); `save` is called after each row so a run cut short keeps what it measured."""
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     preset = args.preset or ("tiny" if args.tiny else "pid-2k")
+    cfg = get_preset(preset)
     sizes = args.sizes or ([128, 256] if args.tiny else [1024, 2048, 4096])
     modes = args.modes or (["reference", "eager", "compile", "fp8"] if device == "cpu" else
                            ["fast-cudnn", "fast", "fp8", "compile", "eager"])  # the issue's targets first
@@ -141,8 +142,8 @@ def run(args, save=lambda meta, rows: None) -> tuple[dict, list[dict]]:
             continue
         label = f"{mode} ({note})" if note else mode
         if host_model is None:  # built once: drawing 1.36B random weights takes a while
-            host_model = randomize(build_model(get_preset(preset)), 0)
-        loaded = LoadedModel(copy.deepcopy(host_model), get_preset(preset), "random", f"preset:{preset}, seed 0", [])
+            host_model = randomize(build_model(cfg), 0)
+        loaded = LoadedModel(copy.deepcopy(host_model), cfg, "random", f"preset:{preset}, seed 0", [])
         baseline = torch.cuda.memory_allocated() if device == "cuda" else 0
         dec = Decoder.from_model(loaded, device=device, speed=speed)  # cast on the host, moved once
         for side in sizes:
