@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from train_demo import encoder_on  # noqa: E402
 
 from pid_sdk.checkpoints import save_artefact  # noqa: E402
+from pid_sdk.errors import InputError  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.distill import DMD2, DistillConfig  # noqa: E402
@@ -44,13 +45,19 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="stop after this many steps even with time left")
     p.add_argument("--device", default="cpu", help="cuda: the networks, crops and encoder there, bf16 autocast")
+    p.add_argument("--partial-data", action="store_true",
+                   help="distil on the package photographs found here even if some sources are missing")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     cfg, teacher = load_run_ema(args.teacher)
     dmd = DMD2(teacher.float(), DistillConfig(guidance=1.0, recon_weight=args.recon_weight, seed=args.seed,
                                               lr_student=args.lr_student, lr_fake=args.lr_fake,
                                               fake_updates=args.fake_updates), args.device)
-    sampler = PairSampler(list(package_images(exclude=DEMO_HELD_OUT).values()),
+    try:
+        photographs = package_images(exclude=DEMO_HELD_OUT, complete=not args.partial_data)
+    except InputError as e:
+        p.error(str(e))
+    sampler = PairSampler(list(photographs.values()),
                           encoder_on(args.device, str(ROOT.parent / "shared" / "data" / "tae")),
                           buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device)
     space = get_latent_space("flux1")

@@ -20,7 +20,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.data import DEMO_HELD_OUT, missing_package_sources, package_images  # noqa: E402
+from pid_sdk.errors import InputError  # noqa: E402
+from training.data import DEMO_HELD_OUT, package_images  # noqa: E402
 
 
 def main() -> int:
@@ -32,9 +33,10 @@ def main() -> int:
                    "sources are missing")
     args = p.parse_args()
     out = Path(args.out)
-    if not args.partial_data and missing_package_sources():  # the GPU machine trains on exactly this pack
-        p.error(f"the demo's training photographs are incomplete here: {'; '.join(missing_package_sources())}. "
-                "Install them, or pass --partial-data")
+    try:  # read before the old pack goes: the GPU machine trains on exactly this pack
+        photographs = package_images(exclude=DEMO_HELD_OUT, complete=not args.partial_data)
+    except InputError as e:
+        p.error(str(e))
     if args.init and not (Path(args.init) / "manifest.json").is_file():  # checked before the old pack goes
         raise SystemExit(f"--init {args.init} is no SDK artefact (no manifest.json): pass a folder of ship_demo.py")
     images, tae = out / "images", out / "tae"
@@ -45,7 +47,7 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     images.mkdir(parents=True)
     tae.mkdir()
-    for name, img in package_images(exclude=DEMO_HELD_OUT).items():
+    for name, img in photographs.items():
         Image.fromarray(img).save(images / f"{name}.png")
     for name in ("taef1_encoder.safetensors", "taef1_decoder.safetensors", "LICENSE.taesd"):
         shutil.copy(Path(args.tae_dir) / name, tae / name)

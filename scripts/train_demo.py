@@ -24,17 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 from pid_sdk.checkpoints import load_checkpoint  # noqa: E402
 from pid_sdk.config import get_preset  # noqa: E402
-from pid_sdk.errors import ConfigError  # noqa: E402
+from pid_sdk.errors import ConfigError, InputError  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import (  # noqa: E402
-    DEMO_HELD_OUT,
-    PairSampler,
-    folder_images,
-    missing_package_sources,
-    package_images,
-)
+from training.data import DEMO_HELD_OUT, PairSampler, folder_images, package_images  # noqa: E402
 from training.grow import grow  # noqa: E402
 from training.trainer import TrainConfig, Trainer, parse_pooled_loss, run_config  # noqa: E402
 
@@ -80,11 +74,10 @@ def main() -> int:
         model, init = build_model(run_config(args.out)), None
     else:
         model, init = initial_model(args.init, depths(p, args.grow))
-    if args.data is None and not args.partial_data and missing_package_sources():
-        p.error("the demo's training photographs are incomplete on this machine, so this run would not reproduce the "
-                f"recorded model. Missing: {'; '.join(missing_package_sources())}. Install them (pip install "
-                "'pid-sdk[train]'; apt-get install opencv-doc), or pass --partial-data to train on what is here")
-    images = load_images(args.data)
+    try:
+        images = load_images(args.data, complete=not args.partial_data)
+    except InputError as e:
+        p.error(str(e))
     sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
                           buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device)
     trainer = Trainer(model, get_latent_space("flux1"),
@@ -141,9 +134,9 @@ def initial_model(init: str | None, grow_to: dict[str, int]) -> tuple[torch.nn.M
     return model, (f"{init} ({source})" if source else init) + grown
 
 
-def load_images(folder: str | None) -> dict[str, np.ndarray]:
+def load_images(folder: str | None, complete: bool) -> dict[str, np.ndarray]:
     if folder is None:
-        return package_images(exclude=DEMO_HELD_OUT)
+        return package_images(exclude=DEMO_HELD_OUT, complete=complete)
     images = folder_images(folder)
     held = [name for name in images if Path(name).name in DEMO_HELD_OUT]
     if held:

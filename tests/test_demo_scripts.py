@@ -44,15 +44,19 @@ def test_pack_gpu_data_checks_init_before_the_old_pack_goes(tmp_path):
 
 def test_an_incomplete_photograph_pool_is_refused_with_its_fix(monkeypatch, tmp_path, capsys):
     """Without Debian's opencv-doc, scikit-learn or matplotlib the pool shrinks (35 photographs to 6): a run would
-    silently train another model than the recorded one, so the scripts refuse unless told --partial-data."""
+    silently train another model than the recorded one, so the demo's scripts refuse unless told --partial-data."""
     sys.path.insert(0, str(ROOT / "scripts"))
     import pack_gpu_data
     import train_demo
 
+    from pid_sdk.errors import InputError
     from training import data
 
     monkeypatch.setattr(data, "OPENCV_DOC", tmp_path / "absent")
-    assert any("apt-get install opencv-doc" in m for m in data.missing_package_sources())
+    with pytest.raises(InputError, match="apt-get install opencv-doc"):
+        data.package_images(complete=True)
+    with pytest.warns(UserWarning, match="opencv-doc"):
+        assert not any(name.startswith("opencv-doc.") for name in data.package_images())
     for script, args in ((train_demo, ["--out", tmp_path / "run"]), (pack_gpu_data, ["--out", tmp_path / "carry"])):
         monkeypatch.setattr(sys, "argv", [script.__file__, *map(str, args)])
         with pytest.raises(SystemExit) as exit_:

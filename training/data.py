@@ -36,51 +36,35 @@ def load_folder(folder: str | Path) -> list[np.ndarray]:
     return list(folder_images(folder).values())
 
 
-def package_images(exclude: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Real photographs that ship inside installed packages (scikit-image; scikit-learn and matplotlib if present)."""
-    images: dict[str, np.ndarray] = {}
+def package_images(exclude: tuple[str, ...] = (), *, complete: bool = False) -> dict[str, np.ndarray]:
+    """Real photographs that ship inside installed packages: scikit-image's, and those of `OPTIONAL_SOURCES` that
+    are installed. A missing source is warned about, or with `complete` refused: the demo's recorded runs had all."""
     from skimage import data
 
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry"):
-        images[f"skimage.{name}"] = np.asarray(getattr(data, name)())[..., :3]
-    try:
-        from sklearn.datasets import load_sample_images
-
-        for i, img in enumerate(load_sample_images().images):
-            images[f"sklearn.{i}"] = img
-    except ImportError:
-        pass
-    try:
-        import matplotlib.cbook as cbook
-
-        with cbook.get_sample_data("grace_hopper.jpg") as f:
-            images["matplotlib.grace_hopper"] = np.asarray(Image.open(f).convert("RGB"))
-    except Exception:  # matplotlib absent, or built without its sample data
-        pass
-    images.update(opencv_doc_images())
+    images = {f"skimage.{name}": np.asarray(getattr(data, name)())[..., :3]
+              for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina",
+                           "immunohistochemistry")}
+    missing = []
+    for what, install, load in OPTIONAL_SOURCES:
+        try:
+            found = load()
+        except Exception:  # the package absent, or installed without its sample data
+            found = {}
+        images.update(found)
+        if not found:
+            missing.append(f"{what} ({install})")
+    if missing and complete:
+        raise InputError("The package photographs are incomplete on this machine, so a run would train on fewer "
+                         "than the demo's recorded runs.", received="missing: " + "; ".join(missing),
+                         expected=f"{len(OPTIONAL_SOURCES)} sources besides scikit-image",
+                         fix="install them (pip install 'pid-sdk[train]'; apt-get install opencv-doc), or pass "
+                             "--partial-data to train on what is here")
+    if missing:
+        warnings.warn(f"package photographs missing: {'; '.join(missing)}", stacklevel=2)
     return {k: v for k, v in images.items() if k not in exclude}
 
 
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples/data")  # Debian's opencv-doc package
-
-
-def missing_package_sources() -> list[str]:
-    """The sources of `package_images` this machine lacks, each with how to get it (scikit-image is required)."""
-    missing = []
-    try:
-        import sklearn.datasets  # noqa: F401
-    except ImportError:
-        missing.append("scikit-learn's sample images (pip install scikit-learn)")
-    try:
-        import matplotlib.cbook as cbook
-
-        with cbook.get_sample_data("grace_hopper.jpg"):
-            pass
-    except Exception:
-        missing.append("matplotlib's grace_hopper (pip install matplotlib)")
-    if not OPENCV_DOC.is_dir():
-        missing.append(f"Debian's opencv-doc photographs in {OPENCV_DOC} (apt-get install opencv-doc)")
-    return missing
 SYNTHETIC = ("detect_blob", "opencv-logo", "sudoku", "chessboard", "board")
 
 
@@ -96,6 +80,26 @@ def opencv_doc_images(min_side: int = 384) -> dict[str, np.ndarray]:
         if min(img.shape[:2]) >= min_side and colour > 8:  # photographs, not grey calibration targets
             out[f"opencv-doc.{path.stem}"] = img
     return out
+
+
+def _sklearn_images() -> dict[str, np.ndarray]:
+    from sklearn.datasets import load_sample_images
+
+    return {f"sklearn.{i}": img for i, img in enumerate(load_sample_images().images)}
+
+
+def _matplotlib_images() -> dict[str, np.ndarray]:
+    import matplotlib.cbook as cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return {"matplotlib.grace_hopper": np.asarray(Image.open(f).convert("RGB"))}
+
+
+OPTIONAL_SOURCES = (  # (what, how to install it, loader)
+    ("scikit-learn's sample images", "pip install scikit-learn", _sklearn_images),
+    ("matplotlib's grace_hopper", "pip install matplotlib", _matplotlib_images),
+    ("Debian's opencv-doc photographs", "apt-get install opencv-doc", opencv_doc_images),
+)
 
 
 def named_image(name: str) -> np.ndarray:
