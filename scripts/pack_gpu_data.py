@@ -33,12 +33,12 @@ def main() -> int:
                    "sources are missing")
     args = p.parse_args()
     out = Path(args.out)
-    try:  # read before the old pack goes: the GPU machine trains on exactly this pack
+    if args.init and not (Path(args.init) / "manifest.json").is_file():  # checked before the old pack goes
+        raise SystemExit(f"--init {args.init} is no SDK artefact (no manifest.json): pass a folder of ship_demo.py")
+    try:  # read before the old pack goes too: the GPU machine trains on exactly this pack
         photographs = package_images(exclude=DEMO_HELD_OUT, complete=not args.partial_data)
     except InputError as e:
         p.error(str(e))
-    if args.init and not (Path(args.init) / "manifest.json").is_file():  # checked before the old pack goes
-        raise SystemExit(f"--init {args.init} is no SDK artefact (no manifest.json): pass a folder of ship_demo.py")
     images, tae = out / "images", out / "tae"
     ours = ("images", "tae", "init")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in ours) if out.is_dir() else []
