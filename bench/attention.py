@@ -3,10 +3,11 @@
     python bench/attention.py --size 2048           # CUDA: cudnn / flash / efficient, model layout and variants
     python bench/attention.py --tiny                # the harness on the CPU
 
-Attention is most of a large decode (`pid_sdk.flops`: 96 of 176 TFLOP at 2048x2048), so its kernel's rate bounds the
-decode's latency. Rows: the MM-DiT shape (24 heads of 64, image + 300 text tokens) and the PiT shape (16 heads of 72),
-with q, k, v laid out as the model makes them ([B, N, heads, Dh] transposed) and contiguous, the sequence padded to a
-multiple of 256, and the same FLOPs with heads of 128 (what a kernel reaches at a larger head dimension).
+Attention is most of a large decode (`pid_sdk.flops`: 106 of 176 TFLOP at 2048x2048, 96 in the MM-DiT blocks), so
+its kernel's rate bounds the decode's latency. Rows: the MM-DiT shape (24 heads of 64, image + 300 text tokens) and
+the PiT shape (16 heads of 72), with q, k, v laid out as the model makes them ([B, N, heads, Dh] transposed) and
+contiguous, the sequence padded to a multiple of 256, and the same FLOPs with heads of 128 (what a kernel reaches at
+a larger head dimension).
 """
 
 from __future__ import annotations
