@@ -114,9 +114,13 @@ def named_image(name: str) -> np.ndarray:
     if source == "opencv-doc":
         for path in sorted(OPENCV_DOC.glob(f"{stem}.*")):
             return np.asarray(Image.open(path).convert("RGB"))
-    pool = package_images()  # scikit-learn's and matplotlib's: reading every image only for these
-    if name in pool:
-        return pool[name]
+    loader = {"sklearn": _sklearn_images, "matplotlib": _matplotlib_images}.get(source)
+    try:
+        found = loader() if loader else {}
+    except Exception:  # the package absent, or installed without its sample data: as for the training pool
+        found = {}
+    if name in found:
+        return found[name]
     raise InputError(f"No package image named {name}.", received=name,
                      expected="skimage.<name>, sklearn.<i>, matplotlib.grace_hopper or opencv-doc.<stem>",
                      fix="see training/data.py for where each source comes from")
