@@ -1,7 +1,7 @@
 """Ship a training run's EMA weights as the embedded demo model (pid_sdk/data/demo-flux1, bf16 SDK artefact).
 
     python scripts/ship_demo.py build/demo
-    python scripts/ship_demo.py /tmp/run --out $OUT/demo-flux1    # elsewhere (scripts/gpu_train_demo.sh)
+    python scripts/ship_demo.py /tmp/run --out /tmp/run.ship       # elsewhere (scripts/gpu_train_demo.sh)
 """
 
 from __future__ import annotations
