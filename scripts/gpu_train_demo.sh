@@ -10,8 +10,9 @@
 # the start less a margin for shipping, with the lr decaying to a tenth over the steps the flow phase's rate predicts
 # (a rollout step costs about ROLL_COST flow steps) and mostly clean latents, as the shipped model's last phase
 # (docs/quality.md). bf16 autocast, batch BATCH at 512x512 (smaller crops get as many pixels). Meanwhile the marked
-# GPU tests run beside it. GROW="patch_depth=12" deepens the shipped model first (training/grow.py:
-# the same function, new blocks free to learn). INIT=build/carry/init starts from another artefact instead of the
+# GPU tests run beside it. GROW="patch_depth=16" deepens the shipped model first (training/grow.py: the same
+# function, new blocks free to learn; past 30 MiB of weights the two artefacts' parts and the logs exceed the 8 files
+# the device tool returns). INIT=build/carry/init starts from another artefact instead of the
 # shipped weights (scripts/pack_gpu_data.py --init; e.g. a model grown and trained on the CPU). Nothing is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
