@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import pid_sdk
-from pid_sdk.checkpoints import load_checkpoint
+from pid_sdk.checkpoints import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_train_demo_records_the_growth_of_its_init():
     sys.path.insert(0, str(ROOT / "scripts"))
     from train_demo import initial_model
 
-    depth = load_checkpoint(pid_sdk.DEMO_MODEL).config.backbone.patch_depth + 1
+    depth = read_manifest(pid_sdk.DEMO_MODEL)["config"]["backbone"]["patch_depth"] + 1
     model, record = initial_model(str(pid_sdk.DEMO_MODEL), {"patch_depth": depth})
     assert len(model.patch_blocks) == depth
     assert record.startswith(f"{pid_sdk.DEMO_MODEL} (") and record.endswith(f") grown to patch_depth={depth}")
