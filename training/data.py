@@ -46,10 +46,7 @@ def package_images(exclude: tuple[str, ...] = (), *, complete: bool = False) -> 
                            "immunohistochemistry")}
     missing = []
     for what, install, load in OPTIONAL_SOURCES:
-        try:
-            found = load()
-        except Exception:  # the package absent, or installed without its sample data
-            found = {}
+        found = _loaded_or_none(load)
         images.update(found)
         if not found:
             missing.append(f"{what} ({install})")
@@ -95,6 +92,14 @@ def _matplotlib_images() -> dict[str, np.ndarray]:
         return {"matplotlib.grace_hopper": np.asarray(Image.open(f).convert("RGB"))}
 
 
+def _loaded_or_none(load: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The images of one optional source, or none where its package is absent or installed without its data."""
+    try:
+        return load()
+    except Exception:
+        return {}
+
+
 OPTIONAL_SOURCES = (  # (what, how to install it, loader)
     ("scikit-learn's sample images", "pip install scikit-learn", _sklearn_images),
     ("matplotlib's grace_hopper", "pip install matplotlib", _matplotlib_images),
@@ -115,10 +120,7 @@ def named_image(name: str) -> np.ndarray:
         for path in sorted(OPENCV_DOC.glob(f"{stem}.*")):
             return np.asarray(Image.open(path).convert("RGB"))
     loader = {"sklearn": _sklearn_images, "matplotlib": _matplotlib_images}.get(source)
-    try:
-        found = loader() if loader else {}
-    except Exception:  # the package absent, or installed without its sample data: as for the training pool
-        found = {}
+    found = _loaded_or_none(loader) if loader else {}
     if name in found:
         return found[name]
     raise InputError(f"No package image named {name}.", received=name,
