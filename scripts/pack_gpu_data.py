@@ -1,11 +1,12 @@
 """Write the demo's training pool and taef1 into one folder, for a machine without the packages.
 
     python scripts/pack_gpu_data.py --out build/carry
+    python scripts/pack_gpu_data.py --wallpapers                 # the pool of 58 (with Debian's wallpaper photographs)
     python scripts/pack_gpu_data.py --init build/grow8-s2900     # also a model to start from (INIT=build/carry/init)
 
 The device machine of scripts/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:
-this folder (about 27 MiB) travels with the command instead (`carry`). Images are lossless PNGs named after their
-source (`opencv-doc.baboon.png`); the held-out ones are never written.
+this folder travels with the command instead (`carry`; 64 MiB at most with the working tree). Images are lossless
+WebPs named after their source (`opencv-doc.baboon.webp`); the held-out ones are never written.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> int:
     p.add_argument("--out", default="build/carry")
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
     p.add_argument("--init", default=None, help="an SDK artefact to carry as OUT/init (gpu_train_demo.sh INIT=)")
+    p.add_argument("--wallpapers", action="store_true", help="add the photographs of Debian's wallpaper packages")
     p.add_argument("--partial-data", action="store_true", help="pack the photographs found here even if some "
                    "sources are missing")
     args = p.parse_args()
@@ -36,7 +38,8 @@ def main() -> int:
     if args.init and not (Path(args.init) / "manifest.json").is_file():  # checked before the old pack goes
         raise SystemExit(f"--init {args.init} is no SDK artefact (no manifest.json): pass a folder of ship_demo.py")
     try:  # read before the old pack goes too: the GPU machine trains on exactly this pack
-        photographs = package_images(exclude=DEMO_HELD_OUT, complete=not args.partial_data)
+        photographs = package_images(exclude=DEMO_HELD_OUT, complete=not args.partial_data,
+                                     wallpapers=args.wallpapers)
     except InputError as e:
         p.error(str(e))
     images, tae = out / "images", out / "tae"
@@ -48,7 +51,7 @@ def main() -> int:
     images.mkdir(parents=True)
     tae.mkdir()
     for name, img in photographs.items():
-        Image.fromarray(img).save(images / f"{name}.png")
+        Image.fromarray(img).save(images / f"{name}.webp", lossless=True)  # the pixels, in 2/3 of a PNG's size
     for name in ("taef1_encoder.safetensors", "taef1_decoder.safetensors", "LICENSE.taesd"):
         shutil.copy(Path(args.tae_dir) / name, tae / name)
     if args.init:

@@ -2,10 +2,11 @@
 
     python scripts/train_demo.py --minutes 40 --out build/demo
 
-Data: the photographs that ship inside packages (training/data.py) except `chelsea`, which is held out for the sample
-latent, or `--data FOLDER` (scripts/pack_gpu_data.py writes that pool as a folder for a machine without the
-packages). Pairs: random square crops at several scales; the latent is the taef1 encoding of the crop downsampled 4x
-(512x512 -> 128x128 -> 16x16x16). Needs ../shared/data/tae beside the repository, or `--tae-dir`.
+Data: the photographs that ship inside packages (training/data.py; `--wallpapers` adds those of Debian's wallpaper
+packages) except `chelsea`, which is held out for the sample latent, or `--data FOLDER` (scripts/pack_gpu_data.py
+writes that pool as a folder for a machine without the packages). Pairs: random square crops at several scales;
+the latent is the taef1 encoding of the crop downsampled 4x (512x512 -> 128x128 -> 16x16x16). Needs
+../shared/data/tae beside the repository, or `--tae-dir`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def main() -> int:
     p.add_argument("--data", default=None, help="a folder of training images instead of the package photographs")
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
     p.add_argument("--init", default=None, help="start a new run from these weights (an SDK artefact or checkpoint)")
+    p.add_argument("--wallpapers", action="store_true",
+                   help="add the photographs of Debian's wallpaper packages to the pool (training/data.py)")
     p.add_argument("--partial-data", action="store_true",
                    help="train on the package photographs found here even if some sources are missing")
     p.add_argument("--grow", nargs="+", metavar="NAME=DEPTH", default=[],
@@ -65,6 +68,9 @@ def main() -> int:
     args = p.parse_args()
     if args.init and args.resume:
         p.error("--init starts a new run and --resume continues one: pass one of them")
+    if args.wallpapers and args.data:
+        p.error("--wallpapers adds to the package photographs, and a --data folder is the whole pool: pass one "
+                "(scripts/pack_gpu_data.py --wallpapers packs both into a folder)")
     if args.grow and not args.init:
         p.error("--grow deepens the --init weights: pass --init too")
     if not args.resume and Path(args.out).exists() and any(Path(args.out).iterdir()):
@@ -75,7 +81,7 @@ def main() -> int:
     else:
         model, init = initial_model(args.init, depths(p, args.grow))
     try:
-        images = load_images(args.data, complete=not args.partial_data)
+        images = load_images(args.data, complete=not args.partial_data, wallpapers=args.wallpapers)
     except InputError as e:
         p.error(str(e))
     sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
@@ -134,9 +140,9 @@ def initial_model(init: str | None, grow_to: dict[str, int]) -> tuple[torch.nn.M
     return model, (f"{init} ({source})" if source else init) + grown
 
 
-def load_images(folder: str | None, complete: bool) -> dict[str, np.ndarray]:
+def load_images(folder: str | None, complete: bool, wallpapers: bool = False) -> dict[str, np.ndarray]:
     if folder is None:
-        return package_images(exclude=DEMO_HELD_OUT, complete=complete)
+        return package_images(exclude=DEMO_HELD_OUT, complete=complete, wallpapers=wallpapers)
     images = folder_images(folder)
     held = [name for name in images if Path(name).name in DEMO_HELD_OUT]
     if held:

@@ -70,3 +70,41 @@ def test_random_crops_vary_stay_in_range_and_repeat_per_seed():
     assert not torch.equal(a, c)
     assert len({tuple(x.flatten()[:50].tolist()) for x in a}) > 1  # distinct views of one image
     assert a.min() >= -1 and a.max() <= 1
+
+
+def _write(path, width, height, colour):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), colour).save(path)
+
+
+def test_wallpapers_come_from_their_largest_file_shrunk_to_the_pools_scale(monkeypatch, tmp_path):
+    """Debian's wallpapers ship at several sizes up to 5120 px: the largest is read and its shorter side brought to
+    WALLPAPER_SIDE (a small one is kept as it is); only the listed photographs are taken."""
+    from training import data
+
+    plasma, mate = tmp_path / "wallpapers", tmp_path / "mate"
+    _write(plasma / "Lake" / "contents" / "images" / "1280x800.png", 1280, 800, "red")
+    _write(plasma / "Lake" / "contents" / "images" / "3840x2400.jpg", 3840, 2400, "blue")
+    _write(plasma / "Drawing" / "contents" / "images" / "1920x1080.png", 1920, 1080, "green")
+    _write(mate / "Leaf.jpg", 600, 500, "yellow")
+    monkeypatch.setattr(data, "PLASMA_WALLPAPERS", plasma)
+    monkeypatch.setattr(data, "PLASMA_PHOTOGRAPHS", ("Lake",))
+    monkeypatch.setattr(data, "MATE_NATURE", mate)
+    monkeypatch.setattr(data, "MATE_PHOTOGRAPHS", ("Leaf",))
+    images = data.package_images(wallpapers=True)
+    assert images["plasma.Lake"].shape == (data.WALLPAPER_SIDE, round(data.WALLPAPER_SIDE * 1.6), 3)
+    red, _, blue = images["plasma.Lake"][0, 0].astype(int)  # the blue 3840x2400 file, not the red 1280x800 one
+    assert blue > 240 and red < 15
+    assert images["mate.Leaf"].shape == (500, 600, 3)
+    assert "plasma.Drawing" not in images and "mate.Leaf" not in data.package_images()
+    np.testing.assert_array_equal(data.named_image("plasma.Lake"), images["plasma.Lake"])
+
+
+def test_a_missing_wallpaper_package_is_refused_with_its_install_command(monkeypatch, tmp_path):
+    from training import data
+
+    monkeypatch.setattr(data, "PLASMA_WALLPAPERS", tmp_path / "absent")
+    with pytest.raises(InputError, match="apt-get install plasma-workspace-wallpapers"):
+        data.package_images(complete=True, wallpapers=True)

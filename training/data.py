@@ -36,28 +36,32 @@ def load_folder(folder: str | Path) -> list[np.ndarray]:
     return list(folder_images(folder).values())
 
 
-def package_images(exclude: tuple[str, ...] = (), *, complete: bool = False) -> dict[str, np.ndarray]:
-    """Real photographs that ship inside installed packages: scikit-image's, and those of `OPTIONAL_SOURCES` that
-    are installed. A missing source is warned about, or with `complete` refused: the demo's recorded runs had all."""
+def package_images(exclude: tuple[str, ...] = (), *, complete: bool = False,
+                   wallpapers: bool = False) -> dict[str, np.ndarray]:
+    """Real photographs that ship inside installed packages: scikit-image's, and those of `OPTIONAL_SOURCES` (and
+    with `wallpapers` of `WALLPAPER_SOURCES`) that are installed. A missing source is warned about, or with
+    `complete` refused: the demo's recorded runs had all."""
     from skimage import data
 
     images = {f"skimage.{name}": np.asarray(getattr(data, name)())[..., :3]
               for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina",
                            "immunohistochemistry")}
+    sources = OPTIONAL_SOURCES + (WALLPAPER_SOURCES if wallpapers else ())
     missing = []
-    for what, install, load in OPTIONAL_SOURCES:
+    for what, install, load in sources:
         found = _loaded_or_none(load)
         images.update(found)
         if not found:
-            missing.append(f"{what} ({install})")
+            missing.append((what, install))
     if missing and complete:
         raise InputError("The package photographs are incomplete on this machine, so a run would train on fewer "
-                         "than the demo's recorded runs.", received="missing: " + "; ".join(missing),
-                         expected=f"{len(OPTIONAL_SOURCES)} sources besides scikit-image",
-                         fix="install them (pip install 'pid-sdk[train]'; apt-get install opencv-doc), or pass "
+                         "than the demo's recorded runs.",
+                         received="missing: " + "; ".join(f"{what} ({install})" for what, install in missing),
+                         expected=f"{len(sources)} sources besides scikit-image",
+                         fix=f"install them ({'; '.join(dict.fromkeys(i for _, i in missing))}), or pass "
                              "--partial-data to train on what is here")
     if missing:
-        warnings.warn(f"package photographs missing: {'; '.join(missing)}", stacklevel=2)
+        warnings.warn(f"package photographs missing: {'; '.join(f'{w} ({i})' for w, i in missing)}", stacklevel=2)
     return {k: v for k, v in images.items() if k not in exclude}
 
 
@@ -100,10 +104,44 @@ def _loaded_or_none(load: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.n
         return {}
 
 
+# Debian's desktop wallpapers: 2560-5120 px, mostly drawings; these are the photographs among them
+PLASMA_WALLPAPERS = Path("/usr/share/wallpapers")  # plasma-workspace-wallpapers: <name>/contents/images/WxH.*
+PLASMA_PHOTOGRAPHS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
+                      "Kite", "OneStandsOut", "Path", "summer_1am")
+MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")  # mate-backgrounds: <name>.jpg, all photographs
+MATE_PHOTOGRAPHS = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops",
+                    "Storm", "TwoWings", "Wood", "YellowFlower")
+WALLPAPER_SIDE = 768  # their shorter side is brought down to the other photographs' scale (and the GPU pack's size)
+
+
+def _shrunk(path: Path, side: int = WALLPAPER_SIDE) -> np.ndarray:
+    img = Image.open(path).convert("RGB")
+    s = side / min(img.size)
+    if s < 1:
+        img = img.resize((round(img.width * s), round(img.height * s)), Image.LANCZOS)
+    return np.asarray(img)
+
+
+def _plasma_images() -> dict[str, np.ndarray]:
+    def largest(folder: Path) -> Path:  # files are named WxH.jpg / WxH.png
+        return max(folder.iterdir(), key=lambda f: np.prod([int(v) for v in f.stem.split("x")]))
+
+    return {f"plasma.{n}": _shrunk(largest(PLASMA_WALLPAPERS / n / "contents" / "images")) for n in PLASMA_PHOTOGRAPHS}
+
+
+def _mate_images() -> dict[str, np.ndarray]:
+    return {f"mate.{n}": _shrunk(MATE_NATURE / f"{n}.jpg") for n in MATE_PHOTOGRAPHS}
+
+
 OPTIONAL_SOURCES = (  # (what, how to install it, loader)
-    ("scikit-learn's sample images", "pip install scikit-learn", _sklearn_images),
-    ("matplotlib's grace_hopper", "pip install matplotlib", _matplotlib_images),
+    ("scikit-learn's sample images", "pip install 'pid-sdk[train]'", _sklearn_images),
+    ("matplotlib's grace_hopper", "pip install 'pid-sdk[train]'", _matplotlib_images),
     ("Debian's opencv-doc photographs", "apt-get install opencv-doc", opencv_doc_images),
+)
+WALLPAPER_SOURCES = (  # the demo's pool from the thirteenth stop on (train_demo.py --wallpapers)
+    ("Debian's plasma-workspace-wallpapers photographs", "apt-get install plasma-workspace-wallpapers",
+     _plasma_images),
+    ("Debian's mate-backgrounds photographs", "apt-get install mate-backgrounds", _mate_images),
 )
 
 
@@ -119,12 +157,14 @@ def named_image(name: str) -> np.ndarray:
     if source == "opencv-doc":
         for path in sorted(OPENCV_DOC.glob(f"{stem}.*")):
             return np.asarray(Image.open(path).convert("RGB"))
-    loader = {"sklearn": _sklearn_images, "matplotlib": _matplotlib_images}.get(source)
+    loader = {"sklearn": _sklearn_images, "matplotlib": _matplotlib_images, "plasma": _plasma_images,
+              "mate": _mate_images}.get(source)
     found = _loaded_or_none(loader) if loader else {}
     if name in found:
         return found[name]
     raise InputError(f"No package image named {name}.", received=name,
-                     expected="skimage.<name>, sklearn.<i>, matplotlib.grace_hopper or opencv-doc.<stem>",
+                     expected="skimage.<name>, sklearn.<i>, matplotlib.grace_hopper, opencv-doc.<stem>, "
+                              "plasma.<name> or mate.<name>",
                      fix="see training/data.py for where each source comes from")
 
 
