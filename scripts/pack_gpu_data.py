@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,7 +60,19 @@ def main() -> int:
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     init = f", init {args.init}" if args.init else ""
     print(f"{out}: {len(list(images.iterdir()))} images, taef1{init}, {size / 2**20:.1f} MiB")
+    tree = tracked_bytes()
+    if size + tree > CARRY_LIMIT:
+        print(f"warning: with the working tree ({tree / 2**20:.1f} MiB) this is over the device tool's "
+              f"{CARRY_LIMIT // 2**20} MiB carry limit; drop --wallpapers or --init", file=sys.stderr)
     return 0
+
+
+CARRY_LIMIT = 64 * 2**20  # what the device tool carries, working tree and `carry` together
+
+
+def tracked_bytes() -> int:
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True).stdout
+    return sum((ROOT / f).stat().st_size for f in files.split("\0") if f and (ROOT / f).is_file())
 
 
 if __name__ == "__main__":

@@ -93,12 +93,16 @@ def test_wallpapers_come_from_their_largest_file_shrunk_to_the_pools_scale(monke
     monkeypatch.setattr(data, "PLASMA_PHOTOGRAPHS", ("Lake",))
     monkeypatch.setattr(data, "MATE_NATURE", mate)
     monkeypatch.setattr(data, "MATE_PHOTOGRAPHS", ("Leaf",))
-    images = data.package_images(wallpapers=True)
+    _write(tmp_path / "backgrounds" / "Kleiber_by_Lukas_Baubkus.jpg", 700, 1400, "white")  # a portrait one
+    monkeypatch.setattr(data, "BACKGROUNDS", tmp_path / "backgrounds")
+    with pytest.warns(UserWarning, match="lomiri-wallpapers-16.04"):  # none of its photographs is here
+        images = data.package_images(wallpapers=True)
+    assert images["lomiri.Kleiber_by_Lukas_Baubkus"].shape == (1400, 700, 3)
     assert images["plasma.Lake"].shape == (data.WALLPAPER_SIDE, round(data.WALLPAPER_SIDE * 1.6), 3)
     red, _, blue = images["plasma.Lake"][0, 0].astype(int)  # the blue 3840x2400 file, not the red 1280x800 one
     assert blue > 240 and red < 15
     assert images["mate.Leaf"].shape == (500, 600, 3)
-    assert "plasma.Drawing" not in images and "mate.Leaf" not in data.package_images()
+    assert "plasma.Drawing" not in images and "mate.Leaf" not in data.package_images()  # only when asked for
     np.testing.assert_array_equal(data.named_image("plasma.Lake"), images["plasma.Lake"])
 
 

@@ -111,26 +111,54 @@ PLASMA_PHOTOGRAPHS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour",
 MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")  # mate-backgrounds: <name>.jpg, all photographs
 MATE_PHOTOGRAPHS = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops",
                     "Storm", "TwoWings", "Wood", "YellowFlower")
+BACKGROUNDS = Path("/usr/share/backgrounds")  # lomiri-wallpapers-16.04 and -20.04: <name>.jpg, photographs listed
+LOMIRI_1604_PHOTOGRAPHS = ("Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
+                           "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
+                           "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
+                           "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
+                           "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi")
+LOMIRI_2004_PHOTOGRAPHS = ("Kleiber_by_Lukas_Baubkus",)
 WALLPAPER_SIDE = 768  # their shorter side is brought down to the other photographs' scale (and the GPU pack's size)
 
 
-def _shrunk(path: Path, side: int = WALLPAPER_SIDE) -> np.ndarray:
-    img = Image.open(path).convert("RGB")
+def wallpaper_path(name: str) -> Path:
+    """Where `plasma.<name>` (its largest size), `mate.<name>` or `lomiri.<name>` lies; FileNotFoundError if absent."""
+    source, _, stem = name.partition(".")
+    if source == "plasma":  # <name>/contents/images/WxH.jpg or .png
+        sizes = (PLASMA_WALLPAPERS / stem / "contents" / "images").iterdir()
+        return max(sizes, key=lambda f: np.prod([int(v) for v in f.stem.split("x")]))
+    path = (MATE_NATURE if source == "mate" else BACKGROUNDS) / f"{stem}.jpg"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+def shrunk_wallpaper(name: str, side: int = WALLPAPER_SIDE) -> np.ndarray:
+    img = Image.open(wallpaper_path(name)).convert("RGB")
     s = side / min(img.size)
     if s < 1:
         img = img.resize((round(img.width * s), round(img.height * s)), Image.LANCZOS)
     return np.asarray(img)
 
 
-def _plasma_images() -> dict[str, np.ndarray]:
-    def largest(folder: Path) -> Path:  # files are named WxH.jpg / WxH.png
-        return max(folder.iterdir(), key=lambda f: np.prod([int(v) for v in f.stem.split("x")]))
+def _wallpapers(source: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {f"{source}.{n}": shrunk_wallpaper(f"{source}.{n}") for n in names}
 
-    return {f"plasma.{n}": _shrunk(largest(PLASMA_WALLPAPERS / n / "contents" / "images")) for n in PLASMA_PHOTOGRAPHS}
+
+def _plasma_images() -> dict[str, np.ndarray]:
+    return _wallpapers("plasma", PLASMA_PHOTOGRAPHS)
 
 
 def _mate_images() -> dict[str, np.ndarray]:
-    return {f"mate.{n}": _shrunk(MATE_NATURE / f"{n}.jpg") for n in MATE_PHOTOGRAPHS}
+    return _wallpapers("mate", MATE_PHOTOGRAPHS)
+
+
+def _lomiri_1604_images() -> dict[str, np.ndarray]:
+    return _wallpapers("lomiri", LOMIRI_1604_PHOTOGRAPHS)
+
+
+def _lomiri_2004_images() -> dict[str, np.ndarray]:
+    return _wallpapers("lomiri", LOMIRI_2004_PHOTOGRAPHS)
 
 
 OPTIONAL_SOURCES = (  # (what, how to install it, loader)
@@ -142,6 +170,10 @@ WALLPAPER_SOURCES = (  # the demo's pool from the thirteenth stop on (train_demo
     ("Debian's plasma-workspace-wallpapers photographs", "apt-get install plasma-workspace-wallpapers",
      _plasma_images),
     ("Debian's mate-backgrounds photographs", "apt-get install mate-backgrounds", _mate_images),
+    ("Debian's lomiri-wallpapers-16.04 photographs", "apt-get install lomiri-wallpapers-16.04",
+     _lomiri_1604_images),
+    ("Debian's lomiri-wallpapers-20.04 photographs", "apt-get install lomiri-wallpapers-20.04",
+     _lomiri_2004_images),
 )
 
 
@@ -157,14 +189,16 @@ def named_image(name: str) -> np.ndarray:
     if source == "opencv-doc":
         for path in sorted(OPENCV_DOC.glob(f"{stem}.*")):
             return np.asarray(Image.open(path).convert("RGB"))
-    loader = {"sklearn": _sklearn_images, "matplotlib": _matplotlib_images, "plasma": _plasma_images,
-              "mate": _mate_images}.get(source)
-    found = _loaded_or_none(loader) if loader else {}
+    if source in ("plasma", "mate", "lomiri"):
+        found = _loaded_or_none(lambda: {name: shrunk_wallpaper(name)})
+    else:
+        loader = {"sklearn": _sklearn_images, "matplotlib": _matplotlib_images}.get(source)
+        found = _loaded_or_none(loader) if loader else {}
     if name in found:
         return found[name]
     raise InputError(f"No package image named {name}.", received=name,
                      expected="skimage.<name>, sklearn.<i>, matplotlib.grace_hopper, opencv-doc.<stem>, "
-                              "plasma.<name> or mate.<name>",
+                              "plasma.<name>, mate.<name> or lomiri.<name>",
                      fix="see training/data.py for where each source comes from")
 
 
