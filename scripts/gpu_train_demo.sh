@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Continue the embedded demo model's training on one CUDA GPU in a single device call, and return the result.
-#   here:    python scripts/pack_gpu_data.py                   (build/carry: the training pool and taef1, ~27 MiB)
+#   here:    python scripts/pack_gpu_data.py                   (build/carry: the training pool and taef1, ~21 MiB)
 #   device:  bash scripts/gpu_train_demo.sh                    (carry build/carry; timeout_s 600; ends by TOTAL_S)
 #   back:    $OUT/half-demo-flux1/ and $OUT/demo-flux1/ (bf16 artefacts after half the rollout and all of it; the
 #            device tool returns files up to 16 MiB, so a larger model.safetensors comes in parts: rejoin them with
