@@ -1,7 +1,7 @@
 """Write the demo's training pool and taef1 into one folder, for a machine without the packages.
 
     python scripts/pack_gpu_data.py --out build/carry
-    python scripts/pack_gpu_data.py --wallpapers                 # the pool of 58 (with Debian's wallpaper photographs)
+    python scripts/pack_gpu_data.py --wallpapers                 # the pool of 72 (with Debian's wallpaper photographs)
     python scripts/pack_gpu_data.py --init build/grow8-s2900     # also a model to start from (INIT=build/carry/init)
 
 The device machine of scripts/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:

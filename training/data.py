@@ -104,7 +104,7 @@ def _loaded_or_none(load: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.n
         return {}
 
 
-# Debian's desktop wallpapers: 2560-5120 px, mostly drawings; these are the photographs among them
+# Debian's desktop wallpapers: 1280-6000 px, mostly drawings; these are the photographs among them
 PLASMA_WALLPAPERS = Path("/usr/share/wallpapers")  # plasma-workspace-wallpapers: <name>/contents/images/WxH.*
 PLASMA_PHOTOGRAPHS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
                       "Kite", "OneStandsOut", "Path", "summer_1am")
@@ -118,7 +118,7 @@ LOMIRI_1604_PHOTOGRAPHS = ("Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "
                            "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
                            "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi")
 LOMIRI_2004_PHOTOGRAPHS = ("Kleiber_by_Lukas_Baubkus",)
-WALLPAPER_SIDE = 768  # their shorter side is brought down to the other photographs' scale (and the GPU pack's size)
+WALLPAPER_SIDE = 768  # their shorter side is brought down to about the other photographs' scale
 
 
 def wallpaper_path(name: str) -> Path:
