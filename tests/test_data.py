@@ -109,6 +109,8 @@ def test_wallpapers_come_from_their_largest_file_shrunk_to_the_pools_scale(monke
 def test_a_missing_wallpaper_package_is_refused_with_its_install_command(monkeypatch, tmp_path):
     from training import data
 
-    monkeypatch.setattr(data, "PLASMA_WALLPAPERS", tmp_path / "absent")
-    with pytest.raises(InputError, match="apt-get install plasma-workspace-wallpapers"):
+    for folder in ("PLASMA_WALLPAPERS", "MATE_NATURE", "BACKGROUNDS"):
+        monkeypatch.setattr(data, folder, tmp_path / "absent")
+    with pytest.raises(InputError, match="apt-get install plasma-workspace-wallpapers") as refused:
         data.package_images(complete=True, wallpapers=True)
+    assert "apt-get install lomiri-wallpapers-20.04" in refused.value.fix
