@@ -90,9 +90,9 @@ def test_wallpapers_come_from_their_largest_file_shrunk_to_the_pools_scale(monke
     _write(plasma / "Drawing" / "contents" / "images" / "1920x1080.png", 1920, 1080, "green")
     _write(mate / "Leaf.jpg", 600, 500, "yellow")
     monkeypatch.setattr(data, "PLASMA_WALLPAPERS", plasma)
-    monkeypatch.setattr(data, "PLASMA_PHOTOGRAPHS", ("Lake",))
+    monkeypatch.setitem(data.WALLPAPER_PHOTOGRAPHS, "plasma-workspace-wallpapers", ("plasma", ("Lake",)))
     monkeypatch.setattr(data, "MATE_NATURE", mate)
-    monkeypatch.setattr(data, "MATE_PHOTOGRAPHS", ("Leaf",))
+    monkeypatch.setitem(data.WALLPAPER_PHOTOGRAPHS, "mate-backgrounds", ("mate", ("Leaf",)))
     _write(tmp_path / "backgrounds" / "Kleiber_by_Lukas_Baubkus.jpg", 700, 1400, "white")  # a portrait one
     monkeypatch.setattr(data, "BACKGROUNDS", tmp_path / "backgrounds")
     with pytest.warns(UserWarning, match="lomiri-wallpapers-16.04"):  # none of its photographs is here

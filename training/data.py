@@ -8,6 +8,7 @@ distinct views, or (`crop="centre"`) each image is resized to cover the bucket a
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -104,20 +105,25 @@ def _loaded_or_none(load: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.n
         return {}
 
 
-# Debian's desktop wallpapers: 1280-6000 px, mostly drawings; these are the photographs among them
-PLASMA_WALLPAPERS = Path("/usr/share/wallpapers")  # plasma-workspace-wallpapers: <name>/contents/images/WxH.*
-PLASMA_PHOTOGRAPHS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
-                      "Kite", "OneStandsOut", "Path", "summer_1am")
-MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")  # mate-backgrounds: <name>.jpg, all photographs
-MATE_PHOTOGRAPHS = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops",
-                    "Storm", "TwoWings", "Wood", "YellowFlower")
-BACKGROUNDS = Path("/usr/share/backgrounds")  # lomiri-wallpapers-16.04 and -20.04: <name>.jpg, photographs listed
-LOMIRI_1604_PHOTOGRAPHS = ("Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace",
-                           "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi",
-                           "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich",
-                           "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
-                           "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi")
-LOMIRI_2004_PHOTOGRAPHS = ("Kleiber_by_Lukas_Baubkus",)
+# Debian's desktop wallpapers: 1280-6000 px, mostly drawings. Per package: the prefix of its images' names and the
+# photographs among them. plasma: /usr/share/wallpapers/<name>/contents/images/WxH.*; mate and lomiri: <name>.jpg.
+WALLPAPER_PHOTOGRAPHS = {
+    "plasma-workspace-wallpapers": ("plasma", (
+        "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
+        "OneStandsOut", "Path", "summer_1am")),
+    "mate-backgrounds": ("mate", (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+        "TwoWings", "Wood", "YellowFlower")),
+    "lomiri-wallpapers-16.04": ("lomiri", (
+        "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly", "Picture_0B_by_freespace", "Picture_1A_by_freespace",
+        "Wine_by_Jakkub_Mede", "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich",
+        "friends_by_Aitzol_Berasategi", "greentock_by_Peter_Nerlich", "life_by_Aitzol_Berasategi",
+        "picosdeeuropa_by_Aitzol_Berasategi", "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi")),
+    "lomiri-wallpapers-20.04": ("lomiri", ("Kleiber_by_Lukas_Baubkus",)),
+}
+PLASMA_WALLPAPERS = Path("/usr/share/wallpapers")
+MATE_NATURE = Path("/usr/share/backgrounds/mate/nature")
+BACKGROUNDS = Path("/usr/share/backgrounds")  # lomiri's
 WALLPAPER_SIDE = 768  # their shorter side is brought down to about the other photographs' scale
 
 
@@ -141,24 +147,9 @@ def shrunk_wallpaper(name: str, side: int = WALLPAPER_SIDE) -> np.ndarray:
     return np.asarray(img)
 
 
-def _wallpapers(source: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+def _package_wallpapers(package: str) -> dict[str, np.ndarray]:
+    source, names = WALLPAPER_PHOTOGRAPHS[package]
     return {f"{source}.{n}": shrunk_wallpaper(f"{source}.{n}") for n in names}
-
-
-def _plasma_images() -> dict[str, np.ndarray]:
-    return _wallpapers("plasma", PLASMA_PHOTOGRAPHS)
-
-
-def _mate_images() -> dict[str, np.ndarray]:
-    return _wallpapers("mate", MATE_PHOTOGRAPHS)
-
-
-def _lomiri_1604_images() -> dict[str, np.ndarray]:
-    return _wallpapers("lomiri", LOMIRI_1604_PHOTOGRAPHS)
-
-
-def _lomiri_2004_images() -> dict[str, np.ndarray]:
-    return _wallpapers("lomiri", LOMIRI_2004_PHOTOGRAPHS)
 
 
 OPTIONAL_SOURCES = (  # (what, how to install it, loader)
@@ -166,15 +157,9 @@ OPTIONAL_SOURCES = (  # (what, how to install it, loader)
     ("matplotlib's grace_hopper", "pip install 'pid-sdk[train]'", _matplotlib_images),
     ("Debian's opencv-doc photographs", "apt-get install opencv-doc", opencv_doc_images),
 )
-WALLPAPER_SOURCES = (  # the demo's pool from the thirteenth stop on (train_demo.py --wallpapers)
-    ("Debian's plasma-workspace-wallpapers photographs", "apt-get install plasma-workspace-wallpapers",
-     _plasma_images),
-    ("Debian's mate-backgrounds photographs", "apt-get install mate-backgrounds", _mate_images),
-    ("Debian's lomiri-wallpapers-16.04 photographs", "apt-get install lomiri-wallpapers-16.04",
-     _lomiri_1604_images),
-    ("Debian's lomiri-wallpapers-20.04 photographs", "apt-get install lomiri-wallpapers-20.04",
-     _lomiri_2004_images),
-)
+WALLPAPER_SOURCES = tuple(  # the demo's pool from the thirteenth stop on (train_demo.py --wallpapers)
+    (f"Debian's {package} photographs", f"apt-get install {package}", partial(_package_wallpapers, package))
+    for package in WALLPAPER_PHOTOGRAPHS)
 
 
 def named_image(name: str) -> np.ndarray:
