@@ -72,3 +72,26 @@ def test_an_incomplete_photograph_pool_is_refused_with_its_fix(monkeypatch, tmp_
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and "apt-get install opencv-doc" in err and "--partial-data" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "carry").exists()
+
+
+def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry_limit(monkeypatch, tmp_path, capsys):
+    """The GPU machine trains on exactly these files: they must hold the pool's pixels, and a pack that would not fit
+    the device tool beside the working tree is said so."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import numpy as np
+    import pack_gpu_data
+    from PIL import Image
+
+    from training.data import DEMO_HELD_OUT, package_images
+
+    monkeypatch.setattr(pack_gpu_data, "CARRY_LIMIT", pack_gpu_data.tracked_bytes() + 1)  # any pack is over it
+    monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(tmp_path / "carry"), "--partial-data"])
+    assert pack_gpu_data.main() == 0  # --partial-data: CI has neither opencv-doc nor the wallpapers
+    assert "carry limit" in capsys.readouterr().err
+    pool = package_images(exclude=DEMO_HELD_OUT)
+    files = sorted((tmp_path / "carry" / "images").iterdir())
+    assert [f.name for f in files] == sorted(f"{name}.webp" for name in pool)
+    for f in files[:3]:
+        np.testing.assert_array_equal(np.asarray(Image.open(f).convert("RGB")), pool[f.stem], err_msg=f.name)
+    assert (tmp_path / "carry" / "tae" / "taef1_encoder.safetensors").is_file()
+
