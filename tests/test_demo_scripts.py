@@ -95,3 +95,28 @@ def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry
         np.testing.assert_array_equal(np.asarray(Image.open(f).convert("RGB")), pool[f.stem], err_msg=f.name)
     assert (tmp_path / "carry" / "tae" / "taef1_encoder.safetensors").is_file()
 
+
+
+def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out_of_range(monkeypatch, tmp_path,
+                                                                                         capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import numpy as np
+    import pack_gpu_data
+    from PIL import Image
+
+    from training.data import DEMO_HELD_OUT, package_images
+
+    out = tmp_path / "carry"
+    monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(out), "--partial-data", "--jpeg-quality", "0"])
+    with pytest.raises(SystemExit) as exit_:
+        pack_gpu_data.main()
+    assert exit_.value.code == 2 and "expected 1 to 100" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(out), "--partial-data", "--jpeg-quality", "97"])
+    assert pack_gpu_data.main() == 0
+    pool = package_images(exclude=DEMO_HELD_OUT)
+    files = sorted((out / "images").iterdir())
+    assert [f.name for f in files] == sorted(f"{name}.jpg" for name in pool)
+    for f in files[:3]:
+        got = np.asarray(Image.open(f).convert("RGB")).astype(np.float64)
+        mse = ((got - pool[f.stem]) ** 2).mean()
+        assert 0 < mse < 255**2 / 10**4.0, f"{f.name}: {10 * np.log10(255**2 / mse):.1f} dB"  # lossy, within 40 dB
