@@ -8,17 +8,19 @@
 #            tests); judge the artefacts here with bench/quality.py --model
 # From the shipped weights: FLOW_MIN minutes of rectified flow at lr 2e-4, then rollout until TOTAL_S seconds after
 # the start less a margin for shipping, with the lr decaying to a tenth over the steps the flow phase's rate predicts
-# (a rollout step costs about ROLL_COST flow steps) and mostly clean latents, as the shipped model's last phase
+# (a rollout step costs about ROLL_COST flow steps), then at a tenth (a faster rollout than predicted uses the time
+# left rather than ending early) and mostly clean latents, as the shipped model's last phase
 # (docs/quality.md). bf16 autocast, batch BATCH at 512x512 (smaller crops get as many pixels). Meanwhile the marked
 # GPU tests run beside it. GROW="patch_depth=16" deepens the shipped model first (training/grow.py: the same
 # function, new blocks free to learn; past 30 MiB of weights the two artefacts' parts and the logs exceed the 8 files
 # the device tool returns). INIT=build/carry/init starts from another artefact instead of the
-# shipped weights (scripts/pack_gpu_data.py --init; e.g. a model grown and trained on the CPU). Nothing is installed.
+# shipped weights (scripts/pack_gpu_data.py --init; e.g. a model grown and trained on the CPU). CARRY names the
+# pack's folder. Nothing is installed. A CPU dry run: DEVICE=cpu BATCH=2 FLOW_MIN=0.2 TOTAL_S=120 TESTS=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out} RUN=${RUN:-/tmp/demo_gpu} FLOW_MIN=${FLOW_MIN:-3} TOTAL_S=${TOTAL_S:-510} BATCH=${BATCH:-32}
 ROLL_COST=${ROLL_COST:-1.5} DEVICE=${DEVICE:-cuda} GROW=${GROW:-} INIT=${INIT:-pid_sdk/data/demo-flux1}
-TESTS=${TESTS:-1}
+TESTS=${TESTS:-1} CARRY=${CARRY:-build/carry}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 log() { (grep -v -i warn || true) | tee -a "$OUT/train.log"; }
@@ -31,7 +33,7 @@ ship() {  # the run's EMA as a bf16 artefact in $OUT/$1, its weights in parts th
 if [ "$DEVICE" = cuda ] && [ "$TESTS" = 1 ]; then
   timeout 240 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rA >"$OUT/gpu_tests.log" 2>&1 &
 fi
-common=(--out "$RUN" --data build/carry/images --tae-dir build/carry/tae --device "$DEVICE" --sizes 256 384 512
+common=(--out "$RUN" --data "$CARRY/images" --tae-dir "$CARRY/tae" --device "$DEVICE" --sizes 256 384 512
         --batch "$BATCH")
 grow=()
 [ -z "$GROW" ] || read -r -a grow <<<"--grow $GROW"
@@ -41,14 +43,14 @@ flow=$(python3 -c "import torch; print(torch.load('$RUN/trainer_state.pt', weigh
 minutes=$(python3 -c "print(max(0.5, ($TOTAL_S - $SECONDS - 60) / 60))")
 end=$(python3 -c "print($flow + 1 + int($flow * $minutes / $FLOW_MIN / $ROLL_COST))")
 half=$(( (flow + end) / 2 ))
-echo "flow: $flow steps; rollout: up to step $end (artefact at $half) or $minutes min" | log
+echo "flow: $flow steps; rollout: $minutes min, the lr at its floor from step $end (artefact at $half)" | log
 rollout() {  # one lr schedule over both halves: the second resumes the first
   python3 scripts/train_demo.py "${common[@]}" --resume --objective rollout --lr 1e-4 --lr-decay "$flow" "$end" \
     --latent-noise-prob 0.1 --latent-dropout 0.02 "$@" 2>&1 | log
 }
 rollout --until-step "$half" --minutes "$(python3 -c "print($minutes / 2)")"
 ship half-demo-flux1
-rollout --until-step "$end" --minutes "$(python3 -c "print(max(0.5, ($TOTAL_S - $SECONDS - 30) / 60))")"
+rollout --minutes "$(python3 -c "print(max(0.5, ($TOTAL_S - $SECONDS - 30) / 60))")"  # past $end: the lr's floor
 ship demo-flux1
 echo "finished after $SECONDS s" | log
 wait || true

@@ -120,3 +120,36 @@ def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out
         got = np.asarray(Image.open(f).convert("RGB")).astype(np.float64)
         mse = ((got - pool[f.stem]) ** 2).mean()
         assert 0 < mse < 255**2 / 10**4.0, f"{f.name}: {10 * np.log10(255**2 / mse):.1f} dB"  # lossy, within 40 dB
+
+
+@pytest.mark.slow
+def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_the_cpu(tmp_path, tae_dir):
+    """scripts/gpu_train_demo.sh is what a lent GPU's few minutes run: a broken step there costs the whole stop, so it
+    runs here on the CPU at the smallest scale, on a pack of three photographs."""
+    import hashlib
+    import os
+
+    from PIL import Image
+
+    from training.data import DEMO_HELD_OUT, package_images
+
+    carry = tmp_path / "carry"
+    (carry / "images").mkdir(parents=True)
+    (carry / "tae").symlink_to(tae_dir)
+    for name, img in list(package_images(exclude=DEMO_HELD_OUT).items())[:3]:
+        Image.fromarray(img).save(carry / "images" / f"{name}.png")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu",
+           "BATCH": "2", "FLOW_MIN": "0.1", "TOTAL_S": "40", "TESTS": "0", "CARRY": str(carry),
+           "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run")}
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train_demo.sh")], env=env, capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    steps = {}
+    for artefact in ("half-demo-flux1", "demo-flux1"):
+        folder = tmp_path / "out" / artefact
+        weights = b"".join(p.read_bytes() for p in sorted(folder.glob("model.safetensors.part*")))
+        manifest = read_manifest(folder)
+        assert hashlib.sha256(weights).hexdigest() == manifest["sha256"]["model.safetensors"]
+        steps[artefact] = int(manifest["source"].split("EMA after ")[1].split(" steps")[0])
+    assert 0 < steps["half-demo-flux1"] < steps["demo-flux1"], steps
+    assert "finished after" in (tmp_path / "out" / "train.log").read_text()
