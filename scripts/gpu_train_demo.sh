@@ -8,8 +8,8 @@
 #            tests); judge the artefacts here with bench/quality.py --model
 # From the shipped weights: FLOW_MIN minutes of rectified flow at lr 2e-4, then rollout until TOTAL_S seconds after
 # the start less a margin for shipping, with the lr decaying to a tenth over the steps the flow phase's rate predicts
-# (a rollout step costs about ROLL_COST flow steps), then at a tenth (a faster rollout than predicted uses the time
-# left rather than ending early) and mostly clean latents, as the shipped model's last phase
+# (a rollout step costs about ROLL_COST flow steps) and at a tenth after them (a rollout faster than predicted uses
+# the time left rather than ending early), with mostly clean latents, as the shipped model's last phase
 # (docs/quality.md). bf16 autocast, batch BATCH at 512x512 (smaller crops get as many pixels). Meanwhile the marked
 # GPU tests run beside it. GROW="patch_depth=16" deepens the shipped model first (training/grow.py: the same
 # function, new blocks free to learn; past 30 MiB of weights the two artefacts' parts and the logs exceed the 8 files

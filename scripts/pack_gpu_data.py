@@ -8,7 +8,7 @@
 The device machine of scripts/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:
 this folder travels with the command instead (`carry`; 64 MiB at most with the working tree). Images are lossless
 WebPs named after their source (`opencv-doc.baboon.webp`), or with --jpeg-quality JPEGs without chroma subsampling
-(at 97 the 72 take 23 MiB instead of 48, each within 42 dB PSNR of its pixels, far above what the demo model
+(at 97 the 72 take 23 MiB instead of 46, each within 42 dB PSNR of its pixels, far above what the demo model
 reaches); the held-out ones are never written.
 """
 

@@ -96,7 +96,6 @@ def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry
     assert (tmp_path / "carry" / "tae" / "taef1_encoder.safetensors").is_file()
 
 
-
 def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out_of_range(monkeypatch, tmp_path,
                                                                                          capsys):
     sys.path.insert(0, str(ROOT / "scripts"))
