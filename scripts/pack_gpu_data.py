@@ -59,7 +59,7 @@ def main() -> int:
     images.mkdir(parents=True)
     tae.mkdir()
     for name, img in photographs.items():
-        save_image(Image.fromarray(img), images / name, args.jpeg_quality)
+        save_image(Image.fromarray(img), images, name, args.jpeg_quality)
     for name in ("taef1_encoder.safetensors", "taef1_decoder.safetensors", "LICENSE.taesd"):
         shutil.copy(Path(args.tae_dir) / name, tae / name)
     if args.init:
@@ -75,11 +75,11 @@ def main() -> int:
     return 0
 
 
-def save_image(img: Image.Image, stem: Path, jpeg_quality: int | None) -> None:
+def save_image(img: Image.Image, folder: Path, name: str, jpeg_quality: int | None) -> None:
     if jpeg_quality is None:
-        img.save(stem.with_name(stem.name + ".webp"), lossless=True)  # the pixels, in 2/3 of a PNG's size
+        img.save(folder / f"{name}.webp", lossless=True)  # the pixels, in 2/3 of a PNG's size
     else:  # 4:4:4: the chroma subsampling of a default JPEG (or a lossy WebP) costs sharp colour edges
-        img.save(stem.with_name(stem.name + ".jpg"), quality=jpeg_quality, subsampling=0)
+        img.save(folder / f"{name}.jpg", quality=jpeg_quality, subsampling=0)
 
 
 CARRY_LIMIT = 64 * 2**20  # what the device tool carries, working tree and `carry` together

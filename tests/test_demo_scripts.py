@@ -74,23 +74,39 @@ def test_an_incomplete_photograph_pool_is_refused_with_its_fix(monkeypatch, tmp_
     assert not (tmp_path / "run").exists() and not (tmp_path / "carry").exists()
 
 
+def pack(monkeypatch, out: Path, *args: str) -> int:
+    """scripts/pack_gpu_data.py's main on `out` with `args` (--partial-data: CI has neither opencv-doc nor the
+    wallpapers)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pack_gpu_data
+
+    monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(out), "--partial-data", *args])
+    return pack_gpu_data.main()
+
+
+def packed_pool(out: Path, suffix: str) -> tuple[dict, list[Path]]:
+    """The pool the pack was written from and the pack's image files, checked to be one file per image."""
+    from training.data import DEMO_HELD_OUT, package_images
+
+    pool = package_images(exclude=DEMO_HELD_OUT)
+    files = sorted((out / "images").iterdir())
+    assert [f.name for f in files] == sorted(f"{name}.{suffix}" for name in pool)
+    return pool, files
+
+
 def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry_limit(monkeypatch, tmp_path, capsys):
     """The GPU machine trains on exactly these files: they must hold the pool's pixels, and a pack that would not fit
     the device tool beside the working tree is said so."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     import numpy as np
-    import pack_gpu_data
     from PIL import Image
 
-    from training.data import DEMO_HELD_OUT, package_images
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pack_gpu_data
 
     monkeypatch.setattr(pack_gpu_data, "CARRY_LIMIT", pack_gpu_data.tracked_bytes() + 1)  # any pack is over it
-    monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(tmp_path / "carry"), "--partial-data"])
-    assert pack_gpu_data.main() == 0  # --partial-data: CI has neither opencv-doc nor the wallpapers
+    assert pack(monkeypatch, tmp_path / "carry") == 0
     assert "carry limit" in capsys.readouterr().err
-    pool = package_images(exclude=DEMO_HELD_OUT)
-    files = sorted((tmp_path / "carry" / "images").iterdir())
-    assert [f.name for f in files] == sorted(f"{name}.webp" for name in pool)
+    pool, files = packed_pool(tmp_path / "carry", "webp")
     for f in files[:3]:
         np.testing.assert_array_equal(np.asarray(Image.open(f).convert("RGB")), pool[f.stem], err_msg=f.name)
     assert (tmp_path / "carry" / "tae" / "taef1_encoder.safetensors").is_file()
@@ -98,23 +114,15 @@ def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry
 
 def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out_of_range(monkeypatch, tmp_path,
                                                                                          capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
     import numpy as np
-    import pack_gpu_data
     from PIL import Image
 
-    from training.data import DEMO_HELD_OUT, package_images
-
     out = tmp_path / "carry"
-    monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(out), "--partial-data", "--jpeg-quality", "0"])
     with pytest.raises(SystemExit) as exit_:
-        pack_gpu_data.main()
+        pack(monkeypatch, out, "--jpeg-quality", "0")
     assert exit_.value.code == 2 and "expected 1 to 100" in capsys.readouterr().err and not out.exists()
-    monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(out), "--partial-data", "--jpeg-quality", "97"])
-    assert pack_gpu_data.main() == 0
-    pool = package_images(exclude=DEMO_HELD_OUT)
-    files = sorted((out / "images").iterdir())
-    assert [f.name for f in files] == sorted(f"{name}.jpg" for name in pool)
+    assert pack(monkeypatch, out, "--jpeg-quality", "97") == 0
+    pool, files = packed_pool(out, "jpg")
     for f in files[:3]:
         got = np.asarray(Image.open(f).convert("RGB")).astype(np.float64)
         mse = ((got - pool[f.stem]) ** 2).mean()
@@ -122,20 +130,14 @@ def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out
 
 
 @pytest.mark.slow
-def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_the_cpu(tmp_path, tae_dir):
+def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_the_cpu(monkeypatch, tmp_path,
+                                                                                        tae_dir):
     """scripts/gpu_train_demo.sh is what a lent GPU's few minutes run: a broken step there costs the whole stop, so it
-    runs here on the CPU at the smallest scale, on a pack of three photographs."""
+    runs here on the CPU at the smallest scale, on a pack written as for the GPU (pack_gpu_data.py)."""
     import os
 
-    from PIL import Image
-
-    from training.data import DEMO_HELD_OUT, package_images
-
     carry = tmp_path / "carry"
-    (carry / "images").mkdir(parents=True)
-    (carry / "tae").symlink_to(tae_dir)
-    for name, img in list(package_images(exclude=DEMO_HELD_OUT).items())[:3]:
-        Image.fromarray(img).save(carry / "images" / f"{name}.png")
+    assert pack(monkeypatch, carry, "--tae-dir", str(tae_dir)) == 0
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu",
            "BATCH": "2", "FLOW_MIN": "0.1", "TOTAL_S": "40", "TESTS": "0", "CARRY": str(carry),
            "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run")}
