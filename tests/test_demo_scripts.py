@@ -1,5 +1,6 @@
 """The demo's training scripts (scripts/train_demo.py, scripts/pack_gpu_data.py), run as a user runs them."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,13 @@ import pid_sdk
 from pid_sdk.checkpoints import load_artefact, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    """The module of scripts/NAME.py, imported with its folder on sys.path as the scripts run."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    return importlib.import_module(name)
 
 
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
@@ -32,9 +40,7 @@ def test_train_demo_refuses_wallpapers_beside_a_data_folder(tmp_path):
 
 
 def test_train_demo_records_the_growth_of_its_init():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from train_demo import initial_model
-
+    initial_model = script("train_demo").initial_model
     depth = read_manifest(pid_sdk.DEMO_MODEL)["config"]["backbone"]["patch_depth"] + 1
     model, record = initial_model(str(pid_sdk.DEMO_MODEL), {"patch_depth": depth})
     assert len(model.patch_blocks) == depth
@@ -53,10 +59,6 @@ def test_pack_gpu_data_checks_init_before_the_old_pack_goes(tmp_path):
 def test_an_incomplete_photograph_pool_is_refused_with_its_fix(monkeypatch, tmp_path, capsys):
     """Without Debian's opencv-doc, scikit-learn or matplotlib the pool shrinks (35 photographs to 6): a run would
     silently train another model than the recorded one, so the demo's scripts refuse unless told --partial-data."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import pack_gpu_data
-    import train_demo
-
     from pid_sdk.errors import InputError
     from training import data
 
@@ -65,10 +67,11 @@ def test_an_incomplete_photograph_pool_is_refused_with_its_fix(monkeypatch, tmp_
         data.package_images(complete=True)
     with pytest.warns(UserWarning, match="opencv-doc"):
         assert not any(name.startswith("opencv-doc.") for name in data.package_images())
-    for script, args in ((train_demo, ["--out", tmp_path / "run"]), (pack_gpu_data, ["--out", tmp_path / "carry"])):
-        monkeypatch.setattr(sys, "argv", [script.__file__, *map(str, args)])
+    for module, args in ((script("train_demo"), ["--out", tmp_path / "run"]),
+                         (script("pack_gpu_data"), ["--out", tmp_path / "carry"])):
+        monkeypatch.setattr(sys, "argv", [module.__file__, *map(str, args)])
         with pytest.raises(SystemExit) as exit_:
-            script.main()
+            module.main()
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and "apt-get install opencv-doc" in err and "--partial-data" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "carry").exists()
@@ -77,11 +80,8 @@ def test_an_incomplete_photograph_pool_is_refused_with_its_fix(monkeypatch, tmp_
 def pack(monkeypatch, out: Path, *args: str) -> int:
     """scripts/pack_gpu_data.py's main on `out` with `args` (--partial-data: CI has neither opencv-doc nor the
     wallpapers)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import pack_gpu_data
-
     monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(out), "--partial-data", *args])
-    return pack_gpu_data.main()
+    return script("pack_gpu_data").main()
 
 
 def packed_pool(out: Path, suffix: str) -> tuple[dict, list[Path]]:
@@ -100,9 +100,7 @@ def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry
     import numpy as np
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import pack_gpu_data
-
+    pack_gpu_data = script("pack_gpu_data")
     monkeypatch.setattr(pack_gpu_data, "CARRY_LIMIT", pack_gpu_data.tracked_bytes() + 1)  # any pack is over it
     assert pack(monkeypatch, tmp_path / "carry") == 0
     assert "carry limit" in capsys.readouterr().err
