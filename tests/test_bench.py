@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -62,7 +63,19 @@ def test_quality_report_at_native_resolution(tmp_path, tae_dir):
     assert [r["method"] for r in rows][:2] == ["taef1 + bicubic x4", "taef1 + Lanczos x4"]
     bicubic, random_model = rows[0], rows[2]
     assert bicubic["psnr"] > 20 > random_model["psnr"]  # the metric tells a real decode from noise
+    assert {"piqe", "piqe_shifted", "seams"} <= set(bicubic)
     assert (tmp_path / "q" / "comparison.jpg").stat().st_size > 0
+
+
+def test_seam_ratio_finds_edges_on_the_patch_grid_only():
+    """Flat 16-pixel patches of random grey levels: every step lies on the grid (huge ratio); the same picture
+    shifted by 8 pixels puts its edges mid-patch (ratio below 1); smooth noise has none (about 1)."""
+    seam_ratio = load_bench("quality").seam_ratio
+    rng = np.random.default_rng(0)
+    patches = np.kron(rng.integers(0, 256, (8, 8)), np.ones((16, 16)))[..., None].repeat(3, axis=2)
+    assert seam_ratio(patches[:, :, :] + 0.5 * rng.random(patches.shape)) > 20
+    assert seam_ratio(patches[8:, 8:] + 0.5 * rng.random(patches[8:, 8:].shape)) < 0.5
+    assert 0.9 < seam_ratio(rng.random((128, 128, 3)) * 255) < 1.1
 
 
 def test_denoise_by_sigma_measures_the_one_call_prediction(tmp_path, tae_dir):
