@@ -67,15 +67,19 @@ def test_quality_report_at_native_resolution(tmp_path, tae_dir):
     assert (tmp_path / "q" / "comparison.jpg").stat().st_size > 0
 
 
-def test_seam_ratio_finds_edges_on_the_patch_grid_only():
-    """Flat 16-pixel patches of random grey levels: every step lies on the grid (huge ratio); the same picture
-    shifted by 8 pixels puts its edges mid-patch (ratio below 1); smooth noise has none (about 1)."""
+def test_seam_ratio_finds_a_16_pixel_grid_at_any_phase():
+    """Flat 16-pixel patches of random grey levels have all their steps on the grid, at whatever offset; so has a grid
+    of one-pixel lines (edges moved off the grid lines); noise has none."""
     seam_ratio = load_bench("quality").seam_ratio
     rng = np.random.default_rng(0)
-    patches = np.kron(rng.integers(0, 256, (8, 8)), np.ones((16, 16)))[..., None].repeat(3, axis=2)
-    assert seam_ratio(patches[:, :, :] + 0.5 * rng.random(patches.shape)) > 20
-    assert seam_ratio(patches[8:, 8:] + 0.5 * rng.random(patches[8:, 8:].shape)) < 0.5
-    assert 0.9 < seam_ratio(rng.random((128, 128, 3)) * 255) < 1.1
+    noise = rng.random((128, 128, 3))
+    patches = np.kron(rng.integers(0, 256, (8, 8)), np.ones((16, 16)))[..., None] + noise
+    lines = 128 + 20 * noise
+    lines[7::16] += 40
+    lines[:, 7::16] += 40
+    assert seam_ratio(patches) > 20 and seam_ratio(patches[5:, 9:]) > 20
+    assert seam_ratio(lines) > 3
+    assert 0.9 < seam_ratio(255 * noise) < 1.1
 
 
 def test_denoise_by_sigma_measures_the_one_call_prediction(tmp_path, tae_dir):
