@@ -133,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--latent-dropout", type=float, default=0.1, help="share of samples with a zero latent")
     tr.add_argument("--pooled-loss", nargs="*", metavar="POOL:WEIGHT",
                     help="extra weight on the error average-pooled by POOL, e.g. 8:4 16:8")
+    tr.add_argument("--gradient-loss", type=float, default=0.0, metavar="WEIGHT",
+                    help="extra weight on the error's steps between neighbouring pixels, e.g. 1")
     tr.add_argument("--compile", action="store_true", help="torch.compile the model (slow first step per crop size)")
     tr.add_argument("--resume", action="store_true")
     tr.set_defaults(run=_train)
@@ -317,7 +319,8 @@ def _train(args) -> int:
                                                 compile=args.compile, objective=args.objective,
                                                 latent_noise_prob=args.latent_noise_prob,
                                                 latent_dropout=args.latent_dropout,
-                                                pooled_loss=parse_pooled_loss(args.pooled_loss)), device)
+                                                pooled_loss=parse_pooled_loss(args.pooled_loss),
+                                                gradient_loss=args.gradient_loss), device)
     if args.resume:
         trainer.resume(args.out)
     elif args.init:  # where the weights came from, kept beside the run (resuming never rewrites it)

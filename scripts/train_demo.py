@@ -51,6 +51,8 @@ def main() -> int:
     p.add_argument("--objective", choices=["flow", "rollout"], default="flow",
                    help="rollout: fine-tune for the 4-step sampler on the model's own steps (training/trainer.py)")
     p.add_argument("--pooled-loss", nargs="*", metavar="POOL:WEIGHT", help="e.g. 8:4 16:8 (training/flow.py)")
+    p.add_argument("--gradient-loss", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the error's neighbour-to-neighbour steps (training/flow.py: gradient_mse)")
     p.add_argument("--latent-noise-prob", type=float, default=0.5,
                    help="share of samples whose latent is noised (sigma_latent ~ U[0, 0.8]); the rest are clean")
     p.add_argument("--latent-dropout", type=float, default=0.1, help="share of samples with a zero latent")
@@ -90,7 +92,8 @@ def main() -> int:
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
                                   ema_decay=0.995, seed=args.seed, compile=args.compile,
                                   latent_noise_prob=args.latent_noise_prob, latent_dropout=args.latent_dropout,
-                                  objective=args.objective, pooled_loss=parse_pooled_loss(args.pooled_loss)),
+                                  objective=args.objective, pooled_loss=parse_pooled_loss(args.pooled_loss),
+                                  gradient_loss=args.gradient_loss),
                       args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

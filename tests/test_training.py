@@ -24,7 +24,7 @@ from training.distill import (
     student_sample,
 )
 from training.ema import EMA
-from training.flow import add_noise, pooled_mse, sample_sigma, velocity_target, x0_from_v
+from training.flow import add_noise, gradient_mse, pooled_mse, sample_sigma, velocity_target, x0_from_v
 from training.trainer import TrainConfig, Trainer
 
 FLUX = get_latent_space("flux1")
@@ -84,11 +84,21 @@ def test_pooled_mse_weighs_coarse_error_and_ignores_fine_error():
     assert pooled_mse(checker, ((2, 10.0),)).item() == pytest.approx(0.25)  # pooled by 2 it averages to zero
 
 
+def test_gradient_mse_sees_the_errors_steps_not_its_level():
+    assert gradient_mse(torch.full((1, 3, 8, 8), 0.5)).item() == 0.0
+    step = torch.zeros(1, 3, 8, 8)
+    step[..., 4:] = 1.0  # one vertical edge: 8 of the 8 x 7 horizontal steps are 1, no vertical step
+    assert gradient_mse(step).item() == pytest.approx(1 / 7)
+    assert gradient_mse(step.transpose(-1, -2)).item() == pytest.approx(1 / 7)
+
+
 def test_train_config_rejects_unknown_objectives_bad_pools_and_shares_outside_0_1():
     with pytest.raises(ConfigError, match="objective"):
         TrainConfig(objective="x0")
     with pytest.raises(ConfigError, match="pool"):
         TrainConfig(pooled_loss=((1, 1.0),))
+    with pytest.raises(ConfigError, match="gradient loss"):
+        TrainConfig(gradient_loss=-1.0)
     for field in ("latent_noise_prob", "latent_dropout", "caption_dropout"):
         with pytest.raises(ConfigError, match=f"{field} is a share"):
             TrainConfig(**{field: -0.1})
@@ -430,9 +440,10 @@ def test_cli_train_then_distill(tmp_path, tae_dir, capsys):
     assert recorded["lr_decay"] == [1, 3] and recorded["compile"] is True
     common = ["train", str(run), "--preset", "tiny", "--data", str(data), "--tae-dir", str(tae_dir), "--size", "64"]
     assert main(common + ["--steps", "4", "--resume", "--objective", "rollout", "--pooled-loss", "8:2",
-                          "--latent-noise-prob", "0.1", "--latent-dropout", "0.02"]) == 0
+                          "--latent-noise-prob", "0.1", "--latent-dropout", "0.02", "--gradient-loss", "1.5"]) == 0
     recorded = json.loads((run / "train_config.json").read_text())["train"]
     assert recorded["objective"] == "rollout" and recorded["pooled_loss"] == [[8, 2.0]]
+    assert recorded["gradient_loss"] == 1.5
     assert recorded["latent_noise_prob"] == 0.1 and recorded["latent_dropout"] == 0.02
     assert main(common + ["--steps", "5", "--resume", "--latent-dropout", "10"]) == 2
     assert "latent_dropout is a share" in capsys.readouterr().err

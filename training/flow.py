@@ -46,3 +46,14 @@ def pooled_mse(err: Tensor, pooled: tuple[tuple[int, float], ...] = ()) -> Tenso
     for pool, weight in pooled:
         loss = loss + weight * F.avg_pool2d(err, pool).pow(2).mean()
     return loss
+
+
+def gradient_mse(err: Tensor) -> Tensor:
+    """Mean squared step of the error between horizontal neighbours plus that between vertical ones.
+
+    Zero for an error that is constant over the image; it weighs the error's edges, such as a step across a patch
+    seam that the photograph does not have, more than the plain MSE does.
+    """
+    dx = err[..., :, 1:] - err[..., :, :-1]
+    dy = err[..., 1:, :] - err[..., :-1, :]
+    return dx.pow(2).mean() + dy.pow(2).mean()

@@ -2,8 +2,9 @@
 
 New patch (MMDiT) and pixel (PiT) blocks get a zero adaLN projection (adaLN-Zero: every gate is 0, so the block passes
 its input through), new adapter residual blocks a zero last convolution, and new latent gates a zero output head (the
-adapter's own initialisation). Every tensor of the smaller model is copied by name. Only depths grow: a wider layer
-would change the function.
+adapter's own initialisation). `pit_inject=1` switches on v1.5's injection of the latent into the pixel path, whose
+head starts at zero too. Every tensor of the smaller model is copied by name. Only depths grow: a wider layer would
+change the function.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pid_sdk.errors import ConfigError
 from pid_sdk.model import build_model
 from pid_sdk.model.adapter import ResBlock
 
-DEPTHS = {"patch_depth": "backbone", "pixel_depth": "backbone", "num_res_blocks": "adapter"}
+DEPTHS = {"patch_depth": "backbone", "pixel_depth": "backbone", "num_res_blocks": "adapter", "pit_inject": "adapter"}
 
 
 def grown_config(cfg: PiDConfig, depths: dict[str, int]) -> PiDConfig:
@@ -32,7 +33,9 @@ def grown_config(cfg: PiDConfig, depths: dict[str, int]) -> PiDConfig:
         old = getattr(parts[DEPTHS[name]], name)
         if depth < old:
             raise ConfigError(f"{name} can only grow.", received=depth, expected=f"at least {old}")
-        parts[DEPTHS[name]] = replace(parts[DEPTHS[name]], **{name: depth})
+        if name == "pit_inject" and depth not in (0, 1):
+            raise ConfigError("pit_inject is a switch.", received=depth, expected="0 or 1", fix="pit_inject=1")
+        parts[DEPTHS[name]] = replace(parts[DEPTHS[name]], **{name: bool(depth) if name == "pit_inject" else depth})
     grown = replace(cfg, backbone=parts["backbone"], adapter=parts["adapter"])
     count = sum(p.numel() for p in build_model(grown).parameters())
     return replace(grown, description=re.sub(r"[\d.]+M parameters", f"{count / 1e6:.1f}M parameters", cfg.description))

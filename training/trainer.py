@@ -19,7 +19,7 @@ from pid_sdk.latents import LatentSpace
 from training.distill import Conditioning, student_sample
 from training.ema import EMA
 from training.files import safetensors_writer, write_all_then_rename
-from training.flow import add_noise, pooled_mse, sample_latent_sigma, sample_sigma, velocity_target
+from training.flow import add_noise, gradient_mse, pooled_mse, sample_latent_sigma, sample_sigma, velocity_target
 from training.precision import autocast
 
 OBJECTIVES = ("flow", "rollout")
@@ -49,6 +49,7 @@ class TrainConfig:
     # reconstruction loss: no teacher or fake score, hence affordable on a CPU).
     objective: str = "flow"
     pooled_loss: tuple[tuple[int, float], ...] = ()  # (pool, weight) terms of `pooled_mse`: weigh coarse errors more
+    gradient_loss: float = 0.0  # weight of `gradient_mse`, the error's neighbour-to-neighbour steps
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -57,6 +58,9 @@ class TrainConfig:
         if any(p < 2 or w < 0 for p, w in self.pooled_loss):
             raise ConfigError("Pooled loss terms need a pool of at least 2 and a weight of at least 0.",
                               received=self.pooled_loss, expected="(pool, weight) pairs", fix="e.g. 8:4 16:8")
+        if self.gradient_loss < 0:
+            raise ConfigError("The gradient loss weight cannot be negative.", received=self.gradient_loss,
+                              expected="a weight of at least 0", fix="e.g. 1, or 0 for none")
         shares = {"latent_noise_prob": self.latent_noise_prob, "latent_dropout": self.latent_dropout,
                   "caption_dropout": self.caption_dropout}
         for name, share in shares.items():
@@ -106,12 +110,16 @@ class Trainer:
         if self.cfg.objective == "rollout":  # x0 at a random step of the model's own 4-step sampler
             with self.autocast():
                 x0_pred, _ = student_sample(self.forward, cond, tuple(x0.shape), self.gen)
-            return pooled_mse(x0_pred.float() - x0, self.cfg.pooled_loss)
+            return self.error_loss(x0_pred.float() - x0)
         sigma = sample_sigma(x0.shape[0], shift=self.cfg.shift, generator=self.gen, device=self.device)
         eps = torch.randn(x0.shape, generator=self.gen, device=self.device)
         with self.autocast():
             v = cond(self.forward, add_noise(x0, sigma, eps), sigma)
-        return pooled_mse(v.float() - velocity_target(x0, eps), self.cfg.pooled_loss)
+        return self.error_loss(v.float() - velocity_target(x0, eps))
+
+    def error_loss(self, err: Tensor) -> Tensor:
+        loss = pooled_mse(err, self.cfg.pooled_loss)
+        return loss + self.cfg.gradient_loss * gradient_mse(err) if self.cfg.gradient_loss else loss
 
     def lr_at(self, step: int) -> float:
         """The learning rate of `step`: a function of the step alone, so a resumed run follows the same schedule."""
