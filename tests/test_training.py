@@ -92,6 +92,14 @@ def test_gradient_mse_sees_the_errors_steps_not_its_level():
     assert gradient_mse(step.transpose(-1, -2)).item() == pytest.approx(1 / 7)
 
 
+def test_trainer_adds_the_weighted_gradient_term_to_either_objectives_error():
+    err = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    plain = Trainer(tiny_model(), FLUX, TrainConfig(pooled_loss=((4, 2.0),))).error_loss(err)
+    weighted = Trainer(tiny_model(), FLUX, TrainConfig(pooled_loss=((4, 2.0),), gradient_loss=3.0)).error_loss(err)
+    torch.testing.assert_close(plain, pooled_mse(err, ((4, 2.0),)))
+    torch.testing.assert_close(weighted, plain + 3.0 * gradient_mse(err))
+
+
 def test_train_config_rejects_unknown_objectives_bad_pools_and_shares_outside_0_1():
     with pytest.raises(ConfigError, match="objective"):
         TrainConfig(objective="x0")
