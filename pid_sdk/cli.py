@@ -469,6 +469,7 @@ def _decode(args) -> int:
     text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
     dec = Decoder.load(args.model, preset=args.preset, device=args.device, precision=args.precision,
                        trust_pickle=args.trust_pickle, text_encoder=args.text_encoder, speed=args.speed)
+    dec.check(latents, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
     images = []
     with _progress(len(latents), args.steps, args.quiet) as bar:
         for start in range(0, len(latents), args.batch_size):

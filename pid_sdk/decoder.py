@@ -114,6 +114,14 @@ class Decoder:
         space = get_latent_space(latent_space or self.latent_space)
         return space.output_size(*latent_hw, self.config.adapter.sr_scale)
 
+    def check(self, latent, *, latent_space: str | None = None, latent_sigma: float | Tensor = 0.0,
+              normalized: bool = True, stats: dict[str, Tensor] | None = None) -> None:
+        """Raise the InputError `decode` would raise for this latent, without decoding: to refuse a request before
+        it waits for the GPU, or before a progress bar opens."""
+        space = get_latent_space(latent_space or self._require_space())
+        z = self._check_latent(latent, space, normalized, stats)
+        _check_sigma(latent_sigma, z.shape[0], space)
+
     def decode(
         self,
         latent,

@@ -131,6 +131,14 @@ def test_bad_latents(tiny, latent, match):
     with pytest.raises(InputError, match=match) as err:
         tiny.decode(latent)
     assert "received" in str(err.value)
+    with pytest.raises(InputError, match=match):  # check() refuses what decode() refuses, without decoding
+        tiny.check(latent)
+
+
+def test_check_passes_a_good_latent_and_refuses_a_bad_sigma(tiny):
+    assert tiny.check(torch.randn(2, 16, 4, 4)) is None
+    with pytest.raises(InputError, match="latent_sigma"):
+        tiny.check(torch.randn(2, 16, 4, 4), latent_sigma=[0.1, 0.2, 0.3])
 
 
 def test_bad_arguments(tiny):
