@@ -3,6 +3,7 @@
     python scripts/pack_gpu_data.py --out build/carry
     python scripts/pack_gpu_data.py --wallpapers                 # the pool of 72 (with Debian's wallpaper photographs)
     python scripts/pack_gpu_data.py --wallpapers --jpeg-quality 97   # the 72 in a size the device tool carries
+    python scripts/pack_gpu_data.py --wallpapers --more-photographs --jpeg-quality 97   # the pool of 91
     python scripts/pack_gpu_data.py --init build/grow8-s2900     # also a model to start from (INIT=build/carry/init)
 
 The device machine of scripts/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:
@@ -35,6 +36,7 @@ def main() -> int:
     p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
     p.add_argument("--init", default=None, help="an SDK artefact to carry as OUT/init (gpu_train_demo.sh INIT=)")
     p.add_argument("--wallpapers", action="store_true", help="add the photographs of Debian's wallpaper packages")
+    p.add_argument("--more-photographs", action="store_true", help="add 19 more photographs (training/data.py)")
     p.add_argument("--jpeg-quality", type=int, default=None, metavar="Q", help="write JPEGs of quality Q (1-100, "
                    "no chroma subsampling) instead of lossless WebPs: smaller, so --wallpapers fits the carry")
     p.add_argument("--partial-data", action="store_true", help="pack the photographs found here even if some "
@@ -47,7 +49,7 @@ def main() -> int:
         raise SystemExit(f"--init {args.init} is no SDK artefact (no manifest.json): pass a folder of ship_demo.py")
     try:  # read before the old pack goes too: the GPU machine trains on exactly this pack
         photographs = package_images(exclude=DEMO_HELD_OUT, complete=not args.partial_data,
-                                     wallpapers=args.wallpapers)
+                                     wallpapers=args.wallpapers, more=args.more_photographs)
     except InputError as e:
         p.error(str(e))
     images, tae = out / "images", out / "tae"

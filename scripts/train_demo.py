@@ -3,9 +3,10 @@
     python scripts/train_demo.py --minutes 40 --out build/demo
 
 Data: the photographs that ship inside packages (training/data.py; `--wallpapers` adds those of Debian's wallpaper
-packages) except `chelsea`, which is held out for the sample latent, or `--data FOLDER` (scripts/pack_gpu_data.py
-writes that pool as a folder for a machine without the packages). Pairs: random square crops at several scales;
-the latent is the taef1 encoding of the crop downsampled 4x (512x512 -> 128x128 -> 16x16x16). Needs
+packages, `--more-photographs` 19 more, from scikit-image, opencv-doc, labelme-examples and libsixel-examples)
+except `chelsea`, which is held out for the sample latent, or `--data FOLDER` (scripts/pack_gpu_data.py writes that
+pool as a folder for a machine without the packages). Pairs: random square crops at several scales; the latent is
+the taef1 encoding of the crop downsampled 4x (512x512 -> 128x128 -> 16x16x16). Needs
 ../shared/data/tae beside the repository, or `--tae-dir`.
 """
 
@@ -63,6 +64,8 @@ def main() -> int:
     p.add_argument("--init", default=None, help="start a new run from these weights (an SDK artefact or checkpoint)")
     p.add_argument("--wallpapers", action="store_true",
                    help="add the photographs of Debian's wallpaper packages to the pool (training/data.py)")
+    p.add_argument("--more-photographs", action="store_true",
+                   help="add 19 more photographs, 8 of them grey (training/data.py: MORE_SOURCES)")
     p.add_argument("--partial-data", action="store_true",
                    help="train on the package photographs found here even if some sources are missing")
     p.add_argument("--grow", nargs="+", metavar="NAME=DEPTH", default=[],
@@ -70,9 +73,9 @@ def main() -> int:
     args = p.parse_args()
     if args.init and args.resume:
         p.error("--init starts a new run and --resume continues one: pass one of them")
-    if args.wallpapers and args.data:
-        p.error("--wallpapers adds to the package photographs, and a --data folder is the whole pool: pass one "
-                "(scripts/pack_gpu_data.py --wallpapers packs both into a folder)")
+    if (args.wallpapers or args.more_photographs) and args.data:
+        p.error("--wallpapers and --more-photographs add to the package photographs, and a --data folder is the "
+                "whole pool: pass one (scripts/pack_gpu_data.py --wallpapers packs both into a folder)")
     if args.grow and not args.init:
         p.error("--grow deepens the --init weights: pass --init too")
     if not args.resume and Path(args.out).exists() and any(Path(args.out).iterdir()):
@@ -83,7 +86,8 @@ def main() -> int:
     else:
         model, init = initial_model(args.init, depths(p, args.grow))
     try:
-        images = load_images(args.data, complete=not args.partial_data, wallpapers=args.wallpapers)
+        images = load_images(args.data, complete=not args.partial_data, wallpapers=args.wallpapers,
+                             more=args.more_photographs)
     except InputError as e:
         p.error(str(e))
     sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
@@ -143,9 +147,10 @@ def initial_model(init: str | None, grow_to: dict[str, int]) -> tuple[torch.nn.M
     return model, (f"{init} ({source})" if source else init) + grown
 
 
-def load_images(folder: str | None, complete: bool, wallpapers: bool = False) -> dict[str, np.ndarray]:
+def load_images(folder: str | None, complete: bool, wallpapers: bool = False,
+                more: bool = False) -> dict[str, np.ndarray]:
     if folder is None:
-        return package_images(exclude=DEMO_HELD_OUT, complete=complete, wallpapers=wallpapers)
+        return package_images(exclude=DEMO_HELD_OUT, complete=complete, wallpapers=wallpapers, more=more)
     images = folder_images(folder)
     held = [name for name in images if Path(name).name in DEMO_HELD_OUT]
     if held:

@@ -106,6 +106,36 @@ def test_wallpapers_come_from_their_largest_file_shrunk_to_the_pools_scale(monke
     np.testing.assert_array_equal(data.named_image("plasma.Lake"), images["plasma.Lake"])
 
 
+def test_more_photographs_are_read_as_rgb_named_by_source_and_only_when_asked_for(monkeypatch, tmp_path):
+    """--more-photographs: grey files come back as three equal channels, each image under `<source>.<stem>`, and
+    `named_image` finds every one; a source that is absent is warned about by its install command."""
+    from PIL import Image
+
+    from training import data
+
+    grey = tmp_path / "opencv"
+    grey.mkdir()
+    for name in data.OPENCV_DOC_GREY:
+        Image.fromarray(np.full((480, 640), 90, np.uint8)).save(grey / f"{name}.png")
+    for name, folder in data.LABELME_PHOTOGRAPHS.items():
+        _write(tmp_path / "labelme" / folder / f"{name}.jpg", 500, 375, "red")
+    monkeypatch.setattr(data, "OPENCV_DOC", grey)
+    monkeypatch.setattr(data, "LABELME", tmp_path / "labelme")
+    monkeypatch.setattr(data, "LIBSIXEL", tmp_path / "absent")
+    with pytest.warns(UserWarning, match="apt-get install libsixel-examples"):
+        images = data.package_images(more=True)
+    assert images["opencv-doc.basketball1"].shape == (480, 640, 3)
+    assert (images["opencv-doc.basketball1"] == 90).all()
+    assert images["skimage.motorcycle_left"].shape == (500, 741, 3)
+    assert images["skimage.brick"].shape == (512, 512, 3) and (np.ptp(images["skimage.brick"], axis=2) == 0).all()
+    assert {f"labelme.{n}" for n in data.LABELME_PHOTOGRAPHS} <= set(images)
+    assert not any(k.startswith("labelme.") for k in data.package_images())  # only when asked for
+    for name in ("labelme.0002", "skimage.motorcycle_right", "skimage.moon"):
+        np.testing.assert_array_equal(data.named_image(name), images[name])
+    with pytest.raises(InputError, match="apt-get install libsixel-examples"):
+        data.package_images(complete=True, more=True)
+
+
 def test_a_missing_wallpaper_package_is_refused_with_its_install_command(monkeypatch, tmp_path):
     from training import data
 

@@ -33,8 +33,9 @@ def test_train_demo_refuses_a_used_folder_without_resume(tmp_path):
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == b"another run's"
 
 
-def test_train_demo_refuses_wallpapers_beside_a_data_folder(tmp_path):
-    res = run_script("train_demo.py", "--out", tmp_path / "run", "--data", tmp_path, "--wallpapers")
+@pytest.mark.parametrize("extra", ["--wallpapers", "--more-photographs"])
+def test_train_demo_refuses_extra_photographs_beside_a_data_folder(tmp_path, extra):
+    res = run_script("train_demo.py", "--out", tmp_path / "run", "--data", tmp_path, extra)
     assert res.returncode == 2 and "pack_gpu_data.py --wallpapers" in res.stderr
     assert not (tmp_path / "run").exists()
 

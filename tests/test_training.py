@@ -520,7 +520,7 @@ def test_named_image_matches_the_training_pool_and_reaches_images_outside_it():
     from pid_sdk.errors import InputError
     from training.data import named_image, package_images
 
-    for name, img in package_images(wallpapers=True).items():  # looked up directly where it can be
+    for name, img in package_images(wallpapers=True, more=True).items():  # looked up directly where it can be
         np.testing.assert_array_equal(named_image(name), img, err_msg=name)
     assert named_image("skimage.camera").shape == (512, 512, 3)  # grey, not in the pool: made RGB
     with pytest.raises(InputError, match="No package image named"):

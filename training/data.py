@@ -37,17 +37,17 @@ def load_folder(folder: str | Path) -> list[np.ndarray]:
     return list(folder_images(folder).values())
 
 
-def package_images(exclude: tuple[str, ...] = (), *, complete: bool = False,
-                   wallpapers: bool = False) -> dict[str, np.ndarray]:
-    """Real photographs that ship inside installed packages: scikit-image's, and those of `OPTIONAL_SOURCES` (and
-    with `wallpapers` of `WALLPAPER_SOURCES`) that are installed. A missing source is warned about, or with
-    `complete` refused: the demo's recorded runs had all."""
+def package_images(exclude: tuple[str, ...] = (), *, complete: bool = False, wallpapers: bool = False,
+                   more: bool = False) -> dict[str, np.ndarray]:
+    """Real photographs that ship inside installed packages: scikit-image's, and those of `OPTIONAL_SOURCES` (with
+    `wallpapers` of `WALLPAPER_SOURCES`, with `more` of `MORE_SOURCES`) that are installed. A missing source is
+    warned about, or with `complete` refused: the demo's recorded runs had all."""
     from skimage import data
 
     images = {f"skimage.{name}": np.asarray(getattr(data, name)())[..., :3]
               for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina",
                            "immunohistochemistry")}
-    sources = OPTIONAL_SOURCES + (WALLPAPER_SOURCES if wallpapers else ())
+    sources = OPTIONAL_SOURCES + (WALLPAPER_SOURCES if wallpapers else ()) + (MORE_SOURCES if more else ())
     missing = []
     for what, install, load in sources:
         found = _loaded_or_none(load)
@@ -162,6 +162,52 @@ WALLPAPER_SOURCES = tuple(  # the demo's pool from the thirteenth stop on (train
     for package in WALLPAPER_PHOTOGRAPHS)
 
 
+# The pool's third part (`train_demo.py --more-photographs`, eighteenth stop): photographs the first two leave out,
+# grey ones among them, read as RGB with three equal channels (the held-out skimage.camera is grey too).
+SKIMAGE_GREY = ("brick", "coins", "grass", "gravel", "moon")
+OPENCV_DOC_GREY = ("basketball1", "basketball2", "box_in_scene")
+LABELME = Path("/usr/share/doc/labelme-examples/examples")  # Debian's labelme-examples: PASCAL VOC and other photos
+LABELME_PHOTOGRAPHS = {  # one copy of each (the examples repeat them), one frame of the video
+    "2011_000003": "bbox_detection/data_annotated", "2011_000006": "bbox_detection/data_annotated",
+    "2011_000025": "bbox_detection/data_annotated", "0001": "classification/data_annotated",
+    "0002": "classification/data_annotated", "apc2016_obj3": "tutorial", "00000100": "video_annotation/data_annotated"}
+LIBSIXEL = Path("/usr/share/doc/libsixel-examples/examples/images")  # Debian's libsixel-examples
+LIBSIXEL_PHOTOGRAPHS = ("egret", "snake")
+
+
+def _rgb(img) -> np.ndarray:
+    return np.asarray((img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))).convert("RGB"))
+
+
+def _skimage_more() -> dict[str, np.ndarray]:
+    from skimage import data
+
+    left, right, _ = data.stereo_motorcycle()
+    grey = {f"skimage.{name}": _rgb(getattr(data, name)()) for name in SKIMAGE_GREY}
+    return {"skimage.motorcycle_left": _rgb(left), "skimage.motorcycle_right": _rgb(right), **grey}
+
+
+def _opencv_doc_grey() -> dict[str, np.ndarray]:
+    return {f"opencv-doc.{name}": _rgb(Image.open(OPENCV_DOC / f"{name}.png")) for name in OPENCV_DOC_GREY}
+
+
+def _labelme_photographs() -> dict[str, np.ndarray]:
+    return {f"labelme.{name}": _rgb(Image.open(LABELME / folder / f"{name}.jpg"))
+            for name, folder in LABELME_PHOTOGRAPHS.items()}
+
+
+def _libsixel_photographs() -> dict[str, np.ndarray]:
+    return {f"libsixel.{name}": _rgb(Image.open(LIBSIXEL / f"{name}.jpg")) for name in LIBSIXEL_PHOTOGRAPHS}
+
+
+MORE_SOURCES = (
+    ("scikit-image's motorcycle pair and grey photographs", "pip install 'pid-sdk[train]'", _skimage_more),
+    ("Debian's opencv-doc grey photographs", "apt-get install opencv-doc", _opencv_doc_grey),
+    ("Debian's labelme-examples photographs", "apt-get install labelme-examples", _labelme_photographs),
+    ("Debian's libsixel-examples photographs", "apt-get install libsixel-examples", _libsixel_photographs),
+)
+
+
 def named_image(name: str) -> np.ndarray:
     """Any package image by name as RGB: any `skimage.<name>` of skimage.data (grey ones made RGB), any
     `opencv-doc.<stem>` file, including those the training pool leaves out (small or grey), or the pool's others."""
@@ -177,13 +223,14 @@ def named_image(name: str) -> np.ndarray:
     if source in ("plasma", "mate", "lomiri"):
         found = _loaded_or_none(lambda: {name: shrunk_wallpaper(name)})
     else:
-        loader = {"sklearn": _sklearn_images, "matplotlib": _matplotlib_images}.get(source)
+        loader = {"sklearn": _sklearn_images, "matplotlib": _matplotlib_images, "skimage": _skimage_more,
+                  "labelme": _labelme_photographs, "libsixel": _libsixel_photographs}.get(source)
         found = _loaded_or_none(loader) if loader else {}
     if name in found:
         return found[name]
     raise InputError(f"No package image named {name}.", received=name,
                      expected="skimage.<name>, sklearn.<i>, matplotlib.grace_hopper, opencv-doc.<stem>, "
-                              "plasma.<name>, mate.<name> or lomiri.<name>",
+                              "plasma.<name>, mate.<name>, lomiri.<name>, labelme.<name> or libsixel.<name>",
                      fix="see training/data.py for where each source comes from")
 
 
