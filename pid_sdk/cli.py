@@ -290,6 +290,8 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
                    help="aspect buckets instead of --size, e.g. 512x512 384x640 640x384 (images go to the nearest)")
     p.add_argument("--crop", choices=["random", "centre"], default="random",
                    help="random: crops at several scales, flipped half the time; centre: the image's centre")
+    p.add_argument("--augment", action="store_true",
+                   help="turn, mirror and recolour the random crops: more views of a small pool")
 
 
 def _sampler(args, cfg, device: str = "cpu"):
@@ -303,7 +305,7 @@ def _sampler(args, cfg, device: str = "cpu"):
     tae = TinyAutoencoder(args.tae_dir, args.tae).to(device)
     images = load_folder(args.data) if args.data else list(package_images(exclude=DEMO_HELD_OUT).values())
     return PairSampler(images, tae.encode, buckets=[(b.height, b.width) for b in buckets], device=device,
-                       crop=args.crop)
+                       crop=args.crop, augment=args.augment)
 
 
 def _train(args) -> int:

@@ -66,6 +66,8 @@ def main() -> int:
                    help="add the photographs of Debian's wallpaper packages to the pool (training/data.py)")
     p.add_argument("--more-photographs", action="store_true",
                    help="add 19 more photographs, 8 of them grey (training/data.py: MORE_SOURCES)")
+    p.add_argument("--augment", action="store_true",
+                   help="turn, mirror and recolour the crops (training/data.py: augmented)")
     p.add_argument("--partial-data", action="store_true",
                    help="train on the package photographs found here even if some sources are missing")
     p.add_argument("--grow", nargs="+", metavar="NAME=DEPTH", default=[],
@@ -91,7 +93,8 @@ def main() -> int:
     except InputError as e:
         p.error(str(e))
     sampler = PairSampler(list(images.values()), encoder_on(args.device, args.tae_dir),
-                          buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device)
+                          buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device,
+                          augment=args.augment)
     trainer = Trainer(model, get_latent_space("flux1"),
                       TrainConfig(steps=10**9, batch=args.batch, lr=args.lr, lr_decay=args.lr_decay, shift=args.shift,
                                   ema_decay=0.995, seed=args.seed, compile=args.compile,

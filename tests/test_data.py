@@ -72,6 +72,41 @@ def test_random_crops_vary_stay_in_range_and_repeat_per_seed():
     assert a.min() >= -1 and a.max() <= 1
 
 
+def _views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations and mirror images of a square [3, H, W] crop, each with its channels in all 6 orders."""
+    turns = [x, x.transpose(-1, -2)]
+    turns += [t.flip(-2) for t in turns] + [t.flip(-1) for t in turns] + [t.flip(-1).flip(-2) for t in turns]
+    orders = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+    return [t[list(o)] for t in turns for o in orders]
+
+
+def test_augmented_crops_are_turned_mirrored_and_recoloured_views_of_the_same_crop():
+    from training.data import augmented
+
+    x = torch.rand(3, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(400):
+        y = augmented(x, gen)
+        match = [i for i, v in enumerate(_views(x)) if torch.equal(v, y)]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) == 24  # turned or not, upside down or not, any channel order (random_crop adds the mirror)
+    wide = augmented(torch.rand(3, 4, 8), torch.Generator().manual_seed(1))
+    assert wide.shape == (3, 4, 8)  # a crop that is not square is never turned
+
+
+def test_the_sampler_augments_only_when_asked_and_from_the_same_crop():
+    img = np.random.default_rng(2).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    plain = PairSampler([img], pool, buckets=[SQUARE], seed=3).batch(1)["image"][0]
+    again = PairSampler([img], pool, buckets=[SQUARE], seed=3).batch(1)["image"][0]
+    torch.testing.assert_close(plain, again)
+    views = [PairSampler([img], pool, buckets=[SQUARE], seed=3, augment=True).batch(1)["image"][0]
+             for _ in range(2)]
+    torch.testing.assert_close(views[0], views[1])  # reproducible per seed
+    assert any(torch.equal(v, views[0]) for v in _views(plain))  # the first crop's place, then turned or recoloured
+
+
 def _write(path, width, height, colour):
     from PIL import Image
 
