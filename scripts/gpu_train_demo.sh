@@ -16,13 +16,14 @@
 # the device tool returns). INIT=build/carry/init starts from another artefact instead of the
 # shipped weights (scripts/pack_gpu_data.py --init; e.g. a model grown and trained on the CPU). CARRY names the
 # pack's folder. COMPILE=1 trains through torch.compile (one compile per crop size and grad mode in each of the
-# three training calls; untried on a GPU: docs/training.md). Nothing is installed. A CPU dry run: DEVICE=cpu BATCH=2
+# three training calls; untried on a GPU: docs/training.md). AUGMENT=1 turns, mirrors and recolours the crops
+# (train_demo.py --augment). Nothing is installed. A CPU dry run: DEVICE=cpu BATCH=2
 # FLOW_MIN=0.2 TOTAL_S=120 TESTS=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out} RUN=${RUN:-/tmp/demo_gpu} FLOW_MIN=${FLOW_MIN:-3} TOTAL_S=${TOTAL_S:-510} BATCH=${BATCH:-32}
 ROLL_COST=${ROLL_COST:-1.5} DEVICE=${DEVICE:-cuda} GROW=${GROW:-} INIT=${INIT:-pid_sdk/data/demo-flux1}
-TESTS=${TESTS:-1} CARRY=${CARRY:-build/carry} COMPILE=${COMPILE:-0}
+TESTS=${TESTS:-1} CARRY=${CARRY:-build/carry} COMPILE=${COMPILE:-0} AUGMENT=${AUGMENT:-0}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 log() { (grep -v -i warn || true) | tee -a "$OUT/train.log"; }
@@ -38,6 +39,7 @@ fi
 common=(--out "$RUN" --data "$CARRY/images" --tae-dir "$CARRY/tae" --device "$DEVICE" --sizes 256 384 512
         --batch "$BATCH")
 [ "$COMPILE" = 0 ] || common+=(--compile)
+[ "$AUGMENT" = 0 ] || common+=(--augment)
 grow=()
 [ -z "$GROW" ] || read -r -a grow <<<"--grow $GROW"
 python3 scripts/train_demo.py "${common[@]}" --init "$INIT" "${grow[@]}" --lr 2e-4 \

@@ -1,6 +1,7 @@
 """The demo's training scripts (scripts/train_demo.py, scripts/pack_gpu_data.py), run as a user runs them."""
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +140,7 @@ def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_
     assert pack(monkeypatch, carry, "--tae-dir", str(tae_dir)) == 0
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu",
            "BATCH": "2", "FLOW_MIN": "0.1", "TOTAL_S": "40", "TESTS": "0", "CARRY": str(carry),
-           "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run")}
+           "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run"), "AUGMENT": "1"}
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train_demo.sh")], env=env, capture_output=True,
                          text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
@@ -152,3 +153,4 @@ def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_
         steps[artefact] = int(manifest["source"].split("EMA after ")[1].split(" steps")[0])
     assert 0 < steps["half-demo-flux1"] < steps["demo-flux1"], steps
     assert "finished after" in (tmp_path / "out" / "train.log").read_text()
+    assert "--augment" in json.loads((tmp_path / "run" / "data.json").read_text())["command"]
