@@ -218,9 +218,11 @@ def test_pair_sampler_cuts_crops_on_the_gpu_as_on_the_cpu():
 
     img = np.random.default_rng(0).integers(0, 256, (300, 420, 3), dtype=np.uint8)
     encode = lambda rgb: torch.nn.functional.avg_pool2d(rgb, 8)  # noqa: E731  any callable encoder
-    on = {dev: PairSampler([img], encode, buckets=[(128, 128)], seed=3, device=dev).batch(4) for dev in ("cpu", "cuda")}
-    assert on["cuda"]["image"].is_cuda and on["cuda"]["latent"].shape == (4, 3, 4, 4)
-    torch.testing.assert_close(on["cuda"]["image"].cpu(), on["cpu"]["image"], atol=1e-4, rtol=0)
+    for augment in (False, True):  # turned, mirrored and recoloured alike too (gpu_train_demo.sh AUGMENT=1)
+        on = {dev: PairSampler([img], encode, buckets=[(128, 128)], seed=3, device=dev, augment=augment).batch(4)
+              for dev in ("cpu", "cuda")}
+        assert on["cuda"]["image"].is_cuda and on["cuda"]["latent"].shape == (4, 3, 4, 4)
+        torch.testing.assert_close(on["cuda"]["image"].cpu(), on["cpu"]["image"], atol=1e-4, rtol=0)
 
 
 def test_cuda_dmd2_under_bf16_autocast_pulls_towards_the_image_and_resumes(tmp_path):

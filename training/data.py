@@ -273,7 +273,7 @@ def augmented(crop: Tensor, gen: torch.Generator) -> Tensor:
     if torch.rand(1, generator=gen) < 0.5:
         crop = crop.flip(-2)
     if torch.rand(1, generator=gen) < 0.5:
-        crop = crop[torch.randperm(3, generator=gen)]
+        crop = crop[torch.randperm(3, generator=gen).tolist()]  # a list indexes a crop on any device
     return crop
 
 
