@@ -216,7 +216,7 @@ def named_image(name: str) -> np.ndarray:
         from skimage import data
 
         if hasattr(data, stem):
-            return np.asarray(Image.fromarray(np.asarray(getattr(data, stem)())).convert("RGB"))
+            return _rgb(getattr(data, stem)())
     if source == "opencv-doc":
         for path in sorted(OPENCV_DOC.glob(f"{stem}.*")):
             return np.asarray(Image.open(path).convert("RGB"))
