@@ -51,7 +51,10 @@ def load_decoder(path: str) -> pid_sdk.Decoder:
 def reference_and_latent(name: str, tae: TinyAutoencoder, size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference crop [1, 3, side, side] in [0, 1] (native resolution unless `size`) and the taef1 latent of its
     4x smaller version."""
-    img = named_image(name)
+    return crop_and_encode(named_image(name), tae, size)
+
+
+def crop_and_encode(img: np.ndarray, tae: TinyAutoencoder, size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     side = size or min(512, min(img.shape[:2]) // 32 * 32)
     hr = centre_crop(to_tensor(img), side, side)[None]
     return hr, tae.encode(downsample(hr, 4))
