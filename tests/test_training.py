@@ -212,6 +212,12 @@ def test_save_makes_the_folder_and_resume_warns_about_a_changed_config(tmp_path,
     plain_rope = build_model(replace(cfg, backbone=replace(cfg.backbone, rope_mode="plain")))  # same keys, loads
     with pytest.warns(UserWarning, match=r"different model config \(backbone.rope_mode\)"):
         Trainer(plain_rope, FLUX, TrainConfig()).resume(run)
+    assert not [w for w in recwarn if "other training settings" in str(w.message)]
+    Trainer(tiny_model(1), FLUX, TrainConfig(steps=5000)).resume(run)  # more steps is what resuming is for
+    assert not [w for w in recwarn if "other training settings" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"other training settings than it recorded: lr 0.0002 -> 0.001, "
+                                         r"lr_decay None -> \[5, 9\]\. To continue"):
+        Trainer(tiny_model(1), FLUX, TrainConfig(lr=1e-3, lr_decay=[5, 9])).resume(run)  # a list, as argparse gives
 
 
 def test_lr_decay_is_linear_to_a_tenth_and_reaches_the_optimizer():

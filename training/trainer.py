@@ -175,10 +175,18 @@ class Trainer:
         changed = sorted(k for k in now.keys() | saved.keys() if now.get(k) != saved.get(k))
         if changed:  # the weights may still load (e.g. another RoPE mode): say so
             warnings.warn(f"Resuming {out} with a different model config ({', '.join(changed)}).", stacklevel=2)
+        recorded = json.loads((out / "train_config.json").read_text())["train"]
+        current = json.loads(json.dumps(asdict(self.cfg)))  # tuples as JSON lists, as recorded
+        settings = sorted(k for k, v in current.items() if k != "steps" and recorded.get(k) != v)
+        if settings:  # a new schedule or objective can be the point, but a forgotten option restarts the run
+            warnings.warn(f"Resuming {out} with other training settings than it recorded: " + ", ".join(
+                f"{k} {recorded.get(k)} -> {current[k]}" for k in settings) + ". To continue the run as "
+                "it was, pass the recorded values (a command line's left-out options take their defaults).",
+                stacklevel=2)
         self.model.load_state_dict(load_file(str(out / "model.safetensors")))
         self.ema.model.load_state_dict(load_file(str(out / "ema.safetensors")))
         state = torch.load(out / "trainer_state.pt", weights_only=True)
-        was_frozen = json.loads((out / "train_config.json").read_text())["train"].get("freeze_backbone", False)
+        was_frozen = recorded.get("freeze_backbone", False)
         if was_frozen == self.cfg.freeze_backbone:
             self.opt.load_state_dict(state["optimizer"])
         else:  # e.g. the adapter warmed up alone, now the whole model: the optimizer holds other parameters
