@@ -8,8 +8,9 @@ taef1 + bicubic x4 on the same latent. The gap (PiD minus bicubic, dB) is averag
 
 - seen: `pool` (the demo's package photographs, without the held-out ones; with `--wallpapers` the Debian
   wallpapers too) or a folder of the images a run trained on;
-- unseen: `more` (the 19 photographs of `training/data.py: MORE_SOURCES`, outside the shipped demo's pool) or a
-  folder of images the run never saw.
+- unseen: `more` (the 19 photographs of `training/data.py: MORE_SOURCES`, outside the pool of the demo models
+  shipped until 2026-11-27's nineteenth stop; the one shipped since has trained on them) or a folder of images the
+  run never saw.
 
 A model that has learnt its pictures rather than the latent shows a mean gap on the seen group well above the
 unseen one; the difference of the two means is the generalisation gap.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,18 +50,14 @@ def group_images(spec: str, wallpapers: bool = False) -> dict[str, np.ndarray]:
     return folder_images(spec)
 
 
-def psnr(img: np.ndarray, ref: np.ndarray) -> float:
-    mse = np.mean((img.astype(np.float64) - ref.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255**2 / max(mse, 1e-12)))
-
-
 def gap_row(dec, tae: TinyAutoencoder, name: str, img: np.ndarray, group: str) -> dict:
     hr, latent = crop_and_encode(img, tae)
     side = hr.shape[-1]
     ref = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     pid = dec.decode(latent, latent_space="flux1", seed=0, output="numpy")[0]
     bicubic = np.asarray(taef1_image(tae, latent).resize((side, side), Image.BICUBIC))
-    row = {"image": name, "group": group, "size": side, "pid_psnr": psnr(pid, ref), "bicubic_psnr": psnr(bicubic, ref)}
+    row = {"image": name, "group": group, "size": side, "pid_psnr": peak_signal_noise_ratio(ref, pid, data_range=255),
+           "bicubic_psnr": peak_signal_noise_ratio(ref, bicubic, data_range=255)}
     return {**row, "gap": row["pid_psnr"] - row["bicubic_psnr"]}
 
 
