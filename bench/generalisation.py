@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import TAE, crop_and_encode, load_decoder, taef1_image  # noqa: E402
+from quality import TAE, crop_and_encode, load_decoder, taef1_image, to_uint8  # noqa: E402
 
 from pid_sdk.errors import InputError  # noqa: E402
 from pid_sdk.tae import TinyAutoencoder  # noqa: E402
-from training.data import DEMO_HELD_OUT, MORE_SOURCES, folder_images, package_images  # noqa: E402
+from training.data import DEMO_HELD_OUT, MORE_SOURCES, folder_images, package_images, source_images  # noqa: E402
 
 
 def group_images(spec: str, wallpapers: bool = False) -> dict[str, np.ndarray]:
@@ -43,9 +43,13 @@ def group_images(spec: str, wallpapers: bool = False) -> dict[str, np.ndarray]:
     if spec == "pool":
         return package_images(exclude=DEMO_HELD_OUT, wallpapers=wallpapers)
     if spec == "more":
-        images = {}
-        for _, _, load in MORE_SOURCES:
-            images.update(load())
+        images, missing = source_images(MORE_SOURCES)
+        if missing:
+            raise InputError("Some of the photographs of --unseen more are not installed here.",
+                             received="missing: " + "; ".join(what for what, _ in missing),
+                             expected=f"the {len(MORE_SOURCES)} sources of training/data.py: MORE_SOURCES",
+                             fix=f"install them ({'; '.join(dict.fromkeys(i for _, i in missing))}), or pass "
+                                 "--unseen FOLDER")
         return images
     return folder_images(spec)
 
@@ -53,7 +57,7 @@ def group_images(spec: str, wallpapers: bool = False) -> dict[str, np.ndarray]:
 def gap_row(dec, tae: TinyAutoencoder, name: str, img: np.ndarray, group: str) -> dict:
     hr, latent = crop_and_encode(img, tae)
     side = hr.shape[-1]
-    ref = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    ref = to_uint8(hr)
     pid = dec.decode(latent, latent_space="flux1", seed=0, output="numpy")[0]
     bicubic = np.asarray(taef1_image(tae, latent).resize((side, side), Image.BICUBIC))
     row = {"image": name, "group": group, "size": side, "pid_psnr": peak_signal_noise_ratio(ref, pid, data_range=255),

@@ -60,9 +60,14 @@ def crop_and_encode(img: np.ndarray, tae: TinyAutoencoder, size: int = 0) -> tup
     return hr, tae.encode(downsample(hr, 4))
 
 
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[1, 3, H, W] in [0, 1] -> [H, W, 3] 8-bit pixels."""
+    return (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
 def taef1_image(tae: TinyAutoencoder, latent: torch.Tensor) -> Image.Image:
     """taef1's decode rounded to 8 bits: the image the baselines upscale with PIL."""
-    return Image.fromarray((tae.decode(latent)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    return Image.fromarray(to_uint8(tae.decode(latent)))
 
 
 def metrics(img: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.images:
         hr, latent = reference_and_latent(name, tae, args.size)
         side = hr.shape[-1]
-        ref = (hr[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        ref = to_uint8(hr)
         small = taef1_image(tae, latent)
         candidates = {"taef1 + bicubic x4": np.asarray(small.resize((side, side), Image.BICUBIC)),
                       "taef1 + Lanczos x4": np.asarray(small.resize((side, side), Image.LANCZOS))}

@@ -155,6 +155,27 @@ def test_generalisation_gap_compares_two_groups_of_images(tmp_path, tae_dir):
     assert bench.main(["--model", str(tmp_path / "model"), "--seen", str(tmp_path / "empty"), "--limit", "1"]) == 2
 
 
+def test_generalisation_refuses_unseen_photographs_that_are_not_installed(tmp_path, tae_dir, monkeypatch, capsys):
+    from pid_sdk import save_artefact
+    from pid_sdk.model import build_model, randomize
+
+    cfg = PRESETS["tiny"]
+    save_artefact(randomize(build_model(cfg), 0), cfg, tmp_path / "model", latent_space="flux1")
+    bench = load_bench("generalisation")
+
+    def absent():
+        raise FileNotFoundError("/usr/share/doc/nothing")
+
+    monkeypatch.setattr(bench, "MORE_SOURCES", (("a missing source", "apt-get install nothing", absent),))
+    (tmp_path / "seen").mkdir()
+    from skimage import data
+
+    Image.fromarray(data.coffee()[:96, :96]).save(tmp_path / "seen" / "coffee.png")
+    assert bench.main(["--model", str(tmp_path / "model"), "--seen", str(tmp_path / "seen"), "--unseen", "more"]) == 2
+    err = capsys.readouterr().err
+    assert "a missing source" in err and "apt-get install nothing" in err
+
+
 @pytest.mark.parametrize("name, kind", [
     ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64", "attention"),
     ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>", "attention"),

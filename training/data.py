@@ -48,12 +48,8 @@ def package_images(exclude: tuple[str, ...] = (), *, complete: bool = False, wal
               for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina",
                            "immunohistochemistry")}
     sources = OPTIONAL_SOURCES + (WALLPAPER_SOURCES if wallpapers else ()) + (MORE_SOURCES if more else ())
-    missing = []
-    for what, install, load in sources:
-        found = _loaded_or_none(load)
-        images.update(found)
-        if not found:
-            missing.append((what, install))
+    found, missing = source_images(sources)
+    images.update(found)
     if missing and complete:
         raise InputError("The package photographs are incomplete on this machine, so a run would train on fewer "
                          "than the demo's recorded runs.",
@@ -95,6 +91,18 @@ def _matplotlib_images() -> dict[str, np.ndarray]:
 
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         return {"matplotlib.grace_hopper": np.asarray(Image.open(f).convert("RGB"))}
+
+
+def source_images(sources: tuple) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    """The images of each installed source of `sources` ((what, install command, loader) triples), and what and how
+    to install for each missing one."""
+    images, missing = {}, []
+    for what, install, load in sources:
+        found = _loaded_or_none(load)
+        images.update(found)
+        if not found:
+            missing.append((what, install))
+    return images, missing
 
 
 def _loaded_or_none(load: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
