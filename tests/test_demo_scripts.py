@@ -154,3 +154,33 @@ def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_
     assert 0 < steps["half-demo-flux1"] < steps["demo-flux1"], steps
     assert "finished after" in (tmp_path / "out" / "train.log").read_text()
     assert "--augment" in json.loads((tmp_path / "run" / "data.json").read_text())["command"]
+
+
+def test_ship_demo_averages_runs_of_one_config_and_refuses_another(tmp_path):
+    from dataclasses import replace
+
+    import torch
+
+    from pid_sdk.config import PRESETS
+    from pid_sdk.latents import get_latent_space
+    from pid_sdk.model import build_model, randomize
+    from training.trainer import TrainConfig, Trainer
+
+    def save_run(name, model):
+        Trainer(model, get_latent_space("flux1"), TrainConfig()).save(tmp_path / name)
+        return model.state_dict()
+
+    tiny = PRESETS["tiny"]
+    a, b = (save_run(n, randomize(build_model(tiny), seed)) for n, seed in (("a", 0), ("b", 1)))
+    res = run_script("ship_demo.py", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "ship")
+    assert res.returncode == 0, res.stderr
+    shipped = load_artefact(tmp_path / "ship").model.state_dict()
+    key = next(k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k]))
+    assert torch.equal(shipped[key].float(), ((a[key] + b[key]) / 2).to(torch.bfloat16).float())
+    assert "mean of the EMA weights of 2 runs, after 0 and 0 steps" in read_manifest(tmp_path / "ship")["source"]
+
+    other = replace(tiny, backbone=replace(tiny.backbone, rope_mode="plain"))  # the same keys, another network
+    save_run("c", randomize(build_model(other), 0))
+    res = run_script("ship_demo.py", tmp_path / "a", tmp_path / "c", "--out", tmp_path / "ship2")
+    assert res.returncode != 0 and "only runs of one config can be averaged" in res.stderr
+    assert not (tmp_path / "ship2").exists()
