@@ -85,6 +85,12 @@ def test_pytorch_fallback_is_the_reference(exported):
     torch.testing.assert_close(fallback.decode(z, seed=1), ref.decode(z, seed=1), rtol=0, atol=0)
 
 
+def test_loaded_weights_start_on_64_bytes(exported):
+    model = pid_sdk.Decoder.load(exported[0], backend="pytorch").runtime.model
+    misaligned = [k for k, v in model.state_dict().items() if v.data_ptr() % 64]
+    assert not misaligned, misaligned[:5]  # else CPU sums round differently from the reference (checkpoints._aligned)
+
+
 # --- one folder for the rest ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
