@@ -380,12 +380,13 @@ def _distill(args) -> int:
     from training.distill import DMD2, DistillConfig
     from training.trainer import is_run_folder, load_run_ema
 
-    teacher_dir = Path(args.teacher)
+    teacher_dir, lineage = Path(args.teacher), ""
     if is_run_folder(teacher_dir):
         cfg, teacher = load_run_ema(teacher_dir)
     else:
         loaded = load_checkpoint(teacher_dir)
         cfg, teacher = loaded.config, loaded.model
+        lineage = (loaded.manifest or {}).get("source", "")
     if args.save_every < 1:
         raise InputError("--save-every counts steps.", received=args.save_every, expected="1 or more",
                          fix="e.g. --save-every 100")
@@ -409,7 +410,8 @@ def _distill(args) -> int:
         losses["img_s"] = seen / (time.perf_counter() - t0)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
         if dmd.step_count % args.save_every == 0 or dmd.step_count == args.steps:
-            _save_distill(dmd, cfg, out, f"pid-sdk distill from {args.teacher}, step {dmd.step_count}")
+            source = f"pid-sdk distill (DMD2) from {args.teacher}, step {dmd.step_count}"
+            _save_distill(dmd, cfg, out, source + (f"; the teacher: {lineage}" if lineage else ""))
     bar.close()
     print(f"{out / 'student'}: the student after {dmd.step_count} steps")
     return 0

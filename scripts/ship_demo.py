@@ -3,6 +3,7 @@
     python scripts/ship_demo.py build/demo
     python scripts/ship_demo.py /tmp/run --out /tmp/run.ship       # elsewhere (scripts/gpu_train_demo.sh)
     python scripts/ship_demo.py build/a build/b                     # the mean of two runs' EMA weights
+    python scripts/ship_demo.py build/dmd                           # a `pid-sdk distill` run's DMD2 student
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pid_sdk.checkpoints import save_artefact  # noqa: E402
+from pid_sdk.checkpoints import load_artefact, save_artefact  # noqa: E402
 from pid_sdk.config import PiDConfig  # noqa: E402
 from training.trainer import load_run_ema  # noqa: E402
 
@@ -57,14 +58,30 @@ def mean_of_runs(runs: list[Path]) -> tuple[PiDConfig, nn.Module]:
     return cfg, model
 
 
+def is_distill_run(run: Path) -> bool:
+    return (run / "distill_config.json").is_file()
+
+
+def student_of(runs: list[Path]) -> tuple[PiDConfig, nn.Module, str]:
+    """A `pid-sdk distill` run's student (its float32 artefact in RUN/student) and the source it records."""
+    if len(runs) != 1:
+        raise SystemExit(f"{runs[0]} is a distillation run: ship its student alone, not in a mean of {len(runs)} runs")
+    student = load_artefact(runs[0] / "student")
+    return student.config, student.model, student.manifest["source"]
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("runs", nargs="+", help="run folders of scripts/train_demo.py; several are averaged")
+    p.add_argument("runs", nargs="+", help="run folders of scripts/train_demo.py (several are averaged), or one "
+                                           "`pid-sdk distill` run folder (its student)")
     p.add_argument("--out", default=str(DEMO), help="the artefact folder, replaced (default: the embedded model)")
     args = p.parse_args()
     runs, out = [Path(r) for r in args.runs], Path(args.out)
-    cfg, model = mean_of_runs(runs)
-    source = describe(runs)
+    if any(is_distill_run(run) for run in runs):
+        cfg, model, source = student_of(runs)
+    else:
+        cfg, model = mean_of_runs(runs)
+        source = describe(runs)
     save_artefact(model, cfg, out, dtype=torch.bfloat16, source=source, replace_artefact=True)  # swapped in whole
     print(f"{out}: {source}")
     return 0

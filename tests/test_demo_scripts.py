@@ -184,3 +184,35 @@ def test_ship_demo_averages_runs_of_one_config_and_refuses_another(tmp_path):
     res = run_script("ship_demo.py", tmp_path / "a", tmp_path / "c", "--out", tmp_path / "ship2")
     assert res.returncode != 0 and "only runs of one config can be averaged" in res.stderr
     assert not (tmp_path / "ship2").exists()
+
+
+def test_ship_demo_ships_a_distillation_runs_student_with_its_teachers_lineage(tmp_path, tae_dir):
+    import torch
+    from conftest import real_image
+    from PIL import Image
+
+    from pid_sdk.checkpoints import save_artefact
+    from pid_sdk.cli import main
+    from pid_sdk.config import PRESETS
+    from pid_sdk.model import build_model, randomize
+
+    tiny = PRESETS["tiny"]
+    save_artefact(randomize(build_model(tiny), 0), tiny, tmp_path / "teacher", source="the teacher's own chain")
+    (tmp_path / "images").mkdir()
+    arr = (real_image("coffee", 96)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    Image.fromarray(arr).save(tmp_path / "images" / "coffee.png")
+    assert main(["distill", str(tmp_path / "dmd"), "--teacher", str(tmp_path / "teacher"), "--data",
+                 str(tmp_path / "images"), "--tae-dir", str(tae_dir), "--size", "64", "--fake-updates", "1",
+                 "--steps", "1"]) == 0
+    source = read_manifest(tmp_path / "dmd" / "student")["source"]
+    assert source.startswith("pid-sdk distill (DMD2) from") and source.endswith("the teacher: the teacher's own chain")
+
+    res = run_script("ship_demo.py", tmp_path / "dmd", "--out", tmp_path / "ship")
+    assert res.returncode == 0, res.stderr
+    student = load_artefact(tmp_path / "dmd" / "student").model.state_dict()
+    shipped = load_artefact(tmp_path / "ship")
+    assert read_manifest(tmp_path / "ship")["dtype"] == "bfloat16" and shipped.manifest["source"] == source
+    assert all(torch.equal(shipped.model.state_dict()[k].float(), v.to(torch.bfloat16).float())
+               for k, v in student.items() if v.is_floating_point())
+    res = run_script("ship_demo.py", tmp_path / "dmd", tmp_path / "dmd", "--out", tmp_path / "ship2")
+    assert res.returncode != 0 and "ship its student alone" in res.stderr and not (tmp_path / "ship2").exists()
