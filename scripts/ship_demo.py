@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from pid_sdk.checkpoints import load_artefact, save_artefact  # noqa: E402
 from pid_sdk.config import PiDConfig  # noqa: E402
+from training.distill import is_distill_folder  # noqa: E402
 from training.trainer import load_run_ema  # noqa: E402
 
 DEMO = ROOT / "pid_sdk" / "data" / "demo-flux1"
@@ -58,15 +59,11 @@ def mean_of_runs(runs: list[Path]) -> tuple[PiDConfig, nn.Module]:
     return cfg, model
 
 
-def is_distill_run(run: Path) -> bool:
-    return (run / "distill_config.json").is_file()
-
-
-def student_of(runs: list[Path]) -> tuple[PiDConfig, nn.Module, str]:
+def student_of(run: Path, others: int) -> tuple[PiDConfig, nn.Module, str]:
     """A `pid-sdk distill` run's student (its float32 artefact in RUN/student) and the source it records."""
-    if len(runs) != 1:
-        raise SystemExit(f"{runs[0]} is a distillation run: ship its student alone, not in a mean of {len(runs)} runs")
-    student = load_artefact(runs[0] / "student")
+    if others:
+        raise SystemExit(f"{run} is a distillation run: ship its student alone, not in a mean with {others} more")
+    student = load_artefact(run / "student")
     return student.config, student.model, student.manifest["source"]
 
 
@@ -77,8 +74,9 @@ def main() -> int:
     p.add_argument("--out", default=str(DEMO), help="the artefact folder, replaced (default: the embedded model)")
     args = p.parse_args()
     runs, out = [Path(r) for r in args.runs], Path(args.out)
-    if any(is_distill_run(run) for run in runs):
-        cfg, model, source = student_of(runs)
+    distilled = [run for run in runs if is_distill_folder(run)]
+    if distilled:
+        cfg, model, source = student_of(distilled[0], others=len(runs) - 1)
     else:
         cfg, model = mean_of_runs(runs)
         source = describe(runs)

@@ -152,6 +152,11 @@ def gan_losses(head: GanHead, fake: nn.Module, cond: Conditioning, x0_student: T
     return g_loss, d_loss
 
 
+def is_distill_folder(folder: str | Path) -> bool:
+    """Whether `folder` holds a distillation run's state (written by `DMD2.save`)."""
+    return (Path(folder) / DISTILL_STATE).is_file()
+
+
 class DMD2:
     """One distillation run: `step(batch)` does `fake_updates` fake-score updates and one student update."""
 
@@ -235,7 +240,7 @@ class DMD2:
 
     def resume(self, out: str | Path) -> None:
         out = Path(out)
-        if not (out / DISTILL_STATE).is_file():
+        if not is_distill_folder(out):
             raise CheckpointError(f"{out} holds no distillation state ({DISTILL_STATE}).",
                                   fix="resume the folder a `pid-sdk distill` run wrote, or drop --resume")
         saved = json.loads((out / "distill_config.json").read_text())
