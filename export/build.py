@@ -8,14 +8,18 @@ TensorRT builds for the GPU it runs on, optionally with a hardware-compatibility
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pid_sdk.checkpoints import sha256_file
+import torch
+
+from pid_sdk.checkpoints import sha256_file, usual_permissions
 from pid_sdk.errors import ConfigError, PiDError
 from pid_sdk.runtime.manifest import Entry, read_manifest, verify_files, write_manifest
-from pid_sdk.runtime.selection import TARGETS
+from pid_sdk.runtime.selection import TARGETS, covers
+from pid_sdk.runtime.tensorrt_backend import plan_header
 
 MATRIX = Path(__file__).resolve().parents[1] / "engines" / "matrix.json"
 
@@ -44,8 +48,17 @@ def import_library(backend: str):
 
 
 def load_matrix(path: Path = MATRIX) -> dict:
-    matrix = json.loads(path.read_text())
-    unknown = sorted(set(matrix["targets"]) - set(TARGETS))
+    expected = 'JSON with "targets" {name: {precisions, attention_dtype?}} and "presets" {name: {buckets}}'
+    try:
+        matrix = json.loads(Path(path).read_text())
+        targets, presets = matrix["targets"], matrix.get("presets", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"Cannot read the build matrix {path}.", received=f"{type(exc).__name__}: {exc}"[:200],
+                          expected=expected, fix="start from engines/matrix.json") from None
+    if not isinstance(targets, dict) or not isinstance(presets, dict):
+        raise ConfigError(f"The build matrix {path} is malformed.", received=f"targets {type(targets).__name__}, "
+                          f"presets {type(presets).__name__}", expected=expected, fix="start from engines/matrix.json")
+    unknown = sorted(set(targets) - set(TARGETS))
     if unknown:
         raise ConfigError(f"The build matrix {path} names unknown targets.", received=unknown,
                           expected=sorted(TARGETS), fix="use the target names above")
@@ -53,20 +66,29 @@ def load_matrix(path: Path = MATRIX) -> dict:
 
 
 def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int]] | None = None,
-                  batch: int | None = None, precisions: list[str] | None = None,
+                  batch: int | None = None, precisions: list[str] | None = None, attention_dtype: str | None = None,
                   options: BuildOptions = BuildOptions(), log=print) -> list[Entry]:
-    """Build one plan per graph for every matching ONNX entry of the folder and record them in its manifest."""
+    """Build one plan per graph for every matching ONNX entry of the folder and record them in its manifest.
+    `attention_dtype`: only graph sets exported with it ("native": without --attention-dtype); None: any."""
     if target not in TARGETS:
         raise ConfigError("Unknown build target.", received=target, expected=", ".join(TARGETS))
     folder = Path(folder)
-    backend, sms = TARGETS[target]
+    backend, target_sms = TARGETS[target]
+    check_options(backend, target, options)
     trt = import_library(backend)
+    sms = target_sms if backend == "tensorrt_rtx" else (built_sm(target, target_sms, options),)
     manifest = read_manifest(folder)
     sources = [e for e in manifest.entries if e.backend == "onnx" and (not sizes or e.bucket in sizes)
-               and (batch is None or e.batch == batch) and (not precisions or e.precision in precisions)]
+               and (batch is None or e.batch == batch) and (not precisions or e.precision in precisions)
+               and (attention_dtype is None or (e.attention_dtype or "native") == attention_dtype)]
     if not sources:
-        raise ConfigError(f"No ONNX graph set in {folder} matches.", received=f"sizes {sizes}, batch {batch}",
+        raise ConfigError(f"No ONNX graph set in {folder} matches.",
+                          received=f"sizes {sizes}, batch {batch}, precisions {precisions}, "
+                                   f"attention {attention_dtype}",
                           expected=[e.key for e in manifest.entries], fix="pid-sdk export the sizes first")
+    if backend == "tensorrt_rtx" and options.timing_cache:
+        log("note: --timing-cache does not apply to TensorRT-RTX (its timing cache is a no-op; kernels are "
+            "compiled at first run and kept in a runtime cache): no cache file written")
     built = []
     for src in sources:
         entry = _build_entry(trt, backend, target, sms, folder, src, options, log)
@@ -74,6 +96,90 @@ def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int
         write_manifest(folder, manifest)
         built.append(entry)
     return built
+
+
+@dataclass
+class MatrixResult:
+    built: list[Entry]
+    elsewhere: list[str]  # targets this machine cannot build, each with its reason
+    unexported: list[str]  # (target, size, precision) that could be built here but have no ONNX graph set
+
+
+def build_matrix(folder: str | Path, matrix: dict, *, options: BuildOptions = BuildOptions(),
+                 log=print) -> MatrixResult:
+    """Every target of the matrix that this machine can build, with the matrix's precisions, attention dtype and
+    the buckets of the folder's preset; the targets that need another host are reported, not failed."""
+    from pid_sdk.buckets import Bucket
+    from pid_sdk.runtime.engine_set import skip_reason
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    preset = manifest.config.name
+    if preset not in matrix.get("presets", {}):
+        raise ConfigError(f"The build matrix has no buckets for the folder's preset {preset}.",
+                          received=preset, expected=sorted(matrix.get("presets", {})),
+                          fix=f"add {preset} to its presets")
+    sizes = [(b.height, b.width) for b in map(Bucket.parse, matrix["presets"][preset]["buckets"])]
+    result = MatrixResult([], [], [])
+    for target, spec in matrix["targets"].items():
+        backend, target_sms = TARGETS[target]
+        try:
+            check_options(backend, target, options)
+            import_library(backend)
+            if backend == "tensorrt":
+                built_sm(target, target_sms, options)
+        except PiDError as exc:
+            result.elsewhere.append(f"{target}: {skip_reason(exc)}")
+            continue
+        attention = spec.get("attention_dtype", "native")
+        have = {(e.bucket, e.precision) for e in manifest.entries
+                if e.backend == "onnx" and (e.attention_dtype or "native") == attention}
+        for size in sizes:
+            for precision in spec["precisions"]:
+                if (size, precision) not in have:
+                    result.unexported.append(f"{target}: pid-sdk export {folder} --size {size[0]}x{size[1]} "
+                                             f"--precision {precision}"
+                                             + (f" --attention-dtype {attention}" if attention != "native" else ""))
+        todo = [s for s in sizes if any((s, p) in have for p in spec["precisions"])]
+        if todo:
+            result.built += build_engines(folder, target, sizes=todo, batch=matrix.get("batch"),
+                                          precisions=spec["precisions"], attention_dtype=attention, options=options,
+                                          log=log)
+    return result
+
+
+def check_options(backend: str, target: str, options: BuildOptions) -> None:
+    """Refuse, before anything is built, the options the target's library cannot honour."""
+    if backend != "tensorrt_rtx":
+        return
+    if options.version_compatible:
+        raise ConfigError(f"TensorRT-RTX cannot build version-compatible plans ({target}).",
+                          received="--version-compatible", expected="plans tied to the TensorRT-RTX version that "
+                          "builds them (it ships no lean runtime: libnvinfer_lean)",
+                          fix="drop --version-compatible, and rebuild the RTX engines with each TensorRT-RTX upgrade")
+    if options.hardware_compatibility != "none":
+        raise ConfigError(f"--hardware-compat applies to full TensorRT only, not to TensorRT-RTX ({target}).",
+                          received=options.hardware_compatibility,
+                          expected="TensorRT-RTX plans run on the compute capabilities they are built for",
+                          fix="drop --hardware-compat; pass one --target per RTX GPU family (rtx5090, rtx4090)")
+
+
+def built_sm(target: str, target_sms: tuple[int, ...], options: BuildOptions) -> int:
+    """Full TensorRT builds for the GPU it runs on: that GPU's compute capability, refused unless the plan (at
+    its hardware-compatibility level) covers the target's."""
+    if not torch.cuda.is_available():
+        raise ConfigError(f"Full TensorRT builds a {target} plan on a GPU, and this machine has none.",
+                          received="no CUDA GPU", expected=f"a GPU of sm {list(target_sms)}",
+                          fix=f"run pid-sdk build --target {target} on a {target} host (TensorRT-RTX targets build "
+                              "on any machine: --target rtx5090)")
+    major, minor = torch.cuda.get_device_capability()
+    sm = 10 * major + minor
+    if not all(covers("tensorrt", (sm,), options.hardware_compatibility, t) for t in target_sms):
+        raise ConfigError(f"A TensorRT build on this sm {sm} GPU cannot produce a plan for {target} "
+                          f"(sm {list(target_sms)}).", received=f"sm {sm}, hardware compatibility "
+                          f"{options.hardware_compatibility}", expected=f"a build on sm {list(target_sms)}",
+                          fix=f"build on a {target} host, or pass --hardware-compat ampere_plus (slower plans)")
+    return sm
 
 
 def _build_entry(trt, backend, target, sms, folder: Path, src: Entry, options: BuildOptions, log) -> Entry:
@@ -85,18 +191,39 @@ def _build_entry(trt, backend, target, sms, folder: Path, src: Entry, options: B
                          expected="fp16 attention", fix="re-export with --attention-dtype fp16")
     rel_dir = Path(target) / Path(src.files["denoiser"]).parent.name
     (folder / rel_dir).mkdir(parents=True, exist_ok=True)
+    staged = {}
+    try:  # every plan is built and checked under a temporary name; the old ones stay until all three are good
+        for graph, onnx_rel in src.files.items():
+            rel = rel_dir / f"{graph}.plan"
+            t0 = time.perf_counter()
+            plan = build_plan(trt, backend, folder / onnx_rel, sms, options)
+            tmp = folder / rel.with_name(f".{graph}.plan.tmp")
+            tmp.write_bytes(plan)
+            usual_permissions(tmp)
+            _check_built(tmp, backend, trt.__version__)
+            staged[graph] = (tmp, rel)
+            log(f"built {rel} in {time.perf_counter() - t0:.1f}s ({len(plan) / 2**20:.1f} MiB)")
+    except BaseException:
+        for tmp, _ in staged.values():
+            tmp.unlink(missing_ok=True)
+        raise
     files, hashes = {}, {}
-    for graph, onnx_rel in src.files.items():
-        rel = rel_dir / f"{graph}.plan"
-        t0 = time.perf_counter()
-        plan = build_plan(trt, backend, folder / onnx_rel, sms, options)
-        (folder / rel).write_bytes(plan)
+    for graph, (tmp, rel) in staged.items():
+        os.replace(tmp, folder / rel)
         files[graph], hashes[str(rel)] = str(rel), sha256_file(folder / rel)
-        log(f"built {rel} in {time.perf_counter() - t0:.1f}s ({len(plan) / 2**20:.1f} MiB)")
-    return Entry(backend, src.bucket, src.batch, src.precision, files, hashes, src.io, target=target, sm=sms,
+    return Entry(backend, src.bucket, src.batch, src.precision, files, hashes, src.io, target=target, sm=tuple(sms),
                  trt_version=trt.__version__, hardware_compatibility=options.hardware_compatibility,
                  stripped=options.strip, version_compatible=options.version_compatible, source=src.key,
                  attention_dtype=src.attention_dtype)
+
+
+def _check_built(path: Path, backend: str, version: str) -> None:
+    """What was written is a whole plan of this library and version (the header pid-sdk checks at load)."""
+    header = plan_header(path.read_bytes()[:64])
+    want = tuple(int(v) for v in version.split(".")[:3])
+    if header != (backend, want):
+        raise BuildError(f"The plan written to {path.name} does not read back as a {backend} {version} plan.",
+                         received=header, expected=(backend, want), fix="check the disk, then rebuild")
 
 
 def build_plan(trt, backend: str, onnx_path: Path, sms: tuple[int, ...], options: BuildOptions) -> bytes:
@@ -111,7 +238,7 @@ def build_plan(trt, backend: str, onnx_path: Path, sms: tuple[int, ...], options
     config = builder.create_builder_config()
     _target(trt, backend, config, sms, options)
     _flags(trt, config, options)
-    cache = _timing_cache(config, options.timing_cache)
+    cache = _timing_cache(config, options.timing_cache) if backend == "tensorrt" else None
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BuildError(f"{backend} failed to build {onnx_path.name}.", received=logger.last_error or "no message",
@@ -138,6 +265,9 @@ def _target(trt, backend: str, config, sms: tuple[int, ...], options: BuildOptio
 
 
 def _flags(trt, config, options: BuildOptions) -> None:
+    user_allocation = getattr(trt.BuilderFlag, "REQUIRE_USER_ALLOCATION", None)
+    if trt.__name__ == "tensorrt_rtx" and user_allocation is not None:
+        config.set_flag(user_allocation)  # TensorRT-RTX: needed for the runtime's CUDA-graph capture
     if options.strip:
         config.set_flag(trt.BuilderFlag.STRIP_PLAN)
         config.set_flag(trt.BuilderFlag.REFIT_IDENTICAL)

@@ -320,11 +320,13 @@ def _describe_mismatch(missing: list, unexpected: list, wrong: list) -> str:
     return "; ".join(parts)
 
 
-def load_checkpoint(path: str | Path, *, preset: str | None = None, trust_pickle: bool = False) -> LoadedModel:
-    """Any supported file or artefact folder -> a strictly loaded model and its configuration."""
+def load_checkpoint(path: str | Path, *, preset: str | None = None, trust_pickle: bool = False,
+                    verify: bool = True) -> LoadedModel:
+    """Any supported file or artefact folder -> a strictly loaded model and its configuration. An artefact's
+    weights are checked against its manifest's sha256 (`verify=False`: the explicit opt-out)."""
     path = Path(path)
     if path.is_dir():
-        return load_artefact(path)
+        return load_artefact(path, verify=verify)
     sd, source, dropped = canonical_state_dict(read_file(path, trust_pickle=trust_pickle))
     hint = f"{path.parent.name}/{path.name}"  # official files sit in a folder named after the experiment
     cfg = get_preset(preset) if preset else infer_config(sd, hint=hint, source=source)
@@ -432,10 +434,16 @@ def load_artefact(folder: str | Path, *, verify: bool = True) -> LoadedModel:
     weights = folder / MODEL_FILE
     if not weights.exists():
         raise CheckpointError(f"{folder} has a manifest but no {MODEL_FILE}.", fix="convert the model again")
-    want = manifest.get("sha256", {}).get(MODEL_FILE)
-    if verify and want and sha256_file(weights) != want:
+    hashes = manifest.get("sha256")
+    want = hashes.get(MODEL_FILE) if isinstance(hashes, dict) else None
+    if verify and not (isinstance(want, str) and len(want) == 64):
+        raise CheckpointError(f"The manifest of {folder} has no sha256 for {MODEL_FILE}.", received=repr(hashes)[:120],
+                              expected=f'"sha256": {{"{MODEL_FILE}": 64 hex digits}}',
+                              fix="convert the model again (pid-sdk convert), or pass verify=False (CLI: --no-verify) "
+                                  "to load unverified weights")
+    if verify and (digest := sha256_file(weights)) != want:
         raise CheckpointError(f"{weights} does not match the sha256 in its manifest (modified or truncated).",
-                              received=sha256_file(weights), expected=want, fix="convert the model again")
+                              received=digest, expected=want, fix="convert the model again")
     cfg = PiDConfig.from_dict(manifest["config"])
     sd = read_safetensors(weights)
     return LoadedModel(load_state_dict_strict(cfg, sd), cfg, "artefact", str(folder), [], manifest)

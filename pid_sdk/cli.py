@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     dec.add_argument("--speed", choices=list(SPEEDS),
                      help="PyTorch backend setting (default reference: fp32 weights, bf16 autocast on CUDA)")
     dec.add_argument("--trust-pickle", action="store_true")
+    dec.add_argument("--no-verify", action="store_true",
+                     help="load folder files whose manifest lacks their sha256 (paths stay confined)")
     dec.add_argument("--quiet", action="store_true", help="no progress bar")
     dec.set_defaults(run=_decode)
 
@@ -105,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     bld.add_argument("--strip", action="store_true", help="weight-stripped plans, refitted from the ONNX weights")
     bld.add_argument("--version-compatible", action="store_true")
     bld.add_argument("--hardware-compat", choices=["none", "ampere_plus", "same_compute_capability"], default="none")
-    bld.add_argument("--timing-cache", help="timing cache file, read and updated (reuse it across builds)")
+    bld.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated (reuse it across builds; "
+                     "TensorRT-RTX has none: it says so and writes nothing)")
     bld.set_defaults(run=_build)
 
     tr = sub.add_parser("train", help="train a latent-conditioned decoder (rectified flow) on a folder of images")
@@ -170,7 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--size", action="append", help="HEIGHTxWIDTH entries to check (default: all of the backend)")
     cmp_.add_argument("--steps", type=int, default=4)
     cmp_.add_argument("--seed", type=int, default=0)
+    cmp_.add_argument("--no-verify", action="store_true", help="run files whose manifest lacks their sha256")
     cmp_.set_defaults(run=_compare)
+
+    ver = sub.add_parser("verify", help="check an engine folder's files (confined, present, hashed, plan headers) "
+                                        "without running anything")
+    ver.add_argument("folder", help="engine folder")
+    ver.set_defaults(run=_verify)
     return p
 
 
@@ -263,24 +272,29 @@ def _export(args) -> int:
 
 # --- build ----------------------------------------------------------------------------------------------------
 def _build(args) -> int:
-    from export.build import BuildOptions, build_engines, load_matrix
+    from export.build import BuildOptions, build_engines, build_matrix, load_matrix
     from pid_sdk.buckets import Bucket
 
-    targets = list(args.target or [])
-    if args.matrix:
-        targets += list(load_matrix(Path(args.matrix))["targets"])
-    if not targets:
+    if not args.target and not args.matrix:
         raise InputError("Nothing to build.",
                          fix="pass --target rtx5090 (or h100, gb200) or --matrix engines/matrix.json")
     sizes = [(b.height, b.width) for b in map(Bucket.parse, args.size)] if args.size else None
     options = BuildOptions(strip=args.strip, version_compatible=args.version_compatible,
                            hardware_compatibility=args.hardware_compat,
                            timing_cache=Path(args.timing_cache) if args.timing_cache else None)
-    for target in targets:
+    for target in args.target or []:
         built = build_engines(args.folder, target, sizes=sizes, batch=args.batch, precisions=args.precision,
                               options=options)
         print(f"{target}: {len(built)} engine sets")
-    return 0
+    if not args.matrix:
+        return 0
+    result = build_matrix(args.folder, load_matrix(Path(args.matrix)), options=options)
+    print(f"matrix: {len(result.built)} engine sets built here")
+    for line in result.elsewhere:
+        print(f"needs another host: {line}")
+    for line in result.unexported:
+        print(f"not exported yet: {line}")
+    return 2 if result.unexported else 0
 
 
 # --- train / distill -----------------------------------------------------------------------------------------
@@ -425,32 +439,30 @@ def _save_distill(dmd, cfg, out: Path, source: str) -> None:
     save_artefact(dmd.student, cfg, out / "student", dtype=torch.float32, source=source, replace_artefact=True)
 
 
-# --- compare --------------------------------------------------------------------------------------------------
+# --- compare / verify ----------------------------------------------------------------------------------------
 def _compare(args) -> int:
-    from pid_sdk.compare import run_parity
-    from pid_sdk.decoder import Decoder
-    from pid_sdk.latents import get_latent_space
+    from pid_sdk.compare import compare_folder, summary
 
-    reference = Decoder.load(args.folder, backend="pytorch")
-    candidate = Decoder.load(args.folder, backend=args.backend)
-    kinds = ("tensorrt", "tensorrt_rtx") if args.backend == "tensorrt" else ("onnx",)
-    entries = [e for e in candidate.runtime.manifest.entries if e.backend in kinds
-               and (not args.size or f"{e.bucket[0]}x{e.bucket[1]}" in args.size)]
-    if not entries:
-        raise InputError("Nothing to compare.", received=args.size or "all sizes",
-                         expected=f"{args.backend} entries in {args.folder}",
-                         fix="pid-sdk export / pid-sdk build first")
-    space = get_latent_space(reference.latent_space)
-    gen = torch.Generator().manual_seed(args.seed)
-    failed = 0
-    for e in entries:
-        lh, lw = (s // (space.factor * reference.config.adapter.sr_scale) for s in e.bucket)
-        latent = torch.randn(e.batch, space.channels, lh, lw, generator=gen)
-        report = run_parity(reference, candidate, latent, precision=e.precision, steps=args.steps, seed=args.seed)
-        print(f"== {e.key}\n{report}")
-        failed += not report.passed
-    print(f"{len(entries) - failed} passed, {failed} failed")
-    return 1 if failed else 0
+    results = compare_folder(args.folder, args.backend, sizes=args.size, steps=args.steps, seed=args.seed,
+                             verify=not args.no_verify)
+    for r in results:
+        print(r)
+    print(summary(results))
+    if not any(r.status != "skipped" for r in results):
+        print("nothing ran: every entry was skipped on this machine", file=sys.stderr)
+        return 1
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _verify(args) -> int:
+    from pid_sdk.runtime.integrity import verify_folder
+
+    checks = verify_folder(args.folder)
+    for c in checks:
+        print(c)
+    failed = sum(not c.ok for c in checks)
+    print(f"{args.folder}: {len(checks) - failed} of {len(checks)} checks passed")
+    return 2 if failed else 0
 
 
 # --- decode ---------------------------------------------------------------------------------------------------
@@ -472,7 +484,8 @@ def _decode(args) -> int:
         latents = latents[None]
     text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
     dec = Decoder.load(args.model, preset=args.preset, device=args.device, precision=args.precision,
-                       trust_pickle=args.trust_pickle, text_encoder=args.text_encoder, speed=args.speed)
+                       trust_pickle=args.trust_pickle, text_encoder=args.text_encoder, speed=args.speed,
+                       verify=not args.no_verify)
     dec.check(latents, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
     images = []
     with _progress(len(latents), args.steps, args.quiet) as bar:

@@ -63,11 +63,13 @@ class Decoder:
     def load(cls, path: str | Path | None = None, *, preset: str | None = None, seed: int = 0,
              backend: str = "auto", device: str | torch.device | None = None, precision: str | None = None,
              trust_pickle: bool = False, text_encoder=None, device_info=None, providers=None,
-             speed: Speed | str | None = None) -> "Decoder":
+             speed: Speed | str | None = None, verify: bool = True) -> "Decoder":
         """An engine folder, an artefact folder, an official/repacked checkpoint, or `preset=` with random weights.
 
-        For an engine folder `backend` picks TensorRT, ONNX Runtime or PyTorch; "auto" takes the first that runs
-        here and warns with the reason for each one it skips. `speed` applies to the PyTorch backend (see `Speed`).
+        For an engine folder `backend` picks TensorRT, ONNX Runtime or PyTorch; "auto" takes, per decode, the first
+        that runs here and warns with the reason for each one it skips. `speed` applies to the PyTorch backend (see
+        `Speed`). Every file loaded from a folder is checked against its manifest's sha256; `verify=False` is the
+        explicit opt-out for folders whose manifest has lost its hashes (paths are confined regardless).
         """
         if path is None and preset is None:
             raise ConfigError("Decoder.load needs a path or a preset.",
@@ -81,7 +83,7 @@ class Decoder:
                                   fix="drop speed= (engines fix their precision at build time), or load the "
                                       "checkpoint itself")
 
-            manifest, runtime = open_engine_set(path, backend, device_info, providers)
+            manifest, runtime = open_engine_set(path, backend, device_info, providers, verify=verify)
             return cls(manifest.config, runtime, text_encoder=text_encoder, source=str(path))
         if backend not in ("auto", "pytorch"):
             raise ConfigError(f"A checkpoint runs on the PyTorch backend, not {backend}.", received=str(path),
@@ -91,7 +93,7 @@ class Decoder:
             model = randomize(build_model(cfg), seed)
             loaded = LoadedModel(model, cfg, "random", f"preset:{preset} (seeded random weights, seed {seed})", [])
         else:
-            loaded = load_checkpoint(path, preset=preset, trust_pickle=trust_pickle)
+            loaded = load_checkpoint(path, preset=preset, trust_pickle=trust_pickle, verify=verify)
         return cls.from_model(loaded, device=device, precision=precision, text_encoder=text_encoder, speed=speed)
 
     @property
@@ -156,10 +158,10 @@ class Decoder:
         z, sigma = space.from_capture(z, sigma)
         text = self._text(prompt, text_embeddings, z.shape[0])
         height, width = space.output_size(z.shape[-2], z.shape[-1], self.config.adapter.sr_scale)
-        gen = torch.Generator(self.device)
-        gen.manual_seed(seed) if seed is not None else gen.seed()
         shape = (z.shape[0], 3, height, width)
         cond = self.runtime.backend(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
+        gen = torch.Generator(self.device)  # after the backend: with backend="auto" it may have fallen back
+        gen.manual_seed(seed) if seed is not None else gen.seed()
         fn = _model_fn(cond)
         if sampler == "teacher":
             uncond_fn = None

@@ -32,3 +32,23 @@ def real_image(name: str = "astronaut", size: int = 64) -> torch.Tensor:
     left, top = (img.width - side) // 2, (img.height - side) // 2
     img = img.convert("RGB").crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_folder(tmp_path_factory) -> Path:
+    """The tiny preset exported at 64x64 in fp32 (tests that change it work on `copy_folder` of it)."""
+    pytest.importorskip("onnxscript")
+    from export.engine_set import export_engine_set
+    from pid_sdk.buckets import Bucket
+
+    folder = tmp_path_factory.mktemp("tiny-engines")
+    export_engine_set(folder, preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
+    return folder
+
+
+def copy_folder(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(folder, out)
+    return out

@@ -29,7 +29,10 @@ def built(tmp_path_factory):
 def test_engines_are_built_and_recorded(built):
     folder, entries, lines = built
     assert {e.precision for e in entries} == {"fp32", "bf16"}
-    assert len(lines) == 6 and all(line.startswith("built rtx5090/") and "MiB" in line for line in lines)
+    note, *built_lines = lines
+    assert "--timing-cache does not apply to TensorRT-RTX" in note and not (folder / "timing.cache").exists()
+    assert len(built_lines) == 6 and all(line.startswith("built rtx5090/") and "MiB" in line for line in built_lines)
+    assert not list(folder.rglob("*.tmp"))
     manifest = read_manifest(folder)
     rtx = [e for e in manifest.entries if e.backend == "tensorrt_rtx"]
     assert len(rtx) == 2
@@ -39,7 +42,6 @@ def test_engines_are_built_and_recorded(built):
             data = (folder / rel).read_bytes()
             assert plan_header(data) == ("tensorrt_rtx", tuple(int(v) for v in trt.__version__.split(".")[:3]))
             assert len(data) > 10_000
-    assert (folder / "timing.cache").stat().st_size > 0
 
 
 def test_selection_finds_the_built_engine_for_an_rtx_5090(built):
@@ -106,3 +108,142 @@ def test_full_tensorrt_is_reported_missing_not_faked(tmp_path):
     export_engine_set(tmp_path, preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
     with pytest.raises(ConfigError, match="needs the `tensorrt` package"):
         build_engines(tmp_path, "h100", log=lambda *_: None)
+
+
+# --- issue 30: builds, headers, bindings, integrity ------------------------------------------------------------
+def test_version_compatible_plans_are_judged_by_one_rule(built):
+    """The header check and selection agree: a version-compatible plan runs on its version or a later one."""
+    from dataclasses import replace
+
+    from pid_sdk.runtime.selection import runs_on
+
+    folder, entries, _ = built
+    entry = replace(entries[0], version_compatible=True)
+    path = folder / entry.files["text"]
+    data = path.read_bytes()
+    major, minor, patch = data[24:27]
+    later, earlier = f"{major}.{minor + 1}.0", f"{major}.{minor - 1}.0"
+    check_plan(data, path, entry, later)  # the installed library is newer than the plan: runs
+    assert runs_on(entry, DeviceInfo(120, tensorrt_rtx=later))[0]
+    with pytest.raises(CheckpointError, match="same or a later version"):
+        check_plan(data, path, entry, earlier)
+    assert not runs_on(entry, DeviceInfo(120, tensorrt_rtx=earlier))[0]
+
+
+@pytest.mark.parametrize("options,match", [
+    (BuildOptions(version_compatible=True), "cannot build version-compatible plans"),
+    (BuildOptions(hardware_compatibility="ampere_plus"), "applies to full TensorRT only"),
+])
+def test_options_tensorrt_rtx_cannot_honour_are_refused_before_building(tmp_path, options, match):
+    export_engine_set(tmp_path, preset="tiny", sizes=[Bucket(64, 64)], attention_dtype="fp16", log=lambda *_: None)
+    before = (tmp_path / "manifest.json").read_text()
+    with pytest.raises(ConfigError, match=match):
+        build_engines(tmp_path, "rtx5090", options=options, log=lambda *_: None)
+    assert (tmp_path / "manifest.json").read_text() == before and not (tmp_path / "rtx5090").exists()
+
+
+def test_full_tensorrt_builds_refuse_a_target_they_cannot_produce():
+    from export.build import built_sm
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the refusal on a machine without a GPU")
+    with pytest.raises(ConfigError, match="on a GPU, and this machine has none"):
+        built_sm("gb200", (100,), BuildOptions())
+
+
+def test_a_failed_build_leaves_the_old_plans_and_their_entry(built, tmp_path, monkeypatch):
+    import shutil
+
+    import export.build as build
+
+    folder = tmp_path / "copy"
+    shutil.copytree(built[0], folder)
+    before = (folder / "manifest.json").read_text()
+    plans = {p: p.read_bytes() for p in (folder / "rtx5090").rglob("*.plan")}
+    real, calls = build.build_plan, []
+
+    def fails_on_the_second_graph(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise BuildError("simulated builder failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build, "build_plan", fails_on_the_second_graph)
+    with pytest.raises(BuildError, match="simulated"):
+        build_engines(folder, "rtx5090", precisions=["bf16"], log=lambda *_: None)
+    assert (folder / "manifest.json").read_text() == before
+    assert {p: p.read_bytes() for p in (folder / "rtx5090").rglob("*.plan")} == plans
+    assert not list(folder.rglob("*.tmp"))
+
+
+def test_matrix_builds_what_this_machine_can_and_reports_the_rest(tmp_path):
+    import json
+
+    from export.build import build_matrix
+
+    export_engine_set(tmp_path, preset="tiny", sizes=[Bucket(64, 64)], precisions=["bf16"], attention_dtype="fp16",
+                      log=lambda *_: None)
+    matrix = {"targets": {"rtx5090": {"precisions": ["bf16"], "attention_dtype": "fp16"},
+                          "h100": {"precisions": ["bf16", "fp8"]}},
+              "presets": {"tiny": {"buckets": ["64x64", "64x128"]}}, "batch": 1}
+    (tmp_path / "matrix.json").write_text(json.dumps(matrix))
+    result = build_matrix(tmp_path, load_matrix(tmp_path / "matrix.json"), log=lambda *_: None)
+    assert [(e.target, e.bucket, e.precision) for e in result.built] == [("rtx5090", (64, 64), "bf16")]
+    assert len(result.elsewhere) == 1 and result.elsewhere[0].startswith("h100: ")
+    assert result.unexported == [f"rtx5090: pid-sdk export {tmp_path} --size 64x128 --precision bf16 "
+                                 "--attention-dtype fp16"]
+    with pytest.raises(ConfigError, match="no buckets for the folder's preset tiny"):
+        build_matrix(tmp_path, {"targets": {}, "presets": {"pid-2k": {"buckets": []}}})
+
+
+def test_the_manifests_bindings_are_what_tensorrt_rtx_parses(built):
+    """The runtime binds buffers by the manifest's I/O names, shapes and dtypes: they must be TensorRT's own."""
+    from pid_sdk.runtime.tensorrt_backend import io_spec
+
+    folder, entries, _ = built
+    entry = entries[0]
+    spec = io_spec(entry)
+    logger = trt.Logger(trt.Logger.ERROR)
+    for graph, onnx_rel in read_manifest(folder).entries[0].files.items():
+        builder = trt.Builder(logger)
+        network = builder.create_network(0)
+        assert trt.OnnxParser(network, logger).parse_from_file(str(folder / onnx_rel))
+        tensors = [network.get_input(i) for i in range(network.num_inputs)]
+        tensors += [network.get_output(i) for i in range(network.num_outputs)]
+        parsed = [(t.name, list(t.shape), t.dtype) for t in tensors]
+        manifest = [(t["name"], t["shape"], t["dtype"]) for t in entry.io[graph]["inputs"] + entry.io[graph]["outputs"]]
+        assert [(n, s) for n, s, _ in parsed] == [(n, s) for n, s, _ in manifest]
+        assert all(d == trt.DataType.FLOAT for _, _, d in parsed)
+        assert all(spec[n]["dtype"] == "float" for n, *_ in parsed)
+
+
+def test_the_librarys_header_check_finds_a_malformed_plan(built):
+    from pid_sdk.runtime.tensorrt_backend import plan_diagnostics
+
+    folder, entries, _ = built
+    runtime = trt.Runtime(trt.Logger(trt.Logger.INTERNAL_ERROR))
+    assert runtime.engine_header_size > 0
+    assert "MALFORMED_ENGINE" in plan_diagnostics(trt, runtime, b"\x00" * runtime.engine_header_size)
+
+
+def test_verify_checks_every_file_without_running_anything(built, tmp_path, capsys):
+    import json
+    import shutil
+
+    from pid_sdk.checkpoints import sha256_file
+    from pid_sdk.cli import main
+
+    folder = tmp_path / "copy"
+    shutil.copytree(built[0], folder)
+    assert main(["verify", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"tensorrt_rtx {'.'.join(trt.__version__.split('.')[:3])}" in out and "external data confined" in out
+    assert "5 of 5 checks passed" in out
+    plan = folder / read_manifest(folder).entries[-1].files["denoiser"]  # a malformed plan, re-hashed by hand
+    plan.write_bytes(b"vtrt" + b"\x00" * 60 + plan.read_bytes()[64:])
+    data = json.loads((folder / "manifest.json").read_text())
+    data["entries"][-1]["sha256"][str(plan.relative_to(folder))] = sha256_file(plan)
+    (folder / "manifest.json").write_text(json.dumps(data))
+    assert main(["verify", str(folder)]) == 2
+    out = capsys.readouterr().out
+    assert "FAIL tensorrt_rtx:rtx5090:64x96:b1:bf16" in out and ("malformed" in out or "was built by" in out)

@@ -8,106 +8,192 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pid_sdk.errors import ConfigError, PiDError
-from pid_sdk.runtime.manifest import Entry, Manifest, read_manifest, verify_files
-from pid_sdk.runtime.selection import DeviceInfo, runs_on, select_entry
+from pid_sdk.errors import ConfigError, InputError, PiDError
+from pid_sdk.runtime.manifest import Entry, Manifest, read_manifest, verify_files, verify_weights
+from pid_sdk.runtime.selection import DeviceInfo, build_command, runs_on, select_entry
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
+FALLBACK_ORDER = ("tensorrt", "onnxruntime", "pytorch")
 
 
 class EngineRuntime:
-    """Graph or engine entries of one kind, opened lazily per (bucket, batch) and kept open."""
+    """Graph or engine entries of one kind, opened lazily per (bucket, batch) and kept open.
 
-    def __init__(self, folder: Path, manifest: Manifest, kind: str, device: DeviceInfo, providers=None):
+    `entry` pins the runtime to one entry (parity checks run each entry on its own graph); `verify=False` skips
+    the sha256 checks (an explicit opt-out, never the default); `upcast` lets ONNX Runtime run a bf16 graph's
+    fp32 twin where its provider has no bf16 kernels."""
+
+    def __init__(self, folder: Path, manifest: Manifest, kind: str, device: DeviceInfo, providers=None, *,
+                 entry: Entry | None = None, verify: bool = True, upcast: bool = False):
         self.folder, self.manifest, self.kind, self.info, self.providers = folder, manifest, kind, device, providers
+        self.pinned, self.verify, self.upcast = entry, verify, upcast
         self.name = kind
         self.device = torch.device("cuda" if kind == "tensorrt" else "cpu")
-        self.precision = "engine"
+        self.precision = entry.precision if entry else "engine"
         self._open: dict[str, object] = {}
         self._arena = None  # TensorRT: one device-memory arena for every engine this decoder opens
 
     def entry_for(self, height: int, width: int, batch: int) -> Entry:
-        return select_entry(self.manifest, str(self.folder), self.kind, (height, width), batch, self.info)
+        if self.pinned is not None:
+            (h, w), b = self.pinned.bucket, self.pinned.batch
+            if (h, w, b) != (height, width, batch):
+                raise InputError(f"This decoder runs only the entry {self.pinned.key}.",
+                                 received=f"a {height}x{width} output at batch {batch}",
+                                 expected=f"{h}x{w} at batch {b}",
+                                 fix="pass a latent of that size, or load the folder without pinning an entry")
+            return self.pinned
+        provider = None
+        if self.kind == "onnxruntime":
+            from pid_sdk.runtime.onnxruntime_backend import choose_providers
+
+            provider = choose_providers(self.providers)[0]
+        return select_entry(self.manifest, str(self.folder), self.kind, (height, width), batch, self.info,
+                            provider or "CPUExecutionProvider")
+
+    def open_entry(self, height: int, width: int, batch: int):
+        """The backend of the entry for this size: selected, its files confined and hashed, opened once."""
+        entry = self.entry_for(height, width, batch)
+        if entry.key not in self._open:
+            verify_files(self.folder, entry, verify=self.verify)
+            self._open[entry.key] = self._create(entry)
+        return self._open[entry.key]
 
     def backend(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int):
-        entry = self.entry_for(height, width, latent.shape[0])
-        if entry.key not in self._open:
-            verify_files(self.folder, entry)
-            self._open[entry.key] = self._create(entry)
-        return self._open[entry.key].prepare(text=text, latent=latent, latent_sigma=latent_sigma, height=height,
-                                             width=width)
+        opened = self.open_entry(height, width, latent.shape[0])
+        return opened.prepare(text=text, latent=latent, latent_sigma=latent_sigma, height=height, width=width)
 
     def _create(self, entry: Entry):
         if self.kind == "onnxruntime":
             from pid_sdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-            return OnnxRuntimeBackend(self.folder, entry, self.providers)
+            return OnnxRuntimeBackend(self.folder, entry, self.providers, upcast=self.upcast)
         from pid_sdk.runtime.tensorrt_backend import DeviceArena, TensorRTBackend
 
         source = next((e for e in self.manifest.entries if e.key == entry.source), None)
+        if entry.stripped and source is not None:
+            verify_files(self.folder, source, verify=self.verify)  # the refit reads the source graph's weights
         self._arena = self._arena or DeviceArena()
         return TensorRTBackend(self.folder, entry, source, self._arena)
 
 
-def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None = None, providers=None):
-    """The runtime for `backend`, or with "auto" the first that works here, warning with the reason for each skip."""
+class FallbackRuntime:
+    """backend="auto": each decode runs on the first backend that can open an entry for its size, in the order
+    TensorRT -> ONNX Runtime -> PyTorch; a warning names every backend skipped and why (no GPU, no engine of this
+    size, a damaged file...)."""
+
+    def __init__(self, open_kind, kinds: tuple[str, ...] = FALLBACK_ORDER):
+        self._open_kind, self.kinds = open_kind, kinds
+        self._runtimes: dict[str, object] = {}
+        self.active = None
+        reasons = []
+        for kind in kinds:  # at load: the first backend available at all
+            try:
+                self.active = self._runtime(kind)
+                break
+            except PiDError as exc:
+                reasons.append(f"{kind}: {skip_reason(exc)}")
+        if self.active is None:
+            raise ConfigError("No backend can run this engine set.", received=" | ".join(reasons),
+                              fix="install onnxruntime, or export with weights (pid-sdk export) for the PyTorch "
+                                  "fallback")
+        self.first = self.active.name  # the backends before it are not available at all
+        if reasons:
+            warnings.warn(f"Falling back to {self.first}: " + " | ".join(reasons), stacklevel=4)
+
+    @property
+    def name(self) -> str:
+        return self.active.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.active.device
+
+    @property
+    def precision(self) -> str:
+        return self.active.precision
+
+    def _runtime(self, kind: str):
+        if kind not in self._runtimes:
+            self._runtimes[kind] = self._open_kind(kind)
+        return self._runtimes[kind]
+
+    def backend(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int):
+        reasons = []
+        for kind in self.kinds[self.kinds.index(self.first):]:
+            try:
+                runtime = self._runtime(kind)
+                opened = runtime.open_entry(height, width, latent.shape[0]) if kind != "pytorch" else runtime
+            except PiDError as exc:
+                reasons.append(f"{kind}: {skip_reason(exc)}")
+                continue
+            if reasons:
+                warnings.warn(f"Falling back to {kind} for a {height}x{width} decode: " + " | ".join(reasons),
+                              stacklevel=3)
+            self.active = runtime
+            call = opened.prepare if kind != "pytorch" else opened.backend
+            return call(text=text, latent=latent, latent_sigma=latent_sigma, height=height, width=width)
+        raise ConfigError(f"No backend can decode a {height}x{width} output from this engine set.",
+                          received=" | ".join(reasons), fix="see each backend's reason above")
+
+
+def skip_reason(exc: PiDError) -> str:
+    return exc.what + (f" ({exc.received})" if exc.received not in (None, "") else "")
+
+
+def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None = None, providers=None, *,
+                    verify: bool = True):
+    """The runtime for `backend`, or with "auto" one that falls back per decode, warning with each reason."""
     if backend not in BACKENDS:
         raise ConfigError("Unknown backend.", received=backend, expected=", ".join(BACKENDS))
     folder = Path(folder)
     manifest = read_manifest(folder)
     device = device or DeviceInfo.detect()
-    order = ("tensorrt", "onnxruntime", "pytorch") if backend == "auto" else (backend,)
-    reasons = []
-    for kind in order:
-        try:
-            runtime = _open(kind, folder, manifest, device, providers)
-        except PiDError as exc:
-            if backend != "auto":
-                raise
-            reasons.append(f"{kind}: {exc.what}")
-            continue
-        if reasons:
-            warnings.warn(f"Falling back to {kind}: " + " | ".join(reasons), stacklevel=3)
-        return manifest, runtime
-    raise ConfigError(f"No backend can run the engine set {folder}.", received=" | ".join(reasons),
-                      fix="install onnxruntime, or export with weights (pid-sdk export) for the PyTorch fallback")
+
+    def open_kind(kind: str):
+        return _open(kind, folder, manifest, device, providers, verify)
+
+    return manifest, FallbackRuntime(open_kind) if backend == "auto" else open_kind(backend)
 
 
-def _open(kind: str, folder: Path, manifest: Manifest, device: DeviceInfo, providers):
+def _open(kind: str, folder: Path, manifest: Manifest, device: DeviceInfo, providers, verify: bool):
     if kind == "tensorrt":
         engines = [e for e in manifest.entries if e.backend in ("tensorrt", "tensorrt_rtx")]
         if not engines:
             raise ConfigError("The engine set has no TensorRT engines.", fix=f"pid-sdk build {folder} --target ...")
+        if device.sm is None:
+            raise ConfigError("TensorRT engines need a CUDA GPU.", received="no CUDA GPU on this machine",
+                              fix=build_command(str(folder), "tensorrt", engines[0].bucket, 1, device))
         verdicts = [runs_on(e, device) for e in engines]
         if not any(ok for ok, _ in verdicts):
             raise ConfigError("No TensorRT engine of this set runs here.",
                               received="; ".join(f"{e.key}: {why}" for e, (_, why) in zip(engines, verdicts)),
-                              fix=f"pid-sdk build {folder} --target <this GPU>")
-        return EngineRuntime(folder, manifest, "tensorrt", device)
+                              fix=build_command(str(folder), "tensorrt", engines[0].bucket, engines[0].batch, device))
+        return EngineRuntime(folder, manifest, "tensorrt", device, verify=verify)
     if kind == "onnxruntime":
         from pid_sdk.runtime.onnxruntime_backend import import_onnxruntime
 
         import_onnxruntime()
         if not any(e.backend == "onnx" for e in manifest.entries):
             raise ConfigError("The engine set has no ONNX graphs.", fix=f"pid-sdk export {folder} --size HxW")
-        return EngineRuntime(folder, manifest, "onnxruntime", device, providers)
-    return _torch_runtime(folder, manifest)
+        return EngineRuntime(folder, manifest, "onnxruntime", device, providers, verify=verify)
+    return torch_runtime(folder, manifest, verify)
 
 
-def load_weights(folder: Path, manifest: Manifest):
-    """The model from the folder's shared weights, strictly loaded into the manifest's configuration."""
+def load_weights(folder: Path, manifest: Manifest, verify: bool = True):
+    """The model from the folder's shared weights (confined and hashed), strictly loaded into the manifest's
+    configuration."""
     from pid_sdk.checkpoints import load_state_dict_strict, read_safetensors
 
-    if not manifest.weights or not (folder / manifest.weights).is_file():
-        raise ConfigError("The engine set carries no weights for the PyTorch fallback.",
-                          fix="re-export it with pid-sdk export (weights.safetensors is written beside the graphs)")
-    return load_state_dict_strict(manifest.config, read_safetensors(folder / manifest.weights))
+    path = verify_weights(folder, manifest, verify=verify)
+    return load_state_dict_strict(manifest.config, read_safetensors(path))
 
 
-def _torch_runtime(folder: Path, manifest: Manifest):
+def torch_runtime(folder: Path, manifest: Manifest, verify: bool = True, precision: str | None = None):
+    """The PyTorch fallback over the folder's weights: bf16 autocast on a GPU, fp32 on the CPU or when asked (the
+    parity reference)."""
     from pid_sdk.runtime.torch_backend import TorchRuntime
 
-    model = load_weights(folder, manifest)
+    model = load_weights(folder, manifest, verify)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = precision or ("bf16" if device.type == "cuda" else "fp32")
     return TorchRuntime(model.float().to(device).eval(), device, precision)

@@ -89,20 +89,50 @@ def is_engine_dir(path: str | Path) -> bool:
 
 
 def read_manifest(folder: str | Path) -> Manifest:
+    """The folder's manifest, every path in it checked to stay inside the folder before anything is opened."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise CheckpointError(f"{folder} has no engine manifest ({MANIFEST}).",
                               fix="export graphs into it with `pid-sdk export` first")
     try:
         data = json.loads(path.read_text())
-        if data.get("format") != FORMAT or data.get("format_version") != VERSION:
+        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != VERSION:
+            got = (f"format={data.get('format')} version={data.get('format_version')}" if isinstance(data, dict)
+                   else type(data).__name__)
             raise CheckpointError(f"{path} is not a pid-sdk engine manifest of a supported version.",
-                                  received=f"format={data.get('format')} version={data.get('format_version')}",
-                                  expected=f"format={FORMAT} version={VERSION}", fix="re-export the engine set")
-        return Manifest(PiDConfig.from_dict(data["config"]), data["model_sha256"],
-                        [Entry.from_dict(e) for e in data["entries"]], data.get("weights"))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} is damaged.", received=str(exc)[:200], fix="re-export the engine set") from None
+                                  received=str(got)[:200], expected=f"format={FORMAT} version={VERSION}",
+                                  fix="re-export the engine set (pid-sdk export)")
+        manifest = Manifest(PiDConfig.from_dict(data["config"]), data["model_sha256"],
+                            [Entry.from_dict(e) for e in data["entries"]], data.get("weights"))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is damaged.", received=f"{type(exc).__name__}: {exc}"[:200],
+                              fix="re-export the engine set (pid-sdk export)") from None
+    for rel in manifest_paths(manifest):
+        inside(folder, rel)
+    return manifest
+
+
+def manifest_paths(manifest: Manifest) -> list[str]:
+    """Every file path a manifest names: the shared weights, and each entry's graphs and hashed files."""
+    paths = [manifest.weights] if manifest.weights is not None else []
+    for e in manifest.entries:
+        paths += list(e.files.values()) + list(e.sha256)
+    return paths
+
+
+def inside(folder: str | Path, rel: object) -> Path:
+    """`folder / rel`, refused unless it stays inside the folder: no absolute path, no `..`, no link leading out."""
+    root = Path(folder).resolve()
+    bad = not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts
+    if not bad:
+        path = root / rel
+        bad = not path.resolve().is_relative_to(root)
+    if bad:
+        raise CheckpointError(f"The manifest of {folder} names a file outside its folder.", received=repr(rel)[:200],
+                              expected="a relative path inside the engine folder (no absolute path, no '..', "
+                                       "no symbolic link leading out)",
+                              fix="rebuild the folder with pid-sdk export / build; never edit paths by hand")
+    return path
 
 
 def write_manifest(folder: str | Path, manifest: Manifest) -> None:
@@ -115,20 +145,42 @@ def write_manifest(folder: str | Path, manifest: Manifest) -> None:
     os.replace(tmp, folder / MANIFEST)
 
 
-def verify_files(folder: str | Path, entry: Entry) -> None:
-    """Every file of the entry (graphs and their external weights) exists and matches its sha256."""
-    folder = Path(folder)
+def verify_files(folder: str | Path, entry: Entry, *, verify: bool = True) -> None:
+    """Every file of the entry (graphs and their external weights) is inside the folder, exists and matches its
+    sha256. `verify=False` skips the hashes (the caller's explicit opt-out), never the paths."""
     unhashed = set(entry.files.values()) - set(entry.sha256)
-    if unhashed:
+    if unhashed and verify:
         raise CheckpointError(f"The manifest lists files of {entry.key} without a sha256.", received=sorted(unhashed),
-                              fix="rebuild this entry (pid-sdk export / pid-sdk build)")
-    for rel, want in entry.sha256.items():
-        path = folder / rel
-        if not path.is_file():
-            raise CheckpointError(f"{rel} of {entry.key} is missing.", received=str(path),
-                                  fix="rebuild this entry (pid-sdk export / pid-sdk build)")
+                              fix="rebuild this entry (pid-sdk export / pid-sdk build), or pass verify=False "
+                                  "(CLI: --no-verify) to run unverified files")
+    for rel in sorted(set(entry.files.values()) | set(entry.sha256)):
+        verify_file(folder, rel, entry.sha256.get(rel) if verify else None, what=f"{rel} of {entry.key}")
+
+
+def verify_file(folder: str | Path, rel: str, want: str | None, *, what: str) -> Path:
+    """`folder / rel` after checking it stays inside, exists and (unless `want` is None) matches its sha256."""
+    path = inside(folder, rel)
+    if not path.is_file():
+        raise CheckpointError(f"{what} is missing.", received=str(path),
+                              fix="rebuild it (pid-sdk export / pid-sdk build)")
+    if want is not None:
         digest = sha256_file(path)
         if digest != want:
-            raise CheckpointError(f"{rel} of {entry.key} does not match the manifest's sha256 "
-                                  "(modified, truncated or replaced).", received=digest, expected=want,
-                                  fix="rebuild this entry")
+            raise CheckpointError(f"{what} does not match the manifest's sha256 (modified, truncated or replaced).",
+                                  received=digest, expected=want, fix="rebuild it (pid-sdk export / pid-sdk build)")
+    return path
+
+
+def verify_weights(folder: str | Path, manifest: Manifest, *, verify: bool = True) -> Path:
+    """The shared weights file, inside the folder and matching `model_sha256`; a missing hash is an error unless
+    the caller opts out with `verify=False`."""
+    if not manifest.weights:
+        raise CheckpointError("The engine set carries no weights for the PyTorch fallback.",
+                              fix="re-export it with pid-sdk export (weights.safetensors is written beside the graphs)")
+    if verify and not (isinstance(manifest.model_sha256, str) and len(manifest.model_sha256) == 64):
+        raise CheckpointError(f"The manifest of {folder} has no sha256 for {manifest.weights}.",
+                              received=repr(manifest.model_sha256)[:80], expected="model_sha256: 64 hex digits",
+                              fix="re-export the engine set, or pass verify=False (CLI: --no-verify) to load "
+                                  "unverified weights")
+    return verify_file(folder, manifest.weights, manifest.model_sha256 if verify else None,
+                       what=f"{manifest.weights} (the shared weights)")

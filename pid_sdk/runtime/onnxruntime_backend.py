@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import posixpath
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -9,8 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pid_sdk.errors import ConfigError, InputError
-from pid_sdk.runtime.manifest import Entry
+from pid_sdk.errors import CheckpointError, ConfigError, InputError
+from pid_sdk.runtime.manifest import Entry, inside
+from pid_sdk.runtime.selection import TWIN_PRECISIONS, onnx_runs_on
+from pid_sdk.runtime.upcast import fp32_twin
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -24,25 +28,51 @@ def import_onnxruntime():
     return onnxruntime
 
 
+def choose_providers(providers: tuple[str, ...] | None = None) -> list[str]:
+    """The requested providers this ONNX Runtime has, in order; the CPU provider when none of them is."""
+    available = import_onnxruntime().get_available_providers()
+    return [p for p in (providers or DEFAULT_PROVIDERS) if p in available] or ["CPUExecutionProvider"]
+
+
 class OnnxRuntimeBackend:
-    """Three sessions of one bucket. `prepare` runs the text and adapter graphs once and returns the step runner."""
+    """Three sessions of one bucket. `prepare` runs the text and adapter graphs once and returns the step runner.
+
+    `upcast`: where the provider has no kernels of the entry's precision (bf16 on the CPU), run the graph's fp32
+    twin instead of refusing (for `compare`; `ran` then says so)."""
 
     name = "onnxruntime"
 
-    def __init__(self, folder: str | Path, entry: Entry, providers: tuple[str, ...] | None = None):
+    def __init__(self, folder: str | Path, entry: Entry, providers: tuple[str, ...] | None = None, *,
+                 upcast: bool = False):
         ort = import_onnxruntime()
-        available = ort.get_available_providers()
-        wanted = [p for p in (providers or DEFAULT_PROVIDERS) if p in available] or ["CPUExecutionProvider"]
+        wanted = choose_providers(providers)
+        runs, why = onnx_runs_on(entry, wanted[0])
+        if not runs and not (upcast and entry.precision in TWIN_PRECISIONS):
+            raise ConfigError(f"ONNX Runtime cannot run {entry.key} here: {why}.", received=wanted,
+                              expected=f"a provider with {entry.precision} kernels",
+                              fix="decode with an entry this provider runs (pid-sdk export --precision fp32), "
+                                  "or build TensorRT engines for it (pid-sdk build)")
+        self.entry, self.upcast = entry, not runs
+        check_external_data(folder, entry)
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.entry = entry
-        self.sessions = {g: ort.InferenceSession(str(Path(folder) / rel), options, providers=wanted)
-                         for g, rel in entry.files.items()}
+        with tempfile.TemporaryDirectory(prefix="pid-twin-") as tmp:  # sessions keep their weights in memory
+            paths = {g: inside(folder, rel) for g, rel in entry.files.items()}
+            if self.upcast:
+                paths = {g: fp32_twin(p, Path(tmp) / p.name) for g, p in paths.items()}
+            self.sessions = {g: ort.InferenceSession(str(p), options, providers=wanted) for g, p in paths.items()}
         # ONNX Runtime drops a provider it cannot load without an error: report what each session really uses.
         self.providers_in_use = {g: s.get_providers()[0] for g, s in self.sessions.items()}
         if providers and self.providers_in_use["denoiser"] != providers[0]:
             warnings.warn(f"ONNX Runtime runs on {self.providers_in_use['denoiser']}, not {providers[0]} "
-                          f"(available: {available})", stacklevel=2)
+                          f"(available: {ort.get_available_providers()})", stacklevel=2)
+
+    @property
+    def ran(self) -> dict:
+        """What this backend runs, for parity reports."""
+        return {"backend": "onnxruntime", "provider": self.providers_in_use["denoiser"],
+                "precision": self.entry.precision + (" (its fp32 twin: no bf16 kernels here)" if self.upcast else ""),
+                "files": sorted(self.entry.files.values())}
 
     def prepare(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int) -> "OnnxStep":
         want = {"text": tuple(self._shape("text", "text")), "latent": tuple(self._shape("adapter", "latent"))}
@@ -76,3 +106,32 @@ class OnnxStep:
 
 def _np(t: Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+
+
+def check_external_data(folder: str | Path, entry: Entry) -> None:
+    """Every external-data file a graph points to is one of the entry's hashed files: a graph cannot make ONNX
+    Runtime open a file the manifest does not vouch for."""
+    import onnx
+
+    for rel in entry.files.values():
+        model = onnx.load(str(inside(folder, rel)), load_external_data=False)
+        for tensor in _tensors(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((kv.value for kv in tensor.external_data if kv.key == "location"), "")
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(rel), location))
+            if target not in entry.sha256 or posixpath.isabs(location) or ".." in location.split("/"):
+                raise CheckpointError(f"{rel} of {entry.key} reads weights from a file its manifest does not list.",
+                                      received=location[:200], expected=sorted(entry.sha256),
+                                      fix="re-export the entry (pid-sdk export); never edit graphs by hand")
+
+
+def _tensors(graph):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(g)

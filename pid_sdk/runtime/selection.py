@@ -55,39 +55,57 @@ def runs_on(entry: Entry, device: DeviceInfo) -> tuple[bool, str]:
     installed = device.runtime_version(entry.backend)
     if installed is None:
         return False, f"{entry.backend} is not installed"
-    if not _sm_ok(entry, device.sm):
-        return False, f"built for sm {list(entry.sm)}, this GPU is sm {device.sm}"
-    if not _version_ok(entry, installed):
-        return False, f"built with {entry.backend} {entry.trt_version}, installed {installed}"
+    if not covers(entry.backend, entry.sm, entry.hardware_compatibility, device.sm):
+        return False, f"built for sm {list(entry.sm)} ({_level(entry)}), this GPU is sm {device.sm}"
+    if not version_runs(entry.trt_version or "", installed, entry.version_compatible):
+        rule = "same or later" if entry.version_compatible else "exactly the same"
+        return False, f"built with {entry.backend} {entry.trt_version}, installed {installed} (needs {rule} version)"
     return True, ""
 
 
-def _sm_ok(entry: Entry, sm: int) -> bool:
-    if entry.hardware_compatibility == "ampere_plus":
-        return sm >= 80
-    if entry.hardware_compatibility == "same_compute_capability":
-        return any(sm // 10 == s // 10 and sm >= s for s in entry.sm)
-    return sm in entry.sm
+def covers(backend: str, built_sm: tuple[int, ...], level: str, sm: int) -> bool:
+    """Whether a plan built for `built_sm` at hardware-compatibility `level` runs on a GPU of compute capability
+    `sm`. TensorRT-RTX plans run on the compute capabilities they were compiled for, whatever the level; TensorRT
+    plans on the GPU they were built on (same compute capability), or on any Ampere or newer GPU (ampere_plus)."""
+    if backend == "tensorrt" and level == "ampere_plus":
+        return sm >= 80 and all(s >= 80 for s in built_sm)
+    return sm in built_sm
 
 
-def _version_ok(entry: Entry, installed: str) -> bool:
-    built = (entry.trt_version or "").split(".")
-    have = installed.split(".")
-    if entry.version_compatible:  # a version-compatible plan runs on the same or a later release of its major
-        return built[0] == have[0] and tuple(map(int, have[:2])) >= tuple(map(int, built[:2]))
-    return built[:3] == have[:3]
+def _level(entry: Entry) -> str:
+    if entry.backend == "tensorrt_rtx":
+        return "TensorRT-RTX"
+    return f"hardware compatibility {entry.hardware_compatibility}"
+
+
+def version_runs(built: str, installed: str, version_compatible: bool) -> bool:
+    """A plan runs on exactly the library version that built it; a version-compatible plan on that version or any
+    later one (TensorRT's documented rule: version-compatible plans run on later releases, never earlier ones)."""
+    b, have = _release(built), _release(installed)
+    if b is None or have is None:
+        return False
+    return have >= b if version_compatible else have == b
+
+
+def _release(version: str) -> tuple[int, int, int] | None:
+    try:
+        parts = tuple(int(p) for p in str(version).split(".")[:3])
+    except ValueError:
+        return None
+    return (parts + (0, 0, 0))[:3] if parts else None
 
 
 def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[int, int], batch: int,
-                 device: DeviceInfo) -> Entry:
-    """The entry for this bucket, batch and backend that runs here; a PiDError naming what is missing otherwise."""
+                 device: DeviceInfo, provider: str = "CPUExecutionProvider") -> Entry:
+    """The entry for this bucket, batch and backend that runs here (on `provider` for ONNX Runtime); a PiDError
+    naming what is missing otherwise."""
     same_shape = [e for e in manifest.entries if e.bucket == bucket and e.batch == batch]
     kinds = ("tensorrt", "tensorrt_rtx") if backend == "tensorrt" else ("onnx",)
     candidates = [e for e in same_shape if e.backend in kinds]
     reasons = []
     order = PRECISION_ORDER[backend]
     for e in sorted(candidates, key=lambda e: order.index(e.precision) if e.precision in order else len(order)):
-        ok, why = (True, "") if e.backend == "onnx" else runs_on(e, device)
+        ok, why = onnx_runs_on(e, provider) if e.backend == "onnx" else runs_on(e, device)
         if ok:
             return e
         reasons.append(f"{e.key}: {why}")
@@ -96,9 +114,27 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
         received="; ".join(reasons) or f"entries: {[e.key for e in manifest.entries] or 'none'}",
         expected=f"a {backend} entry for {bucket[0]}x{bucket[1]}, batch {batch}"
         + (f", sm {device.sm}, {device.runtime_version('tensorrt') or device.runtime_version('tensorrt_rtx')}"
-           if backend == "tensorrt" else ""),
-        fix=build_command(folder, backend, bucket, batch, device),
+           if backend == "tensorrt" else f" that {provider} runs ({', '.join(ORT_PRECISIONS.get(provider, ()))})"),
+        fix=build_command(folder, backend, bucket, batch, device, provider),
     )
+
+
+# What each ONNX Runtime provider runs. CPU: measured (onnxruntime 1.32 has no bf16 kernels: "NOT_IMPLEMENTED
+# ... Add(14)"); CUDA: ONNX Runtime's float and half kernels, bf16 not claimed; TensorRT: every precision.
+ORT_PRECISIONS = {
+    "CPUExecutionProvider": ("fp32", "fp8-fp32", "fp16"),
+    "CUDAExecutionProvider": ("fp32", "fp8-fp32", "fp16"),
+    "TensorrtExecutionProvider": ("fp32", "fp8-fp32", "fp16", "bf16", "fp8"),
+}
+# Precisions whose graph `compare` can still check on a provider without their kernels: its fp32 twin (upcast.py).
+TWIN_PRECISIONS = ("bf16", "fp8")
+
+
+def onnx_runs_on(entry: Entry, provider: str) -> tuple[bool, str]:
+    runs = ORT_PRECISIONS.get(provider, ORT_PRECISIONS["CPUExecutionProvider"])
+    if entry.precision in runs:
+        return True, ""
+    return False, f"{provider} has no {entry.precision} kernels (it runs {', '.join(runs)})"
 
 
 # TensorRT: the fastest first. ONNX Runtime: what its CPU provider runs first (it has no bf16 kernels).
@@ -106,10 +142,15 @@ PRECISION_ORDER = {"tensorrt": ("fp8", "bf16", "fp16", "fp32"),
                    "onnxruntime": ("fp32", "fp8-fp32", "fp16", "bf16", "fp8")}
 
 
-def build_command(folder: str, backend: str, bucket: tuple[int, int], batch: int, device: DeviceInfo) -> str:
+def build_command(folder: str, backend: str, bucket: tuple[int, int], batch: int, device: DeviceInfo,
+                  provider: str = "CPUExecutionProvider") -> str:
     size = f"{bucket[0]}x{bucket[1]}"
     export = f"pid-sdk export {folder} --size {size} --batch {batch}"
     if backend != "tensorrt":
-        return export
+        precision = ORT_PRECISIONS.get(provider, ("fp32",))[0]
+        return f"{export} --precision {precision}"
+    if device.sm is None:
+        return ("TensorRT engines need a CUDA GPU and this machine has none: decode here with backend='onnxruntime' "
+                "or 'pytorch'; build engines on the GPU host (pid-sdk build --target ...)")
     target = next((t for t, (_, sms) in TARGETS.items() if device.sm in sms), f"sm{device.sm}")
     return f"{export} && pid-sdk build {folder} --target {target} --size {size} --batch {batch}"
