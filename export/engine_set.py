@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from export.onnx_export import export_graph_set
 from pid_sdk.buckets import Bucket
-from pid_sdk.checkpoints import LoadedModel, load_checkpoint, save_safetensors, sha256_file
+from pid_sdk.checkpoints import LoadedModel, load_checkpoint, save_safetensors, sha256_file, usual_permissions
 from pid_sdk.config import get_preset
-from pid_sdk.errors import CheckpointError
+from pid_sdk.errors import CheckpointError, ConfigError, InputError
 from pid_sdk.model import build_model, randomize
 from pid_sdk.runtime.engine_set import load_weights
 from pid_sdk.runtime.manifest import MANIFEST, Manifest, read_manifest, write_manifest
@@ -28,56 +31,109 @@ def load_source(model: str | None, preset: str | None, seed: int, trust_pickle: 
     return LoadedModel(load_weights(folder, manifest), manifest.config, "engine-set", str(folder), [])
 
 
-def open_or_create(folder: Path, loaded: LoadedModel) -> Manifest:
-    """The folder's manifest, after checking it belongs to this model; a new one with the weights otherwise."""
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / WEIGHTS
+def check_sizes(sizes: list[Bucket], batch: int, cfg) -> None:
+    """Every size, before anything is written: whole latent cells, at least one, within the decoder's limits."""
+    from pid_sdk.inputs import MAX_OUTPUT_SIDE, MAX_PIXELS, check_int
+    from pid_sdk.latents import get_latent_space
+
+    if cfg.adapter is None:
+        raise ConfigError(f"{cfg.name} is the bare PixelDiT backbone: it has no decoder graphs to export.",
+                          fix="export a PiD model (with its latent adapter)")
+    check_int("batch", batch, 1, 64, "1 (default), 2, 4, ...")
+    if not sizes:
+        raise InputError("No size to export.", expected="--size HEIGHTxWIDTH", fix="pass --size 2048x2048")
+    space = get_latent_space(cfg.latent_space)
+    step = space.factor * cfg.adapter.sr_scale
+    for b in sizes:
+        if not (step <= b.height <= MAX_OUTPUT_SIDE and step <= b.width <= MAX_OUTPUT_SIDE):
+            raise InputError(f"Cannot export a {b.name} graph set.", received=b.name,
+                             expected=f"sides from {step} to {MAX_OUTPUT_SIDE} pixels, multiples of {step}",
+                             fix="pass --size 2048x2048 (or another bucket of the model)")
+        b.latent_size(space.factor, cfg.adapter.sr_scale)
+        if batch * b.height * b.width > MAX_PIXELS:
+            raise InputError(f"A {b.name} graph set at batch {batch} exceeds the decoder's pixel limit.",
+                             received=f"{batch * b.height * b.width:,} pixels", expected=f"<= {MAX_PIXELS:,}",
+                             fix="export a smaller batch")
+
+
+def open_or_create(folder: Path, work: Path, loaded: LoadedModel) -> Manifest:
+    """The folder's manifest, after checking it belongs to this model; else a new one, with the weights, in
+    `work` (the temporary folder that becomes the engine folder once the export succeeds)."""
     if (folder / MANIFEST).exists():
         manifest = read_manifest(folder)
         if manifest.config.backbone != loaded.config.backbone or manifest.config.adapter != loaded.config.adapter:
             raise CheckpointError(f"{folder} holds engines of another model ({manifest.config.name}).",
                                   received=loaded.config.name, fix="export into a new folder")
         return manifest
+    if folder.exists() and any(folder.iterdir()):
+        raise CheckpointError(f"{folder} is not empty and holds no engine set.", fix="export into a new folder")
     tensors = {k: v.detach().float().contiguous() for k, v in loaded.model.state_dict().items()}
-    save_safetensors(tensors, weights, metadata={"preset": loaded.config.name, "source": loaded.path})
-    manifest = Manifest(loaded.config, sha256_file(weights), [], WEIGHTS)
-    write_manifest(folder, manifest)
-    return manifest
+    save_safetensors(tensors, work / WEIGHTS, metadata={"preset": loaded.config.name, "source": loaded.path})
+    return Manifest(loaded.config, sha256_file(work / WEIGHTS), [], WEIGHTS)
 
 
 def export_engine_set(folder: str | Path, *, model: str | None = None, preset: str | None = None, seed: int = 0,
                       sizes: list[Bucket], batch: int = 1, precisions: list[str] = ("fp32",),
                       attention_dtype: str | None = None, trust_pickle: bool = False, calib_latents=None,
                       calib_samples: int = 4, log=print) -> Manifest:
+    """Export into a temporary folder, then move the result into place: a failed export leaves the folder as it
+    was (nothing at all for a new one)."""
     folder = Path(folder)
     loaded = load_source(model, preset, seed, trust_pickle, folder)
-    manifest = open_or_create(folder, loaded)
-    for bucket in sizes:
-        for precision in precisions:
-            scales = None
-            if precision.startswith("fp8"):
-                scales = fp8_scales(folder, manifest, loaded, bucket, calib_latents, calib_samples, seed, log)
-            net = build_model(loaded.config)
-            net.load_state_dict(loaded.model.state_dict())
-            entry = export_graph_set(net, loaded.config, bucket, folder, batch=batch, precision=precision,
-                                     attention_dtype=attention_dtype, fp8_scales=scales, log=log)
-            manifest.add(entry)
-            write_manifest(folder, manifest)
-            del net
+    check_sizes(sizes, batch, loaded.config)
+    new = not (folder / MANIFEST).exists()
+    parent = folder.parent if new else folder
+    parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-export-", dir=parent))
+    try:
+        manifest = open_or_create(folder, work, loaded)
+        for bucket in sizes:
+            for precision in precisions:
+                scales = None
+                if precision.startswith("fp8"):
+                    scales = fp8_scales(folder, work, manifest, loaded, bucket, calib_latents, calib_samples, seed,
+                                        log)
+                net = build_model(loaded.config)
+                net.load_state_dict(loaded.model.state_dict())
+                manifest.add(export_graph_set(net, loaded.config, bucket, work, batch=batch, precision=precision,
+                                              attention_dtype=attention_dtype, fp8_scales=scales, log=log))
+                del net
+        _move_into_place(work, folder, manifest, new)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return manifest
 
 
-def fp8_scales(folder: Path, manifest: Manifest, loaded: LoadedModel, bucket: Bucket, calib_latents, samples: int,
-               seed: int, log) -> dict:
-    """The bucket's saved scales, or a modelopt calibration over the 4 student steps at the bucket's size."""
+def _move_into_place(work: Path, folder: Path, manifest: Manifest, new: bool) -> None:
+    usual_permissions(work, 0o777)  # mkdtemp makes a 0700 folder
+    if new:
+        write_manifest(work, manifest)
+        if folder.exists():
+            folder.rmdir()  # empty (checked in open_or_create)
+        os.replace(work, folder)
+        return
+    for path in sorted(work.rglob("*")):
+        if path.is_file():
+            target = folder / path.relative_to(work)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    write_manifest(folder, manifest)
+
+
+def fp8_scales(folder: Path, work: Path, manifest: Manifest, loaded: LoadedModel, bucket: Bucket, calib_latents,
+               samples: int, seed: int, log) -> dict:
+    """The bucket's saved scales, or a modelopt calibration over the 4 student steps at the bucket's size (saved in
+    `work`, moved into the folder with the export)."""
     from export.fp8 import calibrate, load_scales, save_scales, student_forward_loop
     from pid_sdk.latents import get_latent_space
 
-    path = folder / f"fp8_scales-{bucket.name}.json"
-    if path.exists():
-        log(f"using {path.name} (no recalibration)")
-        return load_scales(path, manifest.model_sha256)
+    name = f"fp8_scales-{bucket.name}.json"
+    for path in (folder / name, work / name):
+        if path.exists():
+            log(f"using {path.name} (no recalibration)")
+            return load_scales(path, manifest.model_sha256)
+    path = work / name
     cfg = loaded.config
     space = get_latent_space(cfg.latent_space)
     lh, lw = bucket.latent_size(space.factor, cfg.adapter.sr_scale)

@@ -45,13 +45,14 @@ class LoadedModel:
 
 
 # --- reading files --------------------------------------------------------------------------------------------
-def read_file(path: str | Path, *, trust_pickle: bool = False) -> dict:
+def read_file(path: str | Path, *, trust_pickle: bool = False, what: str = "checkpoint") -> dict:
     """Raw mapping from a .pth/.pt/.ckpt/.bin or .safetensors file, loaded without running untrusted code."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"No checkpoint at {path}.", fix="check the path")
+    if not path.is_file():
+        raise CheckpointError(f"No {what} at {path}" + (" (it is a folder)." if path.is_dir() else "."),
+                              fix="check the path")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"The checkpoint {path} is empty (0 bytes).", expected="a weights file",
+        raise CheckpointError(f"The {what} {path} is empty (0 bytes).", expected=f"a {what} file",
                               fix="download or convert it again")
     if path.suffix == ".safetensors":
         return read_safetensors(path)
@@ -78,19 +79,30 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy non-zip format
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # the weights-only unpickler met bytes, not a class it refuses
+            raise _corrupt(path, exc) from None
         if not trust_pickle:
             raise UnsafeCheckpointError(
                 f"{path} holds Python objects that can only be loaded by running code from the file.",
-                received=str(exc).splitlines()[0][:300],
+                received=next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
+                              "")[:300],
                 expected="plain tensors (loadable with torch.load(weights_only=True))",
                 fix="only if you trust the file's origin: pass trust_pickle=True (CLI: --trust-pickle); "
                 "better, convert it once with `pid-sdk convert --trust-pickle` and use the safetensors artefact",
             ) from None
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"Cannot read {path}: it is truncated or not a PyTorch checkpoint.",
-                              received=f"{path.stat().st_size} bytes ({str(exc).splitlines()[0][:200]})",
-                              expected="a file written by torch.save", fix="download or convert it again") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as full:
+            raise _corrupt(path, full) from None
+    except Exception as exc:  # the unpickler fails on corrupt bytes with many error types
+        raise _corrupt(path, exc) from None
+
+
+def _corrupt(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"Cannot read {path}: it is corrupt, truncated or not a file written by torch.save.",
+                           received=f"{path.stat().st_size} bytes ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:160] if str(exc) else ''})",
+                           expected="a file written by torch.save", fix="download or convert it again")
 
 
 # --- key normalisation ----------------------------------------------------------------------------------------
@@ -418,8 +430,12 @@ def read_manifest(folder: str | Path) -> dict:
                               fix="point to a folder written by `pid-sdk convert`, or to a checkpoint file")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON.", received=str(exc), fix="convert the model again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON.", received=str(exc)[:200],
+                              fix="convert the model again") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} is not a pid-sdk manifest.", received=f"a JSON {type(manifest).__name__}",
+                              expected=f"a JSON object of format {ARTEFACT_FORMAT}", fix="convert the model again")
     if manifest.get("format") != ARTEFACT_FORMAT or manifest.get("format_version") != ARTEFACT_VERSION:
         raise CheckpointError(f"{path} is not a supported pid-sdk manifest.",
                               received=f"format={manifest.get('format')} version={manifest.get('format_version')}",
@@ -444,6 +460,10 @@ def load_artefact(folder: str | Path, *, verify: bool = True) -> LoadedModel:
     if verify and (digest := sha256_file(weights)) != want:
         raise CheckpointError(f"{weights} does not match the sha256 in its manifest (modified or truncated).",
                               received=digest, expected=want, fix="convert the model again")
+    if not isinstance(manifest.get("config"), dict):
+        raise CheckpointError(f"The manifest of {folder} has no model configuration.",
+                              received=repr(manifest.get("config"))[:80], expected='"config": {...}',
+                              fix="convert the model again")
     cfg = PiDConfig.from_dict(manifest["config"])
     sd = read_safetensors(weights)
     return LoadedModel(load_state_dict_strict(cfg, sd), cfg, "artefact", str(folder), [], manifest)

@@ -189,8 +189,13 @@ def _info(args) -> int:
     from pid_sdk.runtime.manifest import is_engine_dir, read_manifest
 
     if args.presets:
+        from pid_sdk.checkpoints import read_manifest as read_artefact_manifest
+        from pid_sdk.config import DEMO_MODEL
+
         for name, cfg in PRESETS.items():
             print(f"{name:32s} {cfg.description}")
+        shipped = read_artefact_manifest(DEMO_MODEL)  # grown from demo-flux1: its own config, its own size
+        print(f"{'DEMO_MODEL (shipped weights)':32s} {shipped['config']['description']}")
         return 0
     if args.preset:
         cfg, params, source = get_preset(args.preset), None, "preset"
@@ -468,32 +473,36 @@ def _verify(args) -> int:
 # --- decode ---------------------------------------------------------------------------------------------------
 def _decode(args) -> int:
     from pid_sdk.decoder import Decoder
+    from pid_sdk.inputs import check_seed
+    from pid_sdk.latent_files import read_latent_file
 
     out = Path(args.output)
     if out.suffix.lower() != ".png":
-        raise InputError("The output must be a .png file.", received=str(out), expected="NAME.png")
-    if not out.parent.exists():
-        raise InputError(f"The output folder {out.parent} does not exist.", fix=f"mkdir -p {out.parent}")
-    if args.batch_size < 1:
-        raise InputError("--batch-size must be >= 1.", received=args.batch_size)
-    if args.steps < 1:  # before the progress bar opens
-        raise InputError("--steps must be a positive integer.", received=args.steps,
-                         expected="1, 2, 3, 4 (default), ...")
+        raise InputError("The output must be a .png file.", received=str(out), expected="NAME.png",
+                         fix=f"pass -o {out.with_suffix('.png')}")
+    check_destination(out)
+    for name in ("batch_size", "steps"):
+        if getattr(args, name) < 1:  # before the progress bar opens
+            raise InputError(f"--{name.replace('_', '-')} must be a positive integer.", received=getattr(args, name),
+                             expected="1, 2, 3, ..." + (" (default 4)" if name == "steps" else " (default 1)"),
+                             fix=f"pass --{name.replace('_', '-')} {4 if name == 'steps' else 1}")
+    check_seed(args.seed)
     latents = read_latent_file(args.latent, trust_pickle=args.trust_pickle)
-    if latents.ndim == 3:
-        latents = latents[None]
+    latents = latents[None] if latents.ndim == 3 else latents
     text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
     dec = Decoder.load(args.model, preset=args.preset, device=args.device, precision=args.precision,
                        trust_pickle=args.trust_pickle, text_encoder=args.text_encoder, speed=args.speed,
                        verify=not args.no_verify)
-    dec.check(latents, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
+    size = args.batch_size
+    chunks = [latents[i:i + size] for i in range(0, len(latents), size)] if latents.ndim == 4 else [latents]
+    for chunk in chunks:  # every chunk refused or accepted before the first one is decoded
+        dec.check(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
     images = []
     with _progress(len(latents), args.steps, args.quiet) as bar:
-        for start in range(0, len(latents), args.batch_size):
-            chunk = latents[start:start + args.batch_size]
+        for i, chunk in enumerate(chunks):
             images.extend(dec.decode(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma,
                                      prompt=args.prompt, text_embeddings=text, steps=args.steps,
-                                     seed=args.seed + start, sampler=args.sampler, normalized=not args.raw,
+                                     seed=args.seed + i * size, sampler=args.sampler, normalized=not args.raw,
                                      output="pil", on_step=lambda i, n, k=len(chunk): bar.update(k)))  # noqa: B008
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
     for image, path in zip(images, paths):
@@ -508,57 +517,37 @@ def _progress(batch: int, steps: int, quiet: bool):
     return tqdm(total=batch * steps, unit="step", desc="decode", disable=quiet, leave=False)
 
 
-def read_latent_file(path: str, *, trust_pickle: bool = False, what: str = "latent") -> torch.Tensor:
-    """A tensor from .safetensors (key `latent` or the only tensor), .pt/.pth (weights only) or .npy."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"No {what} file at {p}.", fix="check the path")
+def check_destination(out: Path) -> None:
+    """Before any decode: the output can be written where asked (a folder that exists and takes a new file there;
+    not a folder itself), proven by creating and removing a temporary file beside it."""
+    if out.is_dir():
+        raise InputError(f"The output {out} is a folder.", received=str(out), expected="a .png file path",
+                         fix=f"pass -o {out / 'image.png'}")
+    if not out.parent.is_dir():
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise InputError(f"The output folder {out.parent} {what}.", received=str(out),
+                         expected="a path inside an existing folder", fix=f"mkdir -p {out.parent}, or choose another "
+                         "path")
     try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            value = load_file(str(p))
-        elif p.suffix == ".npy":
-            import numpy as np
-
-            value = torch.from_numpy(np.load(p, allow_pickle=False))
-        elif p.suffix in (".pt", ".pth"):
-            value = torch.load(p, map_location="cpu", weights_only=not trust_pickle)
-        else:
-            image = p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-            raise InputError(f"Unsupported {what} file type.", received=p.suffix,
-                             expected=".safetensors, .pt, .pth or .npy",
-                             fix="PiD decodes latents, not images: encode the image with its latent space's VAE "
-                                 "first (a tiny one: pid_sdk.tae.TinyAutoencoder)" if image else
-                                 "save it with safetensors.torch.save_file({'latent': z}, path)")
-    except PiDError:
-        raise
-    except Exception as exc:
-        raise InputError(f"Cannot read the {what} file {p}.", received=f"{type(exc).__name__}: {exc}"[:300],
-                         expected="a complete .safetensors / .pt / .npy file holding one tensor",
-                         fix="save it with safetensors.torch.save_file({'latent': z}, path)") from None
-    return _single_tensor(value, p, what)
-
-
-def _single_tensor(value, path: Path, what: str) -> torch.Tensor:
-    if isinstance(value, dict):
-        tensors = {k: v for k, v in value.items() if isinstance(v, torch.Tensor)}
-        key = "latent" if "latent" in tensors else (next(iter(tensors)) if len(tensors) == 1 else None)
-        if key is None:
-            raise InputError(f"{path} holds several tensors and none is named 'latent'.",
-                             received=sorted(tensors), expected="one tensor, or one named 'latent'")
-        value = tensors[key]
-    if not isinstance(value, torch.Tensor):
-        raise InputError(f"{path} does not hold a tensor.", received=type(value).__name__, expected="a tensor")
-    return value
+        fd, probe = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".png", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"Cannot write into {out.parent}.", received=f"{type(exc).__name__}: {exc}"[:200],
+                         expected="a writable folder", fix="check the folder's permissions, or choose another path"
+                         ) from None
 
 
 def write_png_atomic(image, path: Path) -> None:
     """Write beside the target and rename: a failure never leaves a partial PNG."""
     from pid_sdk.checkpoints import usual_permissions
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise InputError(f"Cannot write {path}.", received=str(exc), expected="a writable folder with free space",
+                         fix="check the folder's permissions and free space") from None
     try:
         image.save(tmp, format="PNG")
         usual_permissions(tmp)

@@ -101,22 +101,64 @@ class PiDConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PiDConfig":
+        """A configuration read from a manifest: every field type-checked and bounded (`validate`) before any
+        module is built, so a hand-edited depth of 10**7 is refused, not built until memory runs out."""
         try:
             backbone = BackboneConfig(**data["backbone"])
             adapter = AdapterConfig(**data["adapter"]) if data.get("adapter") else None
             rest = {k: v for k, v in data.items() if k not in ("backbone", "adapter")}
             return cls(backbone=backbone, adapter=adapter, **rest)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ConfigError(
                 "The model configuration could not be read.",
-                received=f"{sorted(data)} ({exc})",
+                received=f"{type(data).__name__}: {sorted(data) if isinstance(data, dict) else repr(data)[:80]} "
+                         f"({type(exc).__name__}: {exc})"[:300],
                 expected="a dict written by PiDConfig.to_dict()",
                 fix="re-create the artefact with `pid-sdk convert`",
             ) from None
 
 
+# Bounds on every field a manifest can set: a few times the largest official model, far below what would exhaust
+# a machine while the network is built.
+BOUNDS = {
+    "in_channels": (1, 16), "patch_size": (1, 64), "hidden_size": (4, 16384), "num_heads": (1, 256),
+    "patch_depth": (1, 128), "pixel_depth": (0, 32), "pixel_hidden_size": (4, 1024),
+    "pixel_attn_hidden_size": (4, 16384), "pixel_num_heads": (1, 256), "mlp_ratio": (0.01, 16.0),
+    "pixel_mlp_ratio": (0.01, 16.0), "txt_embed_dim": (1, 16384), "txt_max_length": (1, 4096),
+    "rope_theta": (1.0, 1e9), "text_rope_theta": (1.0, 1e9), "rope_scale": (1e-3, 1e6), "rope_ref": (16, 65536),
+    "latent_channels": (1, 4096), "hidden_dim": (1, 16384), "num_res_blocks": (0, 64), "num_groups": (1, 1024),
+    "interval": (1, 128), "sr_scale": (1, 16), "latent_factor": (1, 64), "unpatchify_factor": (1, 8),
+}
+
+
+def _field_problems(section: object) -> list[str]:
+    problems = []
+    for f in dataclasses.fields(section):
+        value, default = getattr(section, f.name), f.default
+        if isinstance(default, (bool, str)):
+            if type(value) is not type(default):
+                problems.append(f"{f.name} must be a {type(default).__name__}, not {value!r}"[:120])
+            continue
+        low, high = BOUNDS[f.name]
+        kind = int if isinstance(default, int) else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) \
+                or not low <= value <= high:
+            problems.append(f"{f.name} must be a number in [{low}, {high}], not {value!r}"[:120])
+    return problems
+
+
 def validate(cfg: PiDConfig) -> None:
     b, a = cfg.backbone, cfg.adapter
+    if not isinstance(b, BackboneConfig) or not (a is None or isinstance(a, AdapterConfig)):
+        raise ConfigError(f"Invalid model configuration {cfg.name!r}.", received=f"{type(b).__name__}, "
+                          f"{type(a).__name__}", expected="BackboneConfig and AdapterConfig (or None)")
+    problems = _field_problems(b) + (_field_problems(a) if a is not None else [])
+    if not isinstance(cfg.name, str) or not (cfg.latent_space is None or isinstance(cfg.latent_space, str)):
+        problems.append("name and latent_space must be strings")
+    if problems:
+        raise ConfigError(f"Invalid model configuration {str(cfg.name)[:40]!r}: {problems[0]}.",
+                          received="; ".join(problems)[:400], expected="the values of a PiD model (see BOUNDS)",
+                          fix="re-create the artefact with `pid-sdk convert`; never edit its configuration by hand")
     checks = [
         (b.hidden_size % b.num_heads == 0, "hidden_size must be divisible by num_heads"),
         (b.pixel_attn_hidden_size % b.pixel_num_heads == 0, "pixel_attn_hidden_size must divide by pixel_num_heads"),

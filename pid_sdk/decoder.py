@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pid_sdk import inputs
 from pid_sdk.checkpoints import LoadedModel, load_checkpoint
 from pid_sdk.config import PiDConfig, get_preset
-from pid_sdk.errors import ConfigError, InputError
+from pid_sdk.errors import ConfigError, InputError, NumericsError
 from pid_sdk.latents import LatentSpace, get_latent_space
 from pid_sdk.model import build_model, randomize
 from pid_sdk.runtime.manifest import is_engine_dir
@@ -21,7 +22,6 @@ from pid_sdk.runtime.torch_backend import TorchRuntime
 from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
 
 SAMPLERS = ("sde", "ode", "teacher")
-MAX_OUTPUT_SIDE = 8192  # twice the largest official resolution; raise Decoder.max_output_side on purpose
 OUTPUTS = ("tensor", "numpy", "pil")
 
 
@@ -36,7 +36,8 @@ class Decoder:
                 fix="load a PiD model (e.g. PiD_res2k_sr4x_official_flux_distill_4step/model_ema_bf16.pth)")
         self.config, self.runtime, self.source = config, runtime, source
         self.text_encoder = _text_encoder(text_encoder, runtime.device)
-        self.max_output_side = MAX_OUTPUT_SIDE
+        self.max_output_side = inputs.MAX_OUTPUT_SIDE
+        self.max_pixels = inputs.MAX_PIXELS  # output pixels of one call: bounds the memory a request can take
 
     @classmethod
     def from_model(cls, loaded: LoadedModel, *, device: str | torch.device | None = None,
@@ -49,7 +50,8 @@ class Decoder:
         chosen = get_speed(speed, dev)
         precision = precision or ("bf16" if dev.type == "cuda" or chosen.weights != "fp32" else "fp32")
         if precision not in ("fp32", "bf16"):
-            raise ConfigError("Unknown precision.", received=precision, expected="fp32 or bf16")
+            raise ConfigError("Unknown precision.", received=precision, expected="fp32 or bf16",
+                              fix="pass precision='fp32' (CPU reference) or 'bf16' (GPU)")
         if precision == "fp32" and chosen.weights != "fp32":
             raise ConfigError("fp32 precision needs fp32 weights.", received=f"weights {chosen.weights}",
                               fix="leave precision unset with a bf16 / fp8 speed setting")
@@ -122,7 +124,7 @@ class Decoder:
         it waits for the GPU, or before a progress bar opens."""
         space = get_latent_space(latent_space or self._require_space())
         z = self._check_latent(latent, space, normalized, stats)
-        _check_sigma(latent_sigma, z.shape[0], space)
+        inputs.check_sigma(latent_sigma, z.shape[0], space)
 
     def decode(
         self,
@@ -148,13 +150,13 @@ class Decoder:
         (SDXL: the Euler sigma). `sampler` is "sde" (default) or "ode" for distilled students, "teacher" for
         the undistilled DPM-Solver++ model with text-only guidance.
         """
-        _check_choice("sampler", sampler, SAMPLERS)
-        _check_choice("output", output, OUTPUTS)
-        if not isinstance(steps, int) or steps < 1:
-            raise InputError("steps must be a positive integer.", received=steps, expected="1, 2, 3, 4 (default), ...")
+        inputs.check_choice("sampler", sampler, SAMPLERS)
+        inputs.check_choice("output", output, OUTPUTS)
+        steps, seed = inputs.check_steps(steps), inputs.check_seed(seed)
+        guidance = inputs.check_guidance(guidance)
         space = get_latent_space(latent_space or self._require_space())
         z = self._check_latent(latent, space, normalized, stats)
-        sigma = _check_sigma(latent_sigma, z.shape[0], space)
+        sigma = inputs.check_sigma(latent_sigma, z.shape[0], space)
         z, sigma = space.from_capture(z, sigma)
         text = self._text(prompt, text_embeddings, z.shape[0])
         height, width = space.output_size(z.shape[-2], z.shape[-1], self.config.adapter.sr_scale)
@@ -162,18 +164,20 @@ class Decoder:
         cond = self.runtime.backend(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
         gen = torch.Generator(self.device)  # after the backend: with backend="auto" it may have fallen back
         gen.manual_seed(seed) if seed is not None else gen.seed()
-        fn = _model_fn(cond)
+        watch = _FiniteWatch()
+        fn = watch.wrap(_model_fn(cond))
         if sampler == "teacher":
             uncond_fn = None
             if guidance != 1.0:  # guidance 1 is the conditional model alone: no negative pass
                 negative = self._negative(negative_embeddings, text)
                 uncond = self.runtime.backend(text=negative, latent=z, latent_sigma=sigma, height=height, width=width)
-                uncond_fn = _model_fn(uncond)
+                uncond_fn = watch.wrap(_model_fn(uncond))
             image = sample_teacher(fn, shape, steps=steps, shift=dynamic_shift(height, width), guidance=guidance,
                                    uncond_fn=uncond_fn, generator=gen, device=self.device, on_step=on_step)
         else:
             image = sample_student(fn, shape, steps=steps, mode=sampler, generator=gen, device=self.device,
                                    on_step=on_step)
+        watch.check(image, self.backend_name)
         return to_output(image.cpu(), output)
 
     # --- input checks ----------------------------------------------------------------------------------------
@@ -185,26 +189,16 @@ class Decoder:
         return self.latent_space
 
     def _check_latent(self, latent, space: LatentSpace, normalized: bool, stats) -> Tensor:
-        z = _as_float_tensor(latent, "latent")
-        if z.ndim == 3:
-            z = z[None]
-        if z.ndim != 4:
-            raise InputError("The latent has the wrong rank.", received=f"shape {tuple(z.shape)}",
-                             expected="[B, C, h, w] or [C, h, w]", fix="pass one latent or a batch of latents")
-        if z.shape[-1] < 1 or z.shape[-2] < 1 or z.shape[0] < 1:
-            raise InputError("The latent is empty.", received=f"shape {tuple(z.shape)}", expected="h, w >= 1")
-        if not torch.isfinite(z).all():
-            bad = (~torch.isfinite(z)).sum().item()
-            raise InputError("The latent contains NaN or Inf values.", received=f"{bad} non-finite values",
-                             expected="finite numbers", fix="check the LDM output (fp16 overflow is a common cause)")
-        accepted = [space.channels] + ([space.vae_form[0]] if space.vae_form else [])
-        if z.shape[1] not in accepted:
-            raise InputError(f"The latent has the wrong number of channels for latent space {space.name!r}.",
-                             received=f"{z.shape[1]} channels (shape {tuple(z.shape)})",
-                             expected=f"{' or '.join(map(str, accepted))} channels ({space.description})",
-                             fix="pass the latent_space of the LDM that produced it")
-        _check_size(z, space, self.config.adapter.sr_scale, self.max_output_side)
-        z = space.normalize(z, stats) if not normalized else space.to_model_form(z)
+        z = inputs.as_float_tensor(latent, "latent")
+        inputs.check_latent_shape(tuple(z.shape), space, self.config.adapter.sr_scale, self.max_output_side,
+                                  self.max_pixels)  # from the shape alone: nothing is read or copied before
+        z = z.to("cpu", torch.float32)
+        z = z[None] if z.ndim == 3 else z
+        inputs.check_latent_values(z)
+        if not normalized:
+            z = space.normalize(z, inputs.check_stats(stats, tuple(space.to_model_form(z[:1, :, :, :]).shape[1:])))
+        else:
+            z = space.to_model_form(z)
         want = self.config.adapter.latent_channels
         if z.shape[1] != want:
             raise InputError(f"This model decodes {want}-channel latents, not {space.name!r} latents.",
@@ -232,7 +226,7 @@ class Decoder:
 
     def _check_text(self, embeddings, batch: int) -> Tensor:
         b = self.config.backbone
-        e = _as_float_tensor(embeddings, "text_embeddings")
+        e = inputs.as_float_tensor(embeddings, "text_embeddings")
         if e.ndim == 2:
             e = e[None]
         ok = e.ndim == 3 and e.shape[-1] == b.txt_embed_dim and 1 <= e.shape[1] <= b.txt_max_length
@@ -240,8 +234,11 @@ class Decoder:
             raise InputError("The text embeddings have the wrong shape.", received=f"shape {tuple(e.shape)}",
                              expected=f"[{batch} or 1, L <= {b.txt_max_length}, {b.txt_embed_dim}]",
                              fix="pass Gemma-2-2B-it last hidden states (prompt= computes them for you)")
-        if not torch.isfinite(e).all():
-            raise InputError("The text embeddings contain NaN or Inf values.", expected="finite numbers")
+        e = e.to("cpu", torch.float32)
+        if not torch.isfinite(e).all() or e.abs().max() > inputs.MAX_LATENT_ABS:
+            raise InputError("The text embeddings contain NaN, Inf or absurdly large values.",
+                             expected=f"finite numbers within +-{inputs.MAX_LATENT_ABS:g}",
+                             fix="pass Gemma-2-2B-it last hidden states (prompt= computes them for you)")
         return e.expand(batch, -1, -1)
 
     def _negative(self, negative, text: Tensor) -> Tensor:
@@ -261,13 +258,15 @@ def _resolve_device(device) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ConfigError("Unknown device.", received=device, expected="cpu, cuda or cuda:N") from None
+        raise ConfigError("Unknown device.", received=device, expected="cpu, cuda or cuda:N",
+                          fix="pass device='cpu' or device='cuda'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("A CUDA device was asked for, but this PyTorch sees no CUDA GPU.", received=device,
                           expected=f"a CUDA build of torch and a GPU (torch {torch.__version__})",
                           fix="pass device='cpu', or install a CUDA build of torch")
     if dev.type not in ("cpu", "cuda"):
-        raise ConfigError("Unsupported device.", received=device, expected="cpu or cuda")
+        raise ConfigError("Unsupported device.", received=device, expected="cpu or cuda",
+                          fix="pass device='cpu' or device='cuda'")
     return dev
 
 
@@ -283,50 +282,31 @@ def _text_encoder(spec, device: torch.device):
     return TextEncoder(spec, device=device)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(f"Unknown {name}.", received=value, expected=", ".join(choices))
+class _FiniteWatch:
+    """Remembers, without a host sync per step, whether each network call returned finite values, so a non-finite
+    image is refused with the step that produced it."""
 
+    def __init__(self):
+        self.flags: list[Tensor] = []
 
-def _as_float_tensor(value, name: str) -> Tensor:
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(value)
-    if not isinstance(value, Tensor):
-        raise InputError(f"{name} must be a tensor.", received=type(value).__name__,
-                         expected="torch.Tensor or numpy.ndarray")
-    if not value.is_floating_point():
-        raise InputError(f"{name} has an integer or boolean dtype.", received=str(value.dtype),
-                         expected="float16, bfloat16, float32 or float64",
-                         fix=f"pass the {name} as the model produced it (floating point), e.g. x.float()")
-    return value.detach().to("cpu", torch.float32)
+    def wrap(self, fn):
+        def watched(x: Tensor, sigma) -> Tensor:
+            v = fn(x, sigma)
+            self.flags.append(torch.isfinite(v).all())
+            return v
 
+        return watched
 
-def _check_size(z: Tensor, space: LatentSpace, sr_scale: int, max_side: int) -> None:
-    h, w = z.shape[-2:]
-    if space.vae_form and z.shape[1] == space.vae_form[0]:
-        f = space.factor // space.vae_form[1]
-        if h % f or w % f:
-            raise InputError(f"A {z.shape[1]}-channel {space.name} latent must have even height and width to be "
-                             f"patchified {f}x{f}.", received=f"{h}x{w}", expected=f"multiples of {f}",
-                             fix="crop or pad the latent by one row / column")
-        h, w = h // f, w // f
-    out_h, out_w = space.output_size(h, w, sr_scale)
-    if max(out_h, out_w) > max_side:
-        raise InputError("The latent is too large: the decoded image would exceed the size limit.",
-                         received=f"latent {tuple(z.shape)} -> {out_h}x{out_w} pixels",
-                         expected=f"an output side <= {max_side} "
-                                  f"(latent side <= {max_side // (space.factor * sr_scale)})",
-                         fix="check that you passed a latent, not an image; or raise Decoder.max_output_side")
-
-
-def _check_sigma(latent_sigma, batch: int, space: LatentSpace) -> Tensor:
-    sigma = torch.as_tensor(latent_sigma, dtype=torch.float32).reshape(-1)
-    upper = float("inf") if space.noise_form == "vp" else 1.0
-    if sigma.numel() not in (1, batch) or not torch.isfinite(sigma).all() or (sigma < 0).any() or (sigma > upper).any():
-        raise InputError("latent_sigma is out of range.", received=latent_sigma,
-                         expected=f"one value or {batch} values in [0, {upper}] ({space.name} noise frame)",
-                         fix="pass the LDM's noise level at the captured step (0 for a finished latent)")
-    return sigma.expand(batch).clone()
+    def check(self, image: Tensor, backend: str) -> None:
+        if torch.isfinite(image).all():
+            return
+        bad = [i + 1 for i, ok in enumerate(torch.stack(self.flags).tolist()) if not ok] if self.flags else []
+        raise NumericsError("The decode produced NaN or Inf values.",
+                            received=f"first non-finite network output at call {bad[0]} of {len(self.flags)}"
+                            if bad else "the network's outputs were finite; the sampler's update overflowed",
+                            expected="a finite image",
+                            fix=f"check the model's weights and the inputs; on {backend}, try the fp32 reference "
+                                "(backend='pytorch') to see whether the precision is the cause")
 
 
 def to_output(image: Tensor, output: str):

@@ -35,3 +35,7 @@ class ConfigError(PiDError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A pickle that needs code execution to load, refused without an explicit trust flag."""
+
+
+class NumericsError(PiDError):
+    """A decode whose result is not finite: refused, never returned as an image of NaN."""

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -53,13 +54,52 @@ class Entry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Entry":
+        """An entry read from a manifest, its types and sizes checked: a hand-edited shape must not make the
+        runtime allocate an arbitrary buffer."""
         d = dict(d)
         d["bucket"], d["sm"] = tuple(d["bucket"]), tuple(d.get("sm", ()))
-        return cls(**d)
+        entry = cls(**d)
+        problems = _entry_problems(entry)
+        if problems:
+            raise ValueError("; ".join(problems)[:300])
+        return entry
 
     @property
     def key(self) -> str:
         return f"{self.backend}:{self.target or '-'}:{self.bucket[0]}x{self.bucket[1]}:b{self.batch}:{self.precision}"
+
+
+MAX_SIDE = 65536
+MAX_TENSOR_ELEMENTS = 1 << 32
+
+
+def _entry_problems(e: Entry) -> list[str]:
+    def ints(values, low, high) -> bool:
+        return all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values)
+
+    def strings(mapping) -> bool:
+        return isinstance(mapping, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())
+
+    problems = []
+    if e.backend not in BACKENDS:
+        problems.append(f"backend {e.backend!r} is not one of {BACKENDS}")
+    if len(e.bucket) != 2 or not ints(e.bucket, 1, MAX_SIDE) or not ints([e.batch], 1, 1024):
+        problems.append(f"bucket {e.bucket!r} / batch {e.batch!r} out of range")
+    if not strings(e.files) or set(e.files) != set(GRAPHS) or not strings(e.sha256):
+        problems.append(f"files must map {GRAPHS} to paths, sha256 paths to hex digests")
+    if not isinstance(e.precision, str) or not ints(e.sm, 0, 1000):
+        problems.append("precision must be a string, sm a list of compute capabilities")
+    if not all(isinstance(v, bool) for v in (e.stripped, e.version_compatible)):
+        problems.append("stripped and version_compatible must be true or false")
+    try:
+        for graph in GRAPHS:
+            for t in e.io[graph]["inputs"] + e.io[graph]["outputs"]:
+                if not (isinstance(t["name"], str) and isinstance(t["dtype"], str) and ints(t["shape"], 0, MAX_SIDE * 64)
+                        and math.prod(t["shape"]) <= MAX_TENSOR_ELEMENTS):
+                    problems.append(f"io tensor {t.get('name')!r} of {graph}: bad name, dtype or shape")
+    except (KeyError, TypeError, AttributeError):
+        problems.append(f"io must give each of {GRAPHS} its inputs and outputs (name, shape, dtype)")
+    return problems
 
 
 @dataclass
@@ -83,9 +123,11 @@ def is_engine_dir(path: str | Path) -> bool:
     if not p.is_file():
         return False
     try:
-        return json.loads(p.read_text()).get("format") == FORMAT
-    except (OSError, json.JSONDecodeError):
-        return False
+        data = json.loads(p.read_text())
+        return isinstance(data, dict) and data.get("format") == FORMAT
+    except (OSError, ValueError):  # damaged: still an engine folder if it says so, so the error says "re-export"
+        with p.open("rb") as f:
+            return f'"{FORMAT}"'.encode() in f.read(4096)
 
 
 def read_manifest(folder: str | Path) -> Manifest:
@@ -102,6 +144,8 @@ def read_manifest(folder: str | Path) -> Manifest:
             raise CheckpointError(f"{path} is not a pid-sdk engine manifest of a supported version.",
                                   received=str(got)[:200], expected=f"format={FORMAT} version={VERSION}",
                                   fix="re-export the engine set (pid-sdk export)")
+        if not isinstance(data["config"], dict) or not isinstance(data["entries"], list):
+            raise TypeError("config must be an object and entries a list")
         manifest = Manifest(PiDConfig.from_dict(data["config"]), data["model_sha256"],
                             [Entry.from_dict(e) for e in data["entries"]], data.get("weights"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
