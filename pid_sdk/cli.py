@@ -487,6 +487,10 @@ def _decode(args) -> int:
                              expected="1, 2, 3, ..." + (" (default 4)" if name == "steps" else " (default 1)"),
                              fix=f"pass --{name.replace('_', '-')} {4 if name == 'steps' else 1}")
     check_seed(args.seed)
+    if args.prompt is not None and not args.text_encoder:
+        raise InputError("--prompt needs a text encoder.", received=args.prompt,
+                         expected="--text-encoder PATH (a local Gemma-2-2B-it folder)",
+                         fix="pass --text-encoder, or --text-embeddings FILE instead of --prompt")
     latents = read_latent_file(args.latent, trust_pickle=args.trust_pickle)
     latents = latents[None] if latents.ndim == 3 else latents
     text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
@@ -524,10 +528,11 @@ def check_destination(out: Path) -> None:
         raise InputError(f"The output {out} is a folder.", received=str(out), expected="a .png file path",
                          fix=f"pass -o {out / 'image.png'}")
     if not out.parent.is_dir():
-        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
-        raise InputError(f"The output folder {out.parent} {what}.", received=str(out),
-                         expected="a path inside an existing folder", fix=f"mkdir -p {out.parent}, or choose another "
-                         "path")
+        exists = out.parent.exists()
+        raise InputError(f"The output folder {out.parent} {'is a file, not a folder' if exists else 'does not exist'}.",
+                         received=str(out), expected="a path inside an existing folder",
+                         fix="choose a path inside a folder" if exists else f"mkdir -p {out.parent}, or choose "
+                         "another path")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".png", dir=out.parent)
         os.close(fd)

@@ -262,7 +262,7 @@ OFFICIAL_PRESETS = tuple(c.name for c in _OFFICIAL)
 def get_preset(name: str) -> PiDConfig:
     try:
         return PRESETS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(
             f"Unknown preset {name!r}.",
             received=name,

@@ -76,6 +76,10 @@ class Decoder:
         if path is None and preset is None:
             raise ConfigError("Decoder.load needs a path or a preset.",
                               fix="Decoder.load('model_dir') or preset='tiny'")
+        if path is not None and not isinstance(path, (str, Path)):
+            raise ConfigError("Decoder.load takes a path.", received=type(path).__name__,
+                              expected="a str or pathlib.Path: an engine folder, artefact folder or checkpoint",
+                              fix="Decoder.load('path/to/model')")
         if path is not None and is_engine_dir(path):
             from pid_sdk.runtime.engine_set import open_engine_set
 
@@ -305,8 +309,9 @@ class _FiniteWatch:
                             received=f"first non-finite network output at call {bad[0]} of {len(self.flags)}"
                             if bad else "the network's outputs were finite; the sampler's update overflowed",
                             expected="a finite image",
-                            fix=f"check the model's weights and the inputs; on {backend}, try the fp32 reference "
-                                "(backend='pytorch') to see whether the precision is the cause")
+                            fix="check the model's weights for Inf / NaN (pid-sdk info MODEL loads them)"
+                            + ("" if backend == "pytorch" else f"; decode with backend='pytorch' to see whether "
+                               f"{backend}'s precision is the cause"))
 
 
 def to_output(image: Tensor, output: str):

@@ -119,6 +119,11 @@ def check_sigma(latent_sigma, batch: int, space: LatentSpace) -> Tensor:
     if isinstance(latent_sigma, bool) or not isinstance(latent_sigma, (numbers.Real, Tensor, np.ndarray, list, tuple)):
         raise InputError("latent_sigma must be a number.", received=repr(latent_sigma)[:80], expected=expected,
                          fix=fix)
+    count = math.prod(latent_sigma.shape) if isinstance(latent_sigma, (Tensor, np.ndarray)) else (
+        len(latent_sigma) if isinstance(latent_sigma, (list, tuple)) else 1)
+    if count not in (1, batch):  # before any conversion: a broadcast view could claim billions of values
+        raise InputError("latent_sigma has the wrong number of values.", received=f"{count:,} values",
+                         expected=expected, fix=fix)
     try:
         sigma = torch.as_tensor(latent_sigma, dtype=torch.float32).reshape(-1)
     except (TypeError, ValueError, RuntimeError):

@@ -43,7 +43,8 @@ def read_latent_file(path: str | Path, *, trust_pickle: bool = False, what: str 
     except Exception as exc:
         raise InputError(f"Cannot read the {what} file {p}: it is truncated or corrupt.",
                          received=f"{type(exc).__name__}: {exc}"[:300],
-                         expected="a complete .safetensors / .pt / .npy file holding one tensor", fix=SAVE_HINT) from None
+                         expected="a complete .safetensors / .pt / .npy file holding one tensor",
+                         fix=SAVE_HINT) from None
     return _single_tensor(value, p, what)
 
 

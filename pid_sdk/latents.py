@@ -105,7 +105,7 @@ _ALIASES = {alias: s.name for s in LATENT_SPACES.values() for alias in s.aliases
 
 
 def get_latent_space(name: str) -> LatentSpace:
-    key = _ALIASES.get(name, name)
+    key = _ALIASES.get(name, name) if isinstance(name, str) else None
     if key not in LATENT_SPACES:
         known = sorted(LATENT_SPACES) + sorted(_ALIASES)
         raise InputError(

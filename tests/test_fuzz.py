@@ -2,8 +2,9 @@
 arguments. The property: every call ends in a finite result or a PiDError; never another exception, never a file
 left behind, never a jump of the process's peak memory.
 
-CI runs the bounded profile (PID_SDK_FUZZ unset: a few dozen examples per test, minutes in all); a longer run:
-    PID_SDK_FUZZ=long .venv/bin/python -m pytest tests/test_fuzz.py
+CI runs the bounded profile (PID_SDK_FUZZ unset: 40 examples per test, under a minute in all); a longer run:
+    PID_SDK_FUZZ=long .venv/bin/python -m pytest tests/test_fuzz.py      # 3000 examples a test
+    PID_SDK_FUZZ=500 .venv/bin/python -m pytest tests/test_fuzz.py       # or any number
 """
 
 import io
@@ -25,9 +26,10 @@ from pid_sdk.errors import PiDError
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-settings.register_profile("long", max_examples=3000, deadline=None,
+LONG = os.environ.get("PID_SDK_FUZZ", "")  # "long" (3000 examples a test) or a number of examples
+settings.register_profile("long", max_examples=int(LONG) if LONG.isdigit() else 3000, deadline=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-settings.load_profile("long" if os.environ.get("PID_SDK_FUZZ") == "long" else "ci")
+settings.load_profile("long" if LONG else "ci")
 
 PEAK_GROWTH_KIB = 3 << 20  # what the whole fuzz module may add to the process's peak resident set
 

@@ -269,7 +269,8 @@ def test_cli_messages_give_a_fix(tmp_path, capsys):
 
 def test_info_presets_names_the_shipped_demo_models_size(capsys):
     assert main(["info", "--presets"]) == 0
-    assert "DEMO_MODEL (shipped weights)     pid-sdk demo decoder: FLUX.1 latents -> 4x, 11.5M" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "DEMO_MODEL (shipped weights)     pid-sdk demo decoder: FLUX.1 latents -> 4x, 11.5M" in out
 
 
 def test_unknown_device_and_precision_give_a_fix():

@@ -144,7 +144,8 @@ def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None 
                     verify: bool = True):
     """The runtime for `backend`, or with "auto" one that falls back per decode, warning with each reason."""
     if backend not in BACKENDS:
-        raise ConfigError("Unknown backend.", received=backend, expected=", ".join(BACKENDS))
+        raise ConfigError("Unknown backend.", received=backend, expected=", ".join(BACKENDS),
+                          fix="pass backend='auto' (the first that runs here)")
     folder = Path(folder)
     manifest = read_manifest(folder)
     device = device or DeviceInfo.detect()

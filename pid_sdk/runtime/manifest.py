@@ -94,8 +94,8 @@ def _entry_problems(e: Entry) -> list[str]:
     try:
         for graph in GRAPHS:
             for t in e.io[graph]["inputs"] + e.io[graph]["outputs"]:
-                if not (isinstance(t["name"], str) and isinstance(t["dtype"], str) and ints(t["shape"], 0, MAX_SIDE * 64)
-                        and math.prod(t["shape"]) <= MAX_TENSOR_ELEMENTS):
+                named = isinstance(t["name"], str) and isinstance(t["dtype"], str)
+                if not (named and ints(t["shape"], 0, MAX_SIDE * 64) and math.prod(t["shape"]) <= MAX_TENSOR_ELEMENTS):
                     problems.append(f"io tensor {t.get('name')!r} of {graph}: bad name, dtype or shape")
     except (KeyError, TypeError, AttributeError):
         problems.append(f"io must give each of {GRAPHS} its inputs and outputs (name, shape, dtype)")
