@@ -2,7 +2,6 @@
 skips with the reason everywhere else (CPU CI, or the lent sm_90 GPU without full TensorRT)."""
 
 import pytest
-import torch
 
 from pid_sdk.runtime.selection import TARGETS, DeviceInfo
 
@@ -22,18 +21,17 @@ def runnable_target() -> str:
 
 def test_engines_match_pytorch(tmp_path):
     target = runnable_target()
-    import pid_sdk
     from export.build import build_engines
     from export.engine_set import export_engine_set
     from pid_sdk.buckets import Bucket
-    from pid_sdk.compare import run_parity
+    from pid_sdk.compare import compare_folder, summary
 
     export_engine_set(tmp_path, preset="tiny-pid-2kto4k-v1.5", sizes=[Bucket(64, 96)], precisions=["fp32", "bf16"],
                       attention_dtype="fp16", log=print)
     build_engines(tmp_path, target, log=print)
-    ref = pid_sdk.Decoder.load(tmp_path, backend="pytorch")
-    trt = pid_sdk.Decoder.load(tmp_path, backend="tensorrt")
-    latent = torch.randn(1, 16, 2, 3, generator=torch.Generator().manual_seed(0))
-    report = run_parity(ref, trt, latent, precision="bf16")
-    print(report)
-    assert report.passed
+    results = compare_folder(tmp_path, "tensorrt")  # each plan on its own engine, against the fp32 reference
+    for r in results:
+        print(r)
+    print(summary(results))
+    assert [r.status for r in results] == ["passed", "passed"]
+    assert {r.ran["backend"] for r in results} == {"tensorrt_rtx" if target.startswith("rtx") else "tensorrt"}
