@@ -167,6 +167,22 @@ def _parser() -> argparse.ArgumentParser:
     dst.add_argument("--resume", action="store_true", help="continue the run in OUT")
     dst.set_defaults(run=_distill)
 
+    srv = sub.add_parser("serve", help="serve the decoder over HTTP with Ray Serve (dynamic batching, replicas)")
+    srv.add_argument("model", help="anything Decoder.load takes: an artefact, a checkpoint, an engine folder")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--replicas", type=int, default=1)
+    srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most")
+    srv.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
+    srv.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "pytorch"])
+    srv.add_argument("--max-queue", type=int, default=64, help="requests a replica holds before answering 503")
+    srv.add_argument("--max-body-mb", type=float, default=64.0, help="larger request bodies get 413")
+    srv.add_argument("--num-gpus", type=float, help="GPUs per replica, fractions allowed (default: 1 with a GPU)")
+    srv.add_argument("--autoscaling", help="Ray Serve autoscaling_config as JSON, e.g. "
+                                           "'{\"min_replicas\": 1, \"max_replicas\": 4}'")
+    srv.add_argument("--address", help="join this Ray cluster (default: start a local Ray instance)")
+    srv.set_defaults(run=_serve)
+
     cmp_ = sub.add_parser("compare", help="parity of an engine folder's backend against its PyTorch reference")
     cmp_.add_argument("folder", help="engine folder")
     cmp_.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
@@ -457,6 +473,35 @@ def _compare(args) -> int:
         print("nothing ran: every entry was skipped on this machine", file=sys.stderr)
         return 1
     return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def _serve(args) -> int:
+    checks = [("port", args.port, 1, 65535), ("replicas", args.replicas, 1, 1024), ("max_batch", args.max_batch, 1, 256),
+              ("max_queue", args.max_queue, 1, 100000)]
+    for name, value, low, high in checks:
+        if not low <= value <= high:
+            raise InputError(f"--{name.replace('_', '-')} is out of range.", received=value,
+                             expected=f"{low} to {high}", fix=f"pass --{name.replace('_', '-')} {max(low, 1)}")
+    if args.batch_wait_ms < 0 or args.max_body_mb <= 0 or (args.num_gpus is not None and args.num_gpus < 0):
+        raise InputError("--batch-wait-ms, --max-body-mb and --num-gpus must be positive.",
+                         received=(args.batch_wait_ms, args.max_body_mb, args.num_gpus), fix="e.g. --batch-wait-ms 10")
+    try:
+        autoscaling = json.loads(args.autoscaling) if args.autoscaling else None
+        assert autoscaling is None or isinstance(autoscaling, dict)
+    except (ValueError, AssertionError):
+        raise InputError("--autoscaling must be a JSON object.", received=args.autoscaling,
+                         fix='--autoscaling \'{"min_replicas": 1, "max_replicas": 4}\'') from None
+    try:
+        from pid_sdk.serve import ServeOptions, run_server
+    except ImportError as exc:
+        raise ConfigError("pid-sdk serve needs Ray Serve.", received=str(exc), fix="pip install 'pid-sdk[serve]'") from None
+    from pid_sdk.decoder import Decoder
+
+    Decoder.load(args.model, backend=args.backend)  # a model that cannot load is refused here, not in a replica
+    run_server(ServeOptions(args.model, args.host, args.port, args.replicas, args.max_batch, args.batch_wait_ms,
+                            args.backend, int(args.max_body_mb * 2**20), args.max_queue, args.num_gpus, autoscaling,
+                            args.address))
+    return 0
 
 
 def _verify(args) -> int:

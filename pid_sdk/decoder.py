@@ -140,7 +140,7 @@ class Decoder:
         text_embeddings: Tensor | None = None,
         negative_embeddings: Tensor | None = None,
         steps: int = 4,
-        seed: int | None = None,
+        seed: int | list[int] | None = None,
         sampler: str = "sde",
         guidance: float = 5.0,
         normalized: bool = True,
@@ -152,22 +152,22 @@ class Decoder:
 
         `latent_sigma` is the noise level of a partially denoised capture (0 = clean), in the LDM's own frame
         (SDXL: the Euler sigma). `sampler` is "sde" (default) or "ode" for distilled students, "teacher" for
-        the undistilled DPM-Solver++ model with text-only guidance.
+        the undistilled DPM-Solver++ model with text-only guidance. `seed` may list one seed per latent: each
+        image is then exactly the one its latent decodes to alone with that seed.
         """
         inputs.check_choice("sampler", sampler, SAMPLERS)
         inputs.check_choice("output", output, OUTPUTS)
-        steps, seed = inputs.check_steps(steps), inputs.check_seed(seed)
-        guidance = inputs.check_guidance(guidance)
+        steps, guidance = inputs.check_steps(steps), inputs.check_guidance(guidance)
         space = get_latent_space(latent_space or self._require_space())
         z = self._check_latent(latent, space, normalized, stats)
+        seed = inputs.check_seed(seed, z.shape[0])
         sigma = inputs.check_sigma(latent_sigma, z.shape[0], space)
         z, sigma = space.from_capture(z, sigma)
         text = self._text(prompt, text_embeddings, z.shape[0])
         height, width = space.output_size(z.shape[-2], z.shape[-1], self.config.adapter.sr_scale)
         shape = (z.shape[0], 3, height, width)
         cond = self.runtime.backend(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
-        gen = torch.Generator(self.device)  # after the backend: with backend="auto" it may have fallen back
-        gen.manual_seed(seed) if seed is not None else gen.seed()
+        gen = _generators(seed, self.device)  # after the backend: with backend="auto" it may have fallen back
         watch = _FiniteWatch()
         fn = watch.wrap(_model_fn(cond))
         if sampler == "teacher":
@@ -272,6 +272,16 @@ def _resolve_device(device) -> torch.device:
         raise ConfigError("Unsupported device.", received=device, expected="cpu or cuda",
                           fix="pass device='cpu' or device='cuda'")
     return dev
+
+
+def _generators(seed: int | list[int] | None, device: torch.device):
+    """One generator for the batch, or one per item for a list of seeds."""
+    def make(s: int | None) -> torch.Generator:
+        gen = torch.Generator(device)
+        gen.manual_seed(s) if s is not None else gen.seed()
+        return gen
+
+    return [make(s) for s in seed] if isinstance(seed, list) else make(seed)
 
 
 def _model_fn(backend):

@@ -145,8 +145,16 @@ def check_steps(steps) -> int:
     return check_int("steps", steps, 1, MAX_STEPS, "4 (default), or 1, 2, 3, ...")
 
 
-def check_seed(seed) -> int | None:
-    return None if seed is None else check_int("seed", seed, 0, MAX_SEED, "0, 1, 2, ... (or None for a random one)")
+def check_seed(seed, batch: int | None = None) -> int | list[int] | None:
+    """None (a random seed), one seed for the batch, or (with `batch`) one seed per item: each item then decodes
+    exactly as it would alone with its seed."""
+    example = "0, 1, 2, ... (or None for a random one)"
+    if batch is not None and isinstance(seed, (list, tuple)):
+        if len(seed) != batch:
+            raise InputError("seed lists one seed per latent of the batch.", received=f"{len(seed)} seeds",
+                             expected=f"{batch} seeds, or one int", fix="pass seed=0, or a list as long as the batch")
+        return [check_int("seed", s, 0, MAX_SEED, example) for s in seed]
+    return None if seed is None else check_int("seed", seed, 0, MAX_SEED, example)
 
 
 def check_guidance(guidance) -> float:

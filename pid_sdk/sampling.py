@@ -25,26 +25,37 @@ def student_sigmas(steps: int) -> list[float]:
     return [STUDENT_SIGMAS[int(i)] for i in index]
 
 
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+def noise(shape: tuple[int, ...], generator: Generators, device: torch.device | str) -> Tensor:
+    """Standard normal noise. With one generator per batch item, each item draws exactly the noise it would draw
+    decoded alone with the same seed: a batch of requests returns what each request would alone."""
+    if isinstance(generator, list):
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in generator])
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+
+
 def sample_student(
     model_fn: ModelFn,
     shape: tuple[int, ...],
     *,
     steps: int = 4,
     mode: str = "sde",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """The 4-step student: x0 = x - sigma v in float64; re-noise with fresh eps (sde) or step along v (ode)."""
     sigmas = student_sigmas(steps)
-    x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    x = noise(shape, generator, device)
     for i, (cur, nxt) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         v = model_fn(x, cur).float()
         x0 = (x.double() - cur * v.double()).float()
         if nxt <= 0:
             x = x0
         elif mode == "sde":
-            x = (1 - nxt) * x0 + nxt * torch.randn(x0.shape, generator=generator, device=device)
+            x = (1 - nxt) * x0 + nxt * noise(x0.shape, generator, device)
         else:
             x = x + (nxt - cur) * v
         if on_step:
@@ -80,13 +91,13 @@ def sample_teacher(
     guidance: float = 1.0,
     uncond_fn: ModelFn | None = None,
     interval: tuple[float, float] = (0.0, 1.0),
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """DPM-Solver++ 2M (data prediction, flow model type) with text-only classifier-free guidance on eps."""
     sigmas = teacher_sigmas(steps, shift)
-    x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    x = noise(shape, generator, device)
     prev: tuple[float, Tensor] | None = None
     for i, (cur, nxt) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         x0 = _data_prediction(model_fn, uncond_fn, x, cur, guidance, interval)

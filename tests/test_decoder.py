@@ -208,3 +208,12 @@ def test_tiny_autoencoder_moves_both_halves(tae_dir):
     tae = TinyAutoencoder(tae_dir, "taef1")
     assert tae.to("meta") is tae
     assert {p.device.type for m in (tae.encoder, tae.decoder) for p in m.parameters()} == {"meta"}
+
+
+def test_a_seed_per_latent_decodes_each_as_it_would_alone(tiny):
+    z = torch.randn(3, 16, 2, 2)
+    batch = tiny.decode(z, seed=[5, 6, 7])
+    for i, seed in enumerate([5, 6, 7]):
+        torch.testing.assert_close(batch[i:i + 1], tiny.decode(z[i:i + 1], seed=seed), rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="one seed per latent"):
+        tiny.decode(z, seed=[1, 2])
