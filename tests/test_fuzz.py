@@ -24,7 +24,7 @@ import pid_sdk
 from pid_sdk.cli import main
 from pid_sdk.errors import PiDError
 
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 LONG = os.environ.get("PID_SDK_FUZZ", "")  # "long" (3000 examples a test) or a number of examples
 settings.register_profile("long", max_examples=int(LONG) if LONG.isdigit() else 3000, deadline=None,
@@ -215,7 +215,7 @@ def latents(draw):
     if kind == "good":
         return torch.randn(draw(st.integers(1, 2)), 16, draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     if kind == "shape":
-        return torch.zeros(*draw(st.lists(st.integers(0, 20), max_size=5)))
+        return torch.zeros(tuple(draw(st.lists(st.integers(0, 20), max_size=5))))
     if kind == "values":
         return torch.full((1, 16, 2, 2), draw(st.floats()))
     if kind == "view":

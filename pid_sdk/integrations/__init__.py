@@ -1,0 +1,1 @@
+"""Glue from other libraries' outputs to `Decoder.decode` (each imports its library lazily, if at all)."""
