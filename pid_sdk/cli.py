@@ -15,6 +15,8 @@ import torch
 from pid_sdk.errors import CheckpointError, ConfigError, InputError, PiDError
 from pid_sdk.runtime.speed import SPEEDS
 
+MAX_FILE_LATENTS = 1024  # images one `pid-sdk decode` writes
+
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
@@ -542,6 +544,10 @@ def _decode(args) -> int:
     dec = Decoder.load(args.model, preset=args.preset, device=args.device, precision=args.precision,
                        trust_pickle=args.trust_pickle, text_encoder=args.text_encoder, speed=args.speed,
                        verify=not args.no_verify)
+    if latents.ndim == 4 and len(latents) > MAX_FILE_LATENTS:  # a broadcast view makes any count cost nothing to send
+        raise InputError(f"The latent file holds {len(latents):,} latents.", received=f"shape {tuple(latents.shape)}",
+                         expected=f"at most {MAX_FILE_LATENTS} latents a command",
+                         fix="split the file, or decode through the API in a loop")
     size = args.batch_size
     chunks = [latents[i:i + size] for i in range(0, len(latents), size)] if latents.ndim == 4 else [latents]
     for chunk in chunks:  # every chunk refused or accepted before the first one is decoded

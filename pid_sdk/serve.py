@@ -14,7 +14,7 @@ import asyncio
 import io
 import json
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ray import serve
@@ -38,7 +38,6 @@ class ServeOptions:
     num_gpus: float | None = None  # per replica; None: 1 where a GPU exists, else 0
     autoscaling: dict | None = None  # Ray Serve's autoscaling_config, passed through
     address: str | None = None  # an existing Ray cluster; None starts a local instance
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,7 @@ case("file", "a .safetensors of integers")(lambda t, d: _read(_safetensors(t, {"
 case("file", "a truncated .safetensors")(
     lambda t, d: _read(_write(t / "z.safetensors", _safetensors(t, {"latent": z()}).read_bytes()[:40])))
 case("file", "a 2 KB .pt holding a 640 GB broadcast view")(lambda t, d: _read(_huge_view(t)))
+case("file", "a 2 KB .pt holding 100000 latents (a broadcast view)")(lambda t, d: _cli_decode_file(_many_view(t), t / "o.png"))
 
 # --- output --------------------------------------------------------------------------------------------------------
 case("output", "an output name that is not .png")(lambda t, d: _cli_decode(t, t / "o.jpg"))
@@ -180,6 +181,11 @@ def _huge_view(t: Path) -> Path:
     return t / "z.pt"
 
 
+def _many_view(t: Path) -> Path:
+    torch.save(z(1, 16, 1, 16).expand(100_000, 16, 1, 16), t / "many.pt")
+    return t / "many.pt"
+
+
 def _code_pickle(t: Path) -> Path:
     torch.save({"config": Path("x")}, t / "code.pth")  # a pathlib object: weights_only refuses the global
     return t / "code.pth"
@@ -215,7 +221,10 @@ def _cli(*args: str):
 
 
 def _cli_decode(t: Path, out: Path, *extra: str):
-    latent = _safetensors(t, {"latent": z()})
+    return _cli_decode_file(_safetensors(t, {"latent": z()}), out, *extra)
+
+
+def _cli_decode_file(latent: Path, out: Path, *extra: str):
     return _cli("decode", str(latent), "--preset", "tiny", "-o", str(out), "--quiet", *extra)
 
 

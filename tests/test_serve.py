@@ -3,7 +3,6 @@
 import concurrent.futures
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
