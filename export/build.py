@@ -71,7 +71,8 @@ def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int
     """Build one plan per graph for every matching ONNX entry of the folder and record them in its manifest.
     `attention_dtype`: only graph sets exported with it ("native": without --attention-dtype); None: any."""
     if target not in TARGETS:
-        raise ConfigError("Unknown build target.", received=target, expected=", ".join(TARGETS))
+        raise ConfigError("Unknown build target.", received=target, expected=", ".join(TARGETS),
+                          fix="pass --target rtx5090 (or another of the names above)")
     folder = Path(folder)
     backend, target_sms = TARGETS[target]
     check_options(backend, target, options)

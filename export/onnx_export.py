@@ -61,7 +61,8 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
                      log=print) -> Entry:
     """Write text/adapter/denoiser.onnx under `folder` (the engine set) and return their manifest entry."""
     if precision not in PRECISIONS:
-        raise ConfigError("Unknown precision.", received=precision, expected=", ".join(PRECISIONS))
+        raise ConfigError("Unknown precision.", received=precision, expected=", ".join(PRECISIONS),
+                          fix="pass --precision fp32 (or bf16, fp16, fp8, fp8-fp32)")
     dtype = PRECISIONS[precision]
     model = model.to(dtype).eval()
     if precision.startswith("fp8"):

@@ -21,7 +21,8 @@ class Bucket:
         try:
             h, w = (int(v) for v in text.lower().split("x"))
         except ValueError:
-            raise InputError("Cannot read the size.", received=text, expected="HEIGHTxWIDTH, e.g. 2048x2048") from None
+            raise InputError("Cannot read the size.", received=text, expected="HEIGHTxWIDTH, e.g. 2048x2048",
+                             fix="pass --size 2048x2048") from None
         return cls(h, w)
 
     def latent_size(self, factor: int, sr_scale: int) -> tuple[int, int]:

@@ -282,7 +282,7 @@ def _export(args) -> int:
     from pid_sdk.buckets import Bucket, default_buckets
 
     if args.batch < 1:
-        raise InputError("--batch must be >= 1.", received=args.batch)
+        raise InputError("--batch must be >= 1.", received=args.batch, fix="pass --batch 1")
     name = args.preset or (args.model and Path(args.model).name) or ""
     sizes = [Bucket.parse(s) for s in args.size] if args.size else list(default_buckets(name))
     manifest = export_engine_set(args.folder, model=args.model, preset=args.preset, seed=args.seed, sizes=sizes,

@@ -151,7 +151,8 @@ def validate(cfg: PiDConfig) -> None:
     b, a = cfg.backbone, cfg.adapter
     if not isinstance(b, BackboneConfig) or not (a is None or isinstance(a, AdapterConfig)):
         raise ConfigError(f"Invalid model configuration {cfg.name!r}.", received=f"{type(b).__name__}, "
-                          f"{type(a).__name__}", expected="BackboneConfig and AdapterConfig (or None)")
+                          f"{type(a).__name__}", expected="BackboneConfig and AdapterConfig (or None)",
+                          fix="build configurations with dataclasses.replace on a preset (pid_sdk.PRESETS)")
     problems = _field_problems(b) + (_field_problems(a) if a is not None else [])
     if not isinstance(cfg.name, str) or not (cfg.latent_space is None or isinstance(cfg.latent_space, str)):
         problems.append("name and latent_space must be strings")
@@ -176,7 +177,8 @@ def validate(cfg: PiDConfig) -> None:
         ]
     for ok, message in checks:
         if not ok:
-            raise ConfigError(f"Invalid model configuration {cfg.name!r}: {message}.", received=cfg)
+            raise ConfigError(f"Invalid model configuration {cfg.name!r}: {message}.", received=repr(cfg)[:300],
+                              fix="re-create the artefact with `pid-sdk convert`; never edit its configuration by hand")
 
 
 PIXELDIT = BackboneConfig()

@@ -219,7 +219,7 @@ def latents(draw):
     if kind == "shape":
         return torch.zeros(tuple(draw(st.lists(st.integers(0, 20), max_size=5))))
     if kind == "values":
-        return torch.full((1, 16, 2, 2), draw(st.floats()))
+        return torch.full((1, 16, 2, 2), draw(st.floats(width=32)))
     if kind == "view":
         return torch.zeros(1, 16, 1, 1).expand(1, 16, draw(st.sampled_from([1, 7, 10**5])), 10**5)
     if kind == "dtype":

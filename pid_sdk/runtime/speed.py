@@ -30,7 +30,8 @@ class Speed:
 
     def check(self, device: torch.device) -> "Speed":
         if self.weights not in WEIGHTS:
-            raise ConfigError("Unknown weight precision.", received=self.weights, expected=", ".join(WEIGHTS))
+            raise ConfigError("Unknown weight precision.", received=self.weights, expected=", ".join(WEIGHTS),
+                              fix=f"Speed(weights={WEIGHTS[0]!r})")
         check_attention(self.attention)
         if self.cuda_graphs and device.type != "cuda":
             raise ConfigError("CUDA graphs need a CUDA device.", received=str(device),
