@@ -70,14 +70,8 @@ def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int
                   options: BuildOptions = BuildOptions(), log=print) -> list[Entry]:
     """Build one plan per graph for every matching ONNX entry of the folder and record them in its manifest.
     `attention_dtype`: only graph sets exported with it ("native": without --attention-dtype); None: any."""
-    if target not in TARGETS:
-        raise ConfigError("Unknown build target.", received=target, expected=", ".join(TARGETS),
-                          fix="pass --target rtx5090 (or another of the names above)")
+    trt, backend, sms = prepare_target(target, options)
     folder = Path(folder)
-    backend, target_sms = TARGETS[target]
-    check_options(backend, target, options)
-    trt = import_library(backend)
-    sms = target_sms if backend == "tensorrt_rtx" else (built_sm(target, target_sms, options),)
     manifest = read_manifest(folder)
     sources = [e for e in manifest.entries if e.backend == "onnx" and (not sizes or e.bucket in sizes)
                and (batch is None or e.batch == batch) and (not precisions or e.precision in precisions)
@@ -97,6 +91,19 @@ def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int
         write_manifest(folder, manifest)
         built.append(entry)
     return built
+
+
+def prepare_target(target: str, options: BuildOptions):
+    """(library, backend, compute capabilities to build for) when this machine can build `target` with `options`;
+    the PiDError saying why not otherwise."""
+    if target not in TARGETS:
+        raise ConfigError("Unknown build target.", received=target, expected=", ".join(TARGETS),
+                          fix="pass --target rtx5090 (or another of the names above)")
+    backend, target_sms = TARGETS[target]
+    check_options(backend, target, options)
+    trt = import_library(backend)
+    sms = target_sms if backend == "tensorrt_rtx" else (built_sm(target, target_sms, options),)
+    return trt, backend, sms
 
 
 @dataclass
@@ -123,12 +130,8 @@ def build_matrix(folder: str | Path, matrix: dict, *, options: BuildOptions = Bu
     sizes = [(b.height, b.width) for b in map(Bucket.parse, matrix["presets"][preset]["buckets"])]
     result = MatrixResult([], [], [])
     for target, spec in matrix["targets"].items():
-        backend, target_sms = TARGETS[target]
         try:
-            check_options(backend, target, options)
-            import_library(backend)
-            if backend == "tensorrt":
-                built_sm(target, target_sms, options)
+            prepare_target(target, options)
         except PiDError as exc:
             result.elsewhere.append(f"{target}: {skip_reason(exc)}")
             continue
