@@ -497,13 +497,23 @@ def _serve(args) -> int:
         from pid_sdk.serve import ServeOptions, run_server
     except ImportError as exc:
         raise ConfigError("pid-sdk serve needs Ray Serve.", received=str(exc), fix="pip install 'pid-sdk[serve]'") from None
-    from pid_sdk.decoder import Decoder
-
-    Decoder.load(args.model, backend=args.backend)  # a model that cannot load is refused here, not in a replica
+    _check_model(args.model)  # refused here with its message, not as a failed replica
     run_server(ServeOptions(args.model, args.host, args.port, args.replicas, args.max_batch, args.batch_wait_ms,
                             args.backend, int(args.max_body_mb * 2**20), args.max_queue, args.num_gpus, autoscaling,
                             args.address))
     return 0
+
+
+def _check_model(path: str) -> None:
+    """What the replicas will load, checked in this process on the CPU (no GPU memory taken from the replicas):
+    an engine folder's manifest and paths, or a model's weights and configuration."""
+    from pid_sdk.checkpoints import load_checkpoint
+    from pid_sdk.runtime.manifest import is_engine_dir, read_manifest
+
+    if is_engine_dir(path):
+        read_manifest(path)
+    else:
+        load_checkpoint(path)
 
 
 def _verify(args) -> int:
