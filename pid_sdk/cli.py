@@ -478,8 +478,8 @@ def _compare(args) -> int:
 
 
 def _serve(args) -> int:
-    checks = [("port", args.port, 1, 65535), ("replicas", args.replicas, 1, 1024), ("max_batch", args.max_batch, 1, 256),
-              ("max_queue", args.max_queue, 1, 100000)]
+    checks = [("port", args.port, 1, 65535), ("replicas", args.replicas, 1, 1024),
+              ("max_batch", args.max_batch, 1, 256), ("max_queue", args.max_queue, 1, 100000)]
     for name, value, low, high in checks:
         if not low <= value <= high:
             raise InputError(f"--{name.replace('_', '-')} is out of range.", received=value,
@@ -496,7 +496,8 @@ def _serve(args) -> int:
     try:
         from pid_sdk.serve import ServeOptions, run_server
     except ImportError as exc:
-        raise ConfigError("pid-sdk serve needs Ray Serve.", received=str(exc), fix="pip install 'pid-sdk[serve]'") from None
+        raise ConfigError("pid-sdk serve needs Ray Serve.", received=str(exc),
+                          fix="pip install 'pid-sdk[serve]'") from None
     _check_model(args.model)  # refused here with its message, not as a failed replica
     run_server(ServeOptions(args.model, args.host, args.port, args.replicas, args.max_batch, args.batch_wait_ms,
                             args.backend, int(args.max_body_mb * 2**20), args.max_queue, args.num_gpus, autoscaling,

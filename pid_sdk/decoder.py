@@ -152,7 +152,8 @@ class Decoder:
         `latent_sigma` is the noise level of a partially denoised capture (0 = clean), in the LDM's own frame
         (SDXL: the Euler sigma). `sampler` is "sde" (default) or "ode" for distilled students, "teacher" for
         the undistilled DPM-Solver++ model with text-only guidance. `seed` may list one seed per latent: each
-        image is then exactly the one its latent decodes to alone with that seed.
+        image then draws the noise it would draw alone with that seed, and equals the lone decode up to the float
+        rounding of batched matrix products (a few 1e-6).
         """
         inputs.check_choice("sampler", sampler, SAMPLERS)
         inputs.check_choice("output", output, OUTPUTS)

@@ -147,7 +147,7 @@ def check_steps(steps) -> int:
 
 def check_seed(seed, batch: int | None = None) -> int | list[int] | None:
     """None (a random seed), one seed for the batch, or (with `batch`) one seed per item: each item then decodes
-    exactly as it would alone with its seed."""
+    with the noise it would draw alone with its seed."""
     example = "0, 1, 2, ... (or None for a random one)"
     if batch is not None and isinstance(seed, (list, tuple)):
         if len(seed) != batch:

@@ -30,7 +30,7 @@ Generators = torch.Generator | list[torch.Generator] | None
 
 def noise(shape: tuple[int, ...], generator: Generators, device: torch.device | str) -> Tensor:
     """Standard normal noise. With one generator per batch item, each item draws exactly the noise it would draw
-    decoded alone with the same seed: a batch of requests returns what each request would alone."""
+    decoded alone with the same seed."""
     if isinstance(generator, list):
         return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in generator])
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)

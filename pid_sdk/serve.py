@@ -4,8 +4,8 @@
     POST /v1/decode?latent_space=&seed=&latent_sigma=&steps=   body: a latent file -> 200 image/png
 
 Requests of the same output size and options that arrive together are decoded as one batch (`@serve.batch`), each
-with its own seed, so a batched request returns what it would alone; bad input is a 400 with the PiDError's
-fields, an oversized body a 413, a full replica queue a 503 with Retry-After.
+with its own seed, so a batched request returns what it would alone (to float rounding); bad input is a 400 with
+the PiDError's fields, an oversized body a 413, a full replica queue a 503 with Retry-After.
 """
 
 from __future__ import annotations

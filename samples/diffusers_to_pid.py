@@ -26,4 +26,5 @@ decoder = pid_sdk.Decoder.load(pid_sdk.DEMO_MODEL)
                                    latent_sigma=stop.latent_sigma, seed=0, output="pil")
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "diffusers_to_pid.png")
 image.save(out)
-print(f"stopped after step {stop.step + 1} of 8 at sigma {stop.latent_sigma:.3f}; wrote {out} ({image.width}x{image.height})")
+print(f"stopped after step {stop.step + 1} of 8 at sigma {stop.latent_sigma:.3f}; "
+      f"wrote {out} ({image.width}x{image.height})")

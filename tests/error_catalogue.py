@@ -117,7 +117,8 @@ case("file", "a .safetensors of integers")(lambda t, d: _read(_safetensors(t, {"
 case("file", "a truncated .safetensors")(
     lambda t, d: _read(_write(t / "z.safetensors", _safetensors(t, {"latent": z()}).read_bytes()[:40])))
 case("file", "a 2 KB .pt holding a 640 GB broadcast view")(lambda t, d: _read(_huge_view(t)))
-case("file", "a 2 KB .pt holding 100000 latents (a broadcast view)")(lambda t, d: _cli_decode_file(_many_view(t), t / "o.png"))
+case("file", "a 2 KB .pt holding 100000 latents (a broadcast view)")(
+    lambda t, d: _cli_decode_file(_many_view(t), t / "o.png"))
 
 # --- output --------------------------------------------------------------------------------------------------------
 case("output", "an output name that is not .png")(lambda t, d: _cli_decode(t, t / "o.jpg"))

@@ -91,7 +91,8 @@ class StopAtSigma:
 
         stop = StopAtSigma(0.4)
         out = pipe(..., output_type="latent", callback_on_step_end=stop)
-        image = decode_pipeline_latents(decoder, out.images, pipe=pipe, height=H, width=W, latent_sigma=stop.latent_sigma)
+        image = decode_pipeline_latents(decoder, out.images, pipe=pipe, height=H, width=W,
+                                        latent_sigma=stop.latent_sigma)
     """
 
     def __init__(self, sigma: float):
