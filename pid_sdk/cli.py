@@ -585,7 +585,7 @@ def _progress(batch: int, steps: int, quiet: bool):
 
 def check_destination(out: Path) -> None:
     """Before any decode: the output can be written where asked (a folder that exists and takes a new file there;
-    not a folder itself), proven by creating and removing a temporary file beside it."""
+    not a folder itself), proven by creating and removing the temporary file its PNG would be written to."""
     if out.is_dir():
         raise InputError(f"The output {out} is a folder.", received=str(out), expected="a .png file path",
                          fix=f"pass -o {out / 'image.png'}")
@@ -595,34 +595,37 @@ def check_destination(out: Path) -> None:
                          received=str(out), expected="a path inside an existing folder",
                          fix="choose a path inside a folder" if exists else f"mkdir -p {out.parent}, or choose "
                          "another path")
+    os.unlink(_temporary_png(out))
+
+
+def _temporary_png(path: Path) -> str:
+    """A new empty file beside `path`, where its PNG is written before the rename."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".png", dir=out.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
         os.close(fd)
-        os.unlink(probe)
+        return tmp
     except OSError as exc:
-        raise InputError(f"Cannot write into {out.parent}.", received=f"{type(exc).__name__}: {exc}"[:200],
-                         expected="a writable folder", fix="check the folder's permissions, or choose another path"
-                         ) from None
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError) -> InputError:
+    return InputError(f"Cannot write {path}.", received=f"{type(exc).__name__}: {exc}"[:200],
+                      expected="a writable folder with free space",
+                      fix="check the folder's permissions and free space, or choose another path")
 
 
 def write_png_atomic(image, path: Path) -> None:
     """Write beside the target and rename: a failure never leaves a partial PNG."""
     from pid_sdk.checkpoints import usual_permissions
 
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise InputError(f"Cannot write {path}.", received=str(exc), expected="a writable folder with free space",
-                         fix="check the folder's permissions and free space") from None
+    tmp = _temporary_png(path)
     try:
         image.save(tmp, format="PNG")
         usual_permissions(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise InputError(f"Cannot write {path}.", received=str(exc), expected="a writable folder with free space",
-                         fix="check the folder's permissions and free space") from None
+        raise _cannot_write(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
