@@ -83,7 +83,7 @@ class FallbackRuntime:
 
     def __init__(self, open_kind, kinds: tuple[str, ...] = FALLBACK_ORDER):
         self._open_kind, self.kinds = open_kind, kinds
-        self._runtimes: dict[str, object] = {}
+        self._runtimes: dict[str, object] = {}  # kind -> runtime, or the PiDError it failed to open with
         self.active = None
         reasons = []
         for kind in kinds:  # at load: the first backend available at all
@@ -113,8 +113,15 @@ class FallbackRuntime:
         return self.active.precision
 
     def _runtime(self, kind: str):
+        """The backend's runtime, opened once; a backend that cannot open is not retried at every decode (its
+        PiDError is kept and raised again: opening the PyTorch fallback hashes and reads the whole weights)."""
         if kind not in self._runtimes:
-            self._runtimes[kind] = self._open_kind(kind)
+            try:
+                self._runtimes[kind] = self._open_kind(kind)
+            except PiDError as exc:
+                self._runtimes[kind] = exc
+        if isinstance(self._runtimes[kind], PiDError):
+            raise self._runtimes[kind]
         return self._runtimes[kind]
 
     def backend(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int):
