@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from export.aoti_export import check_aoti_options, export_aoti_set
 from export.onnx_export import export_graph_set
 from pid_sdk.buckets import Bucket
 from pid_sdk.checkpoints import LoadedModel, load_checkpoint, save_safetensors, sha256_file, usual_permissions
@@ -29,6 +30,24 @@ def load_source(model: str | None, preset: str | None, seed: int, trust_pickle: 
         return LoadedModel(randomize(build_model(cfg), seed), cfg, "random", f"preset:{preset} seed {seed}", [])
     manifest = read_manifest(folder)  # re-export from the folder's own weights
     return LoadedModel(load_weights(folder, manifest), manifest.config, "engine-set", str(folder), [])
+
+
+FORMATS = ("onnx", "aoti")
+
+
+def check_format(format: str, device: str, precisions, attention_dtype: str | None) -> None:
+    if format not in FORMATS:
+        raise ConfigError("Unknown export format.", received=format, expected=", ".join(FORMATS),
+                          fix="pass --format onnx (TensorRT, ONNX Runtime) or --format aoti (the C ABI)")
+    if format == "aoti":
+        if attention_dtype:
+            raise ConfigError("--attention-dtype applies to ONNX graphs.", received=attention_dtype,
+                              fix="drop --attention-dtype with --format aoti")
+        for precision in precisions:
+            check_aoti_options(device, precision)
+    elif device != "cpu":
+        raise ConfigError("--device applies to AOTInductor packages.", received=device,
+                          fix="drop --device for ONNX graphs (they run on any device), or pass --format aoti")
 
 
 def check_sizes(sizes: list[Bucket], batch: int, cfg) -> None:
@@ -75,10 +94,12 @@ def open_or_create(folder: Path, work: Path, loaded: LoadedModel) -> Manifest:
 def export_engine_set(folder: str | Path, *, model: str | None = None, preset: str | None = None, seed: int = 0,
                       sizes: list[Bucket], batch: int = 1, precisions: list[str] = ("fp32",),
                       attention_dtype: str | None = None, trust_pickle: bool = False, calib_latents=None,
-                      calib_samples: int = 4, log=print) -> Manifest:
+                      calib_samples: int = 4, format: str = "onnx", device: str = "cpu", log=print) -> Manifest:
     """Export into a temporary folder, then move the result into place: a failed export leaves the folder as it
-    was (nothing at all for a new one)."""
+    was (nothing at all for a new one). `format`: "onnx" graphs (ONNX Runtime, TensorRT builds) or "aoti"
+    AOTInductor packages compiled for `device` (the C ABI, backend="aoti")."""
     folder = Path(folder)
+    check_format(format, device, precisions, attention_dtype)
     loaded = load_source(model, preset, seed, trust_pickle, folder)
     check_sizes(sizes, batch, loaded.config)
     new = not (folder / MANIFEST).exists()
@@ -95,8 +116,13 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
                                         log)
                 net = build_model(loaded.config)
                 net.load_state_dict(loaded.model.state_dict())
-                manifest.add(export_graph_set(net, loaded.config, bucket, work, batch=batch, precision=precision,
-                                              attention_dtype=attention_dtype, fp8_scales=scales, log=log))
+                if format == "aoti":
+                    entry = export_aoti_set(net, loaded.config, bucket, work, batch=batch, device=device,
+                                            precision=precision, log=log)
+                else:
+                    entry = export_graph_set(net, loaded.config, bucket, work, batch=batch, precision=precision,
+                                             attention_dtype=attention_dtype, fp8_scales=scales, log=log)
+                manifest.add(entry)
                 del net
         _move_into_place(work, folder, manifest, new)
     finally:

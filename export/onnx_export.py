@@ -50,8 +50,9 @@ def example_inputs(cfg: PiDConfig, bucket: Bucket, batch: int) -> dict[str, dict
 OUTPUT_NAMES = {"text": ["text_tokens"], "adapter": ["latent_tokens", "gate_offsets"], "denoiser": ["v"]}
 
 
-def graph_modules(model: nn.Module, cfg: PiDConfig, bucket: Bucket, dtype: torch.dtype) -> dict[str, nn.Module]:
-    geo = model.geometry(bucket.height, bucket.width, cfg.backbone.txt_max_length, "cpu")
+def graph_modules(model: nn.Module, cfg: PiDConfig, bucket: Bucket, dtype: torch.dtype,
+                  device: str = "cpu") -> dict[str, nn.Module]:
+    geo = model.geometry(bucket.height, bucket.width, cfg.backbone.txt_max_length, device)
     return {"text": TextGraph(model, dtype), "adapter": AdapterGraph(model, geo, dtype),
             "denoiser": DenoiserGraph(model, geo, dtype)}
 

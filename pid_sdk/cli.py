@@ -83,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     dec.set_defaults(run=_decode)
 
     exp = sub.add_parser("export",
-                         help="export ONNX graph sets (text, adapter, denoiser) per size into an engine folder")
+                         help="export graph sets (text, adapter, denoiser) per size into an engine folder: ONNX "
+                         "or AOTInductor")
     exp.add_argument("folder", help="engine folder (created, or extended when it exists)")
     exp.add_argument("--model", help="checkpoint or artefact (default: the folder's own weights)")
     exp.add_argument("--preset", help="a preset with seeded random weights")
@@ -96,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--calib-samples", type=int, default=4, help="random calibration latents for fp8")
     exp.add_argument("--attention-dtype", choices=["fp16"],
                      help="run attention in this dtype (TensorRT-RTX needs fp16)")
+    exp.add_argument("--format", choices=["onnx", "aoti"], default="onnx",
+                     help="onnx: ONNX graphs (ONNX Runtime, TensorRT builds); aoti: AOTInductor packages for the C ABI "
+                     "(bindings/) and backend='aoti'")
+    exp.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="the device AOTInductor packages are compiled for (cuda: on a CUDA host)")
     exp.add_argument("--trust-pickle", action="store_true")
     exp.set_defaults(run=_export)
 
@@ -176,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--replicas", type=int, default=1)
     srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most")
     srv.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill")
-    srv.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "pytorch"])
+    srv.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "aoti", "pytorch"])
     srv.add_argument("--max-queue", type=int, default=64, help="requests a replica holds before answering 503")
     srv.add_argument("--max-body-mb", type=float, default=64.0, help="larger request bodies get 413")
     srv.add_argument("--num-gpus", type=float, help="GPUs per replica, fractions allowed (default: 1 with a GPU)")
@@ -187,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compare", help="parity of an engine folder's backend against its PyTorch reference")
     cmp_.add_argument("folder", help="engine folder")
-    cmp_.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    cmp_.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "aoti"])
     cmp_.add_argument("--size", action="append", help="HEIGHTxWIDTH entries to check (default: all of the backend)")
     cmp_.add_argument("--steps", type=int, default=4)
     cmp_.add_argument("--seed", type=int, default=0)
@@ -221,7 +227,8 @@ def _info(args) -> int:
         manifest = read_manifest(args.model)
         print(describe(manifest.config, None, f"engine folder {args.model}"))
         for e in manifest.entries:
-            extra = f" sm {list(e.sm)} {e.trt_version}" if e.backend != "onnx" else ""
+            extra = {"onnx": "", "aoti": f" torch {e.torch_version}"}.get(e.backend,
+                                                                            f" sm {list(e.sm)} {e.trt_version}")
             print(f"  {e.key}{extra}{' stripped' if e.stripped else ''}")
         return 0
     elif args.model:
@@ -288,7 +295,7 @@ def _export(args) -> int:
     manifest = export_engine_set(args.folder, model=args.model, preset=args.preset, seed=args.seed, sizes=sizes,
                                  batch=args.batch, precisions=args.precision or ["fp32"],
                                  attention_dtype=args.attention_dtype, trust_pickle=args.trust_pickle,
-                                 calib_samples=args.calib_samples)
+                                 calib_samples=args.calib_samples, format=args.format, device=args.device)
     print(f"{args.folder}: {len(manifest.entries)} entries ({manifest.config.name})")
     return 0
 

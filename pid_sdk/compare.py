@@ -181,12 +181,11 @@ def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | N
     from pid_sdk.latents import get_latent_space
     from pid_sdk.runtime.engine_set import EngineRuntime, skip_reason, torch_runtime
     from pid_sdk.runtime.manifest import read_manifest
-    from pid_sdk.runtime.selection import DeviceInfo, runs_on
+    from pid_sdk.runtime.selection import ENTRY_KINDS, DeviceInfo, entry_runs
 
     folder = Path(folder)
     manifest = read_manifest(folder)
-    kinds = ("tensorrt", "tensorrt_rtx") if backend == "tensorrt" else ("onnx",)
-    entries = [e for e in manifest.entries if e.backend in kinds
+    entries = [e for e in manifest.entries if e.backend in ENTRY_KINDS.get(backend, ())
                and (not sizes or f"{e.bucket[0]}x{e.bucket[1]}" in sizes)]
     if not entries:
         raise InputError("Nothing to compare.", received=sizes or "all sizes",
@@ -196,7 +195,7 @@ def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | N
     space = get_latent_space(reference.latent_space)
     results = []
     for e in entries:
-        ok, why = runs_on(e, device) if backend == "tensorrt" else (True, "")
+        ok, why = entry_runs(e, device) if backend != "onnxruntime" else (True, "")
         if not ok:
             results.append(EntryResult(e.key, "skipped", reason=why))
             continue

@@ -112,7 +112,8 @@ def test_manifest_format_is_pinned(folder):
     assert data["format"] == "pid-sdk-engines" and data["format_version"] == 1
     entry = data["entries"][0]
     assert {"backend", "bucket", "batch", "precision", "files", "sha256", "io", "target", "sm", "trt_version",
-            "hardware_compatibility", "stripped", "version_compatible", "source", "attention_dtype"} == set(entry)
+            "hardware_compatibility", "stripped", "version_compatible", "source", "attention_dtype",
+            "torch_version"} == set(entry)
     assert entry["bucket"] == [64, 64] and set(entry["files"]) == {"text", "adapter", "denoiser"}
     assert all(len(h) == 64 for h in entry["sha256"].values())
 

@@ -12,7 +12,7 @@ from pid_sdk.errors import ConfigError, InputError, PiDError
 from pid_sdk.runtime.manifest import Entry, Manifest, read_manifest, verify_files, verify_weights
 from pid_sdk.runtime.selection import DeviceInfo, build_command, runs_on, select_entry
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "aoti", "pytorch")
 FALLBACK_ORDER = ("tensorrt", "onnxruntime", "pytorch")
 
 
@@ -28,7 +28,7 @@ class EngineRuntime:
         self.folder, self.manifest, self.kind, self.info, self.providers = folder, manifest, kind, device, providers
         self.pinned, self.verify, self.upcast = entry, verify, upcast
         self.name = kind
-        self.device = torch.device("cuda" if kind == "tensorrt" else "cpu")
+        self.device = torch.device("cuda" if kind == "tensorrt" or (kind == "aoti" and device.sm) else "cpu")
         self.precision = entry.precision if entry else "engine"
         self._open: dict[str, object] = {}
         self._arena = None  # TensorRT: one device-memory arena for every engine this decoder opens
@@ -63,6 +63,10 @@ class EngineRuntime:
         return opened.prepare(text=text, latent=latent, latent_sigma=latent_sigma, height=height, width=width)
 
     def _create(self, entry: Entry):
+        if self.kind == "aoti":
+            from pid_sdk.runtime.aoti_backend import AotiBackend
+
+            return AotiBackend(self.folder, entry)
         if self.kind == "onnxruntime":
             from pid_sdk.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -184,6 +188,11 @@ def _open(kind: str, folder: Path, manifest: Manifest, device: DeviceInfo, provi
         if not any(e.backend == "onnx" for e in manifest.entries):
             raise ConfigError("The engine set has no ONNX graphs.", fix=f"pid-sdk export {folder} --size HxW")
         return EngineRuntime(folder, manifest, "onnxruntime", device, providers, verify=verify)
+    if kind == "aoti":
+        if not any(e.backend == "aoti" for e in manifest.entries):
+            raise ConfigError("The engine set has no AOTInductor packages.",
+                              fix=f"pid-sdk export {folder} --format aoti --size HxW")
+        return EngineRuntime(folder, manifest, "aoti", device, verify=verify)
     return torch_runtime(folder, manifest, verify)
 
 

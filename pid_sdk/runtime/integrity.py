@@ -45,6 +45,12 @@ def _verify_entry(folder: Path, entry: Entry) -> str:
     verify_files(folder, entry)
     if entry.backend == "onnx":
         return f"{len(entry.sha256)} files, sha256 match" + _external_data(folder, entry)
+    if entry.backend == "aoti":
+        from pid_sdk.runtime.selection import DeviceInfo, aoti_runs_on
+
+        runs, why = aoti_runs_on(entry, DeviceInfo.detect())
+        verdict = "runnable here" if runs else f"not runnable here: {why}"
+        return f"{len(entry.sha256)} packages, sha256 match, {verdict}"
     return f"{len(entry.sha256)} plans, sha256 match, " + "; ".join(
         _plan_verdict(folder, entry, rel) for rel in sorted(entry.files.values()))
 

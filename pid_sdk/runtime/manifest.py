@@ -5,6 +5,7 @@
       weights.safetensors                          the shared weights (PyTorch fallback, refit of stripped plans)
       onnx/<H>x<W>-b<B>-<precision>/{text,adapter,denoiser}.onnx
       <target>/<H>x<W>-b<B>-<precision>/{text,adapter,denoiser}.plan
+      aoti/<device>/<H>x<W>-b<B>-<precision>/{text,adapter,denoiser}.pt2   AOTInductor packages (target = device)
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from pathlib import Path
 
 from pid_sdk.checkpoints import sha256_file, usual_permissions
 from pid_sdk.config import PiDConfig
-from pid_sdk.errors import CheckpointError
+from pid_sdk.errors import CheckpointError, InputError
 
 MANIFEST = "manifest.json"
 FORMAT = "pid-sdk-engines"
 VERSION = 1
 GRAPHS = ("text", "adapter", "denoiser")
-BACKENDS = ("onnx", "tensorrt", "tensorrt_rtx")
+BACKENDS = ("onnx", "tensorrt", "tensorrt_rtx", "aoti")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Entry:
     version_compatible: bool = False
     source: str | None = None  # the onnx entry a plan was built from
     attention_dtype: str | None = None  # set when attention runs in another dtype than the graph
+    torch_version: str | None = None  # aoti: the torch that compiled the packages (they run on its minor release)
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -63,6 +65,9 @@ class Entry:
         if problems:
             raise ValueError("; ".join(problems)[:300])
         return entry
+
+    def input_shape(self, graph: str, name: str) -> tuple[int, ...]:
+        return tuple(next(t["shape"] for t in self.io[graph]["inputs"] if t["name"] == name))
 
     @property
     def key(self) -> str:
@@ -228,3 +233,13 @@ def verify_weights(folder: str | Path, manifest: Manifest, *, verify: bool = Tru
                                   "unverified weights")
     return verify_file(folder, manifest.weights, manifest.model_sha256 if verify else None,
                        what=f"{manifest.weights} (the shared weights)")
+
+
+def check_static_inputs(entry: Entry, text, latent) -> None:
+    """The text embedding and latent have the entry's static shapes (graphs and engines take no other)."""
+    for name, graph, got in (("text", "text", text), ("latent", "adapter", latent)):
+        want = entry.input_shape(graph, name)
+        if tuple(got.shape) != want:
+            raise InputError(f"The {name} does not fit this engine's static shape.", received=tuple(got.shape),
+                             expected=f"{want} (bucket {entry.bucket}, batch {entry.batch})",
+                             fix="pass full-length text embeddings; decode with the engine of this size")

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pid_sdk.errors import CheckpointError, ConfigError, InputError
-from pid_sdk.runtime.manifest import Entry, inside
+from pid_sdk.errors import CheckpointError, ConfigError
+from pid_sdk.runtime.manifest import Entry, check_static_inputs, inside
 from pid_sdk.runtime.selection import TWIN_PRECISIONS, onnx_runs_on
 from pid_sdk.runtime.upcast import fp32_twin
 
@@ -75,21 +75,12 @@ class OnnxRuntimeBackend:
                 "files": sorted(self.entry.files.values())}
 
     def prepare(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int) -> "OnnxStep":
-        want = {"text": tuple(self._shape("text", "text")), "latent": tuple(self._shape("adapter", "latent"))}
-        got = {"text": tuple(text.shape), "latent": tuple(latent.shape)}
-        for k in want:
-            if want[k] != got[k]:
-                raise InputError(f"The {k} does not fit this engine's static shape.", received=got[k],
-                                 expected=f"{want[k]} (bucket {self.entry.bucket}, batch {self.entry.batch})",
-                                 fix="pass full-length text embeddings; decode with the engine of this size")
+        check_static_inputs(self.entry, text, latent)
         (tokens,) = self.sessions["text"].run(None, {"text": _np(text)})
         latent_tokens, offsets = self.sessions["adapter"].run(None, {"latent": _np(latent),
                                                                       "latent_sigma": _np(latent_sigma)})
         return OnnxStep(self.sessions["denoiser"],
                         {"text_tokens": tokens, "latent_tokens": latent_tokens, "gate_offsets": offsets})
-
-    def _shape(self, graph: str, name: str) -> list[int]:
-        return next(t["shape"] for t in self.entry.io[graph]["inputs"] if t["name"] == name)
 
 
 class OnnxStep:

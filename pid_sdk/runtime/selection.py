@@ -95,17 +95,44 @@ def _release(version: str) -> tuple[int, int, int] | None:
     return (parts + (0, 0, 0))[:3] if parts else None
 
 
+# Which manifest entries each runtime backend runs.
+ENTRY_KINDS = {"tensorrt": ("tensorrt", "tensorrt_rtx"), "onnxruntime": ("onnx",), "aoti": ("aoti",)}
+
+
+def aoti_runs_on(entry: Entry, device: DeviceInfo) -> tuple[bool, str]:
+    """AOTInductor packages run on the device they were compiled for, with the torch release that compiled them
+    (same major.minor: the packages call into libtorch's internal ABI)."""
+    if entry.target == "cuda" and device.sm is None:
+        return False, "compiled for CUDA, and this machine has no CUDA GPU"
+    if torch_minor(entry.torch_version or "") != torch_minor(torch.__version__):
+        return False, f"compiled by torch {entry.torch_version}, this is torch {torch.__version__}"
+    return True, ""
+
+
+def torch_minor(version: str) -> str:
+    """"2.13.0+cpu" -> "2.13": the release an AOTInductor package is bound to."""
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def entry_runs(entry: Entry, device: DeviceInfo, provider: str = "CPUExecutionProvider") -> tuple[bool, str]:
+    """Whether this machine runs the entry (on `provider` for ONNX graphs), and why not."""
+    if entry.backend == "onnx":
+        return onnx_runs_on(entry, provider)
+    if entry.backend == "aoti":
+        return aoti_runs_on(entry, device)
+    return runs_on(entry, device)
+
+
 def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[int, int], batch: int,
                  device: DeviceInfo, provider: str = "CPUExecutionProvider") -> Entry:
     """The entry for this bucket, batch and backend that runs here (on `provider` for ONNX Runtime); a PiDError
     naming what is missing otherwise."""
     same_shape = [e for e in manifest.entries if e.bucket == bucket and e.batch == batch]
-    kinds = ("tensorrt", "tensorrt_rtx") if backend == "tensorrt" else ("onnx",)
-    candidates = [e for e in same_shape if e.backend in kinds]
+    candidates = [e for e in same_shape if e.backend in ENTRY_KINDS[backend]]
     reasons = []
     order = PRECISION_ORDER[backend]
     for e in sorted(candidates, key=lambda e: order.index(e.precision) if e.precision in order else len(order)):
-        ok, why = onnx_runs_on(e, provider) if e.backend == "onnx" else runs_on(e, device)
+        ok, why = entry_runs(e, device, provider)
         if ok:
             return e
         reasons.append(f"{e.key}: {why}")
@@ -113,10 +140,17 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
         f"No {backend} engine for a {bucket[0]}x{bucket[1]} output at batch {batch} runs on this machine.",
         received="; ".join(reasons) or f"entries: {[e.key for e in manifest.entries] or 'none'}",
         expected=f"a {backend} entry for {bucket[0]}x{bucket[1]}, batch {batch}"
-        + (f", sm {device.sm}, {device.runtime_version('tensorrt') or device.runtime_version('tensorrt_rtx')}"
-           if backend == "tensorrt" else f" that {provider} runs ({', '.join(ORT_PRECISIONS.get(provider, ()))})"),
+        + _runs_here(backend, device, provider),
         fix=build_command(folder, backend, bucket, batch, device, provider),
     )
+
+
+def _runs_here(backend: str, device: DeviceInfo, provider: str) -> str:
+    if backend == "tensorrt":
+        return f", sm {device.sm}, {device.runtime_version('tensorrt') or device.runtime_version('tensorrt_rtx')}"
+    if backend == "aoti":
+        return f" compiled by torch {torch_minor(torch.__version__)}.x"
+    return f" that {provider} runs ({', '.join(ORT_PRECISIONS.get(provider, ()))})"
 
 
 # What each ONNX Runtime provider runs. CPU: measured (onnxruntime 1.32 has no bf16 kernels: "NOT_IMPLEMENTED
@@ -139,13 +173,15 @@ def onnx_runs_on(entry: Entry, provider: str) -> tuple[bool, str]:
 
 # TensorRT: the fastest first. ONNX Runtime: what its CPU provider runs first (it has no bf16 kernels).
 PRECISION_ORDER = {"tensorrt": ("fp8", "bf16", "fp16", "fp32"),
-                   "onnxruntime": ("fp32", "fp8-fp32", "fp16", "bf16", "fp8")}
+                   "onnxruntime": ("fp32", "fp8-fp32", "fp16", "bf16", "fp8"), "aoti": ("fp32", "bf16")}
 
 
 def build_command(folder: str, backend: str, bucket: tuple[int, int], batch: int, device: DeviceInfo,
                   provider: str = "CPUExecutionProvider") -> str:
     size = f"{bucket[0]}x{bucket[1]}"
     export = f"pid-sdk export {folder} --size {size} --batch {batch}"
+    if backend == "aoti":
+        return f"{export} --format aoti --device {'cpu' if device.sm is None else 'cuda'}"
     if backend != "tensorrt":
         precision = ORT_PRECISIONS.get(provider, ("fp32",))[0]
         return f"{export} --precision {precision}"

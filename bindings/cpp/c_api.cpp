@@ -1,0 +1,102 @@
+// The C ABI (bindings/c/pid_sdk.h) over pid::Decoder: every C++ exception is caught here and turned into a status
+// code and this thread's last error message.
+#include "../c/pid_sdk.h"
+
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "decoder.h"
+#include "error.h"
+#include "latent_file.h"
+
+struct pid_decoder {
+  pid::Decoder decoder;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+template <typename Body>
+int guarded(Body body) {
+  last_error.clear();
+  try {
+    body();
+    return PID_OK;
+  } catch (const pid::Error& exc) {
+    last_error = exc.what();
+    return static_cast<int>(exc.kind);
+  } catch (const std::bad_alloc&) {
+    last_error = "Out of memory.\n  fix: decode a smaller batch or size";
+  } catch (const std::exception& exc) {  // libtorch (c10::Error) and the standard library
+    last_error = std::string("Internal error: ") + std::string(exc.what()).substr(0, 2000) +
+                 "\n  fix: re-export the engine folder with this torch release; report the message if it persists";
+  } catch (...) {
+    last_error = "Internal error of an unknown kind.";
+  }
+  return PID_ERROR_INTERNAL;
+}
+
+void require(const void* pointer, const char* name) {
+  if (pointer == nullptr)
+    throw pid::Error(pid::ErrorKind::input, std::string(name) + " is NULL.", "NULL", "a valid pointer",
+                     std::string("pass ") + name);
+}
+
+std::vector<int64_t> shape_of(const int64_t shape[4]) { return {shape[0], shape[1], shape[2], shape[3]}; }
+
+}  // namespace
+
+extern "C" {
+
+int pid_abi_version(void) { return PID_ABI_VERSION; }
+
+int pid_open(const char* folder, const char* device, pid_decoder** out) {
+  return guarded([&] {
+    require(out, "out (the handle's address)");
+    *out = nullptr;
+    require(folder, "folder");
+    *out = new pid_decoder{pid::Decoder(folder, device ? device : "cpu")};
+  });
+}
+
+int pid_output_size(const pid_decoder* decoder, const int64_t shape[4], int64_t out_hw[2]) {
+  return guarded([&] {
+    require(decoder, "decoder");
+    require(shape, "shape");
+    require(out_hw, "out_hw");
+    auto [height, width] = decoder->decoder.output_size(shape_of(shape));
+    out_hw[0] = height, out_hw[1] = width;
+  });
+}
+
+int pid_decode(pid_decoder* decoder, const float* latent, const int64_t shape[4], const char* latent_space,
+               float latent_sigma, int64_t seed, uint8_t* out_rgb8, size_t out_size) {
+  return guarded([&] {
+    require(decoder, "decoder");
+    require(shape, "shape");
+    decoder->decoder.decode(latent, shape_of(shape), latent_space ? latent_space : "", latent_sigma, seed, out_rgb8,
+                            out_size);
+  });
+}
+
+void pid_close(pid_decoder* decoder) { delete decoder; }
+
+const char* pid_last_error(void) { return last_error.c_str(); }
+
+int pid_read_latent(const char* path, float* data, size_t count, int64_t shape[4]) {
+  return guarded([&] {
+    require(path, "path");
+    require(shape, "shape");
+    pid::LatentFile file = pid::read_latent_file(path, data != nullptr);
+    for (int i = 0; i < 4; ++i) shape[i] = file.shape[size_t(i)];
+    if (data == nullptr) return;
+    if (count < file.data.size())
+      throw pid::Error(pid::ErrorKind::input, "The latent buffer is too small.", std::to_string(count) + " floats",
+                       std::to_string(file.data.size()) + " floats", "call first with data = NULL to get the shape");
+    std::memcpy(data, file.data.data(), file.data.size() * sizeof(float));
+  });
+}
+
+}  // extern "C"

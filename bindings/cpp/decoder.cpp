@@ -1,0 +1,236 @@
+#include "decoder.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/headeronly/version.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "error.h"
+#include "manifest.h"
+#include "sampling.h"
+
+namespace pid {
+namespace {
+
+using Loader = torch::inductor::AOTIModelPackageLoader;
+
+constexpr int STEPS = 4;
+constexpr double MAX_LATENT_ABS = 1e4;          // as pid_sdk.inputs.MAX_LATENT_ABS
+constexpr int64_t MAX_ELEMENTS = int64_t(1) << 28;
+const std::string TORCH_RELEASE = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR);
+
+struct Space {
+  std::string name;
+  std::vector<std::string> aliases;
+  bool vp;  // SDXL: captures arrive in the Euler frame x0 + s*eps (pid_sdk.latents.LatentSpace.from_capture)
+};
+
+const std::vector<Space> SPACES = {
+    {"flux1", {"zimage", "zimage-turbo"}, false}, {"sd3", {}, false}, {"sdxl", {}, true},
+    {"flux2", {"flux2-klein-4b", "flux2-klein-9b"}, false}, {"qwenimage", {"qwenimage-2512"}, false},
+    {"dinov2", {}, false}, {"siglip", {}, false}};
+
+const Space& find_space(const std::string& name) {
+  std::string known;
+  for (const auto& space : SPACES) {
+    if (space.name == name) return space;
+    for (const auto& alias : space.aliases)
+      if (alias == name) return space;
+    known += (known.empty() ? "" : ", ") + space.name;
+  }
+  throw Error(ErrorKind::input, "Unknown latent space '" + name + "'.", name, known,
+              "pass the latent space of the LDM that produced the latent (NULL: the model's own)");
+}
+
+std::string dims(at::IntArrayRef shape) {
+  std::string text;
+  for (int64_t d : shape) text += (text.empty() ? "" : ", ") + std::to_string(d);
+  return "[" + text + "]";
+}
+
+at::Device parse_device(const std::string& text) {
+  try {
+    at::Device device(text);
+    if (device.is_cpu() || device.is_cuda()) return device;
+  } catch (const c10::Error&) {
+  }
+  throw Error(ErrorKind::config, "Unknown device.", text, "cpu, cuda or cuda:N", "pass \"cpu\" (or NULL)");
+}
+
+struct GraphSet {
+  std::unique_ptr<Loader> text, adapter, denoiser;
+};
+
+}  // namespace
+
+struct Decoder::Impl {
+  std::string folder;
+  at::Device device = at::kCPU;
+  Manifest manifest;
+  std::vector<Entry> entries;  // the AOTInductor entries that run here, the preferred precision first
+  std::map<std::string, GraphSet> open;
+  std::mutex mutex;
+
+  void select_runnable() {
+    std::string reasons;
+    std::string type = device.is_cuda() ? "cuda" : "cpu";
+    for (const auto& e : manifest.entries) {
+      if (e.backend != "aoti") continue;
+      if (e.target != type) {
+        reasons += "; " + e.key + ": compiled for " + e.target + ", not " + type;
+      } else if (e.torch_version.rfind(TORCH_RELEASE + ".", 0) != 0) {
+        reasons += "; " + e.key + ": compiled by torch " + e.torch_version + ", this libtorch is " + TORCH_RELEASE;
+      } else {
+        entries.push_back(e);
+      }
+    }
+    std::string first = device.is_cuda() ? "bf16" : "fp32";  // as the Python backends prefer
+    std::stable_partition(entries.begin(), entries.end(), [&](const Entry& e) { return e.precision == first; });
+    if (entries.empty())
+      throw Error(ErrorKind::config, "No AOTInductor graph set of " + folder + " runs here.",
+                  reasons.empty() ? "the folder has no AOTInductor packages" : reasons.substr(2),
+                  "packages compiled for " + type + " by torch " + TORCH_RELEASE + ".x",
+                  "pid-sdk export " + folder + " --format aoti --device " + type + " (with torch " + TORCH_RELEASE +
+                      ")");
+  }
+
+  const Entry& entry_for(const std::vector<int64_t>& shape) const {
+    std::string accepted;
+    for (const auto& e : entries) {
+      const auto& want = e.input_shape("adapter", "latent");
+      if (want == shape) return e;
+      accepted += (accepted.empty() ? "" : ", ") + dims(want) + " -> " + std::to_string(e.height) + "x" +
+                  std::to_string(e.width);
+    }
+    const Entry& any = entries.front();
+    int64_t factor = any.height / any.input_shape("adapter", "latent")[2];
+    std::string size = shape.size() == 4 ? std::to_string(shape[2] * factor) + "x" + std::to_string(shape[3] * factor)
+                                         : "HxW";
+    throw Error(ErrorKind::input, "No graph set of this engine folder takes a latent of this shape.", dims(shape),
+                "one of " + accepted,
+                "pass a latent of one of these shapes, or export this size: pid-sdk export " + folder +
+                    " --format aoti --size " + size + " --batch " + (shape.empty() ? "1" : std::to_string(shape[0])));
+  }
+
+  GraphSet& graphs(const Entry& entry) {
+    auto found = open.find(entry.key);
+    if (found != open.end()) return found->second;
+    verify_entry(folder, entry);
+    c10::DeviceIndex index = device.is_cuda() ? device.index() : -1;
+    auto load = [&](const std::string& graph) {
+      return std::make_unique<Loader>(inside(folder, entry.files.at(graph)), "model", false, 1, index);
+    };
+    GraphSet set{load("text"), load("adapter"), load("denoiser")};
+    return open.emplace(entry.key, std::move(set)).first->second;
+  }
+};
+
+Decoder::Decoder(const std::string& folder, const std::string& device) : impl_(std::make_unique<Impl>()) {
+  impl_->folder = folder;
+  impl_->device = parse_device(device);
+  if (impl_->device.is_cuda() && !at::hasCUDA())
+    throw Error(ErrorKind::config, "This libtorch sees no CUDA GPU.", device, "a CUDA build of torch and a GPU",
+                "open the folder with device \"cpu\"");
+  impl_->manifest = read_manifest(folder);
+  find_space(impl_->manifest.latent_space);
+  impl_->select_runnable();
+}
+
+Decoder::~Decoder() = default;
+
+const std::string& Decoder::latent_space() const { return impl_->manifest.latent_space; }
+
+std::pair<int64_t, int64_t> Decoder::output_size(const std::vector<int64_t>& shape) const {
+  const Entry& e = impl_->entry_for(shape);
+  return {e.height, e.width};
+}
+
+namespace {
+
+void check_arguments(const float* latent, const std::vector<int64_t>& shape, const Space& space, float sigma,
+                     int64_t seed, const uint8_t* out) {
+  if (latent == nullptr || out == nullptr)
+    throw Error(ErrorKind::input, std::string(latent ? "out_rgb8" : "latent") + " is NULL.", "NULL",
+                "a buffer of the caller's", "pass the latent's data and an output buffer (see pid_output_size)");
+  int64_t count = 1;
+  for (int64_t d : shape) count = (d < 1 || d > MAX_ELEMENTS) ? MAX_ELEMENTS + 1 : count * d;
+  if (shape.size() != 4 || count > MAX_ELEMENTS)
+    throw Error(ErrorKind::input, "The latent shape is wrong.", dims(shape), "{B, C, h, w}, each >= 1",
+                "pass the latent's shape: a 2048x2048 FLUX.1 image's latent is {1, 16, 128, 128}");
+  double upper = space.vp ? INFINITY : 1.0;
+  if (!std::isfinite(sigma) || sigma < 0 || sigma > upper)
+    throw Error(ErrorKind::input, "latent_sigma is out of range.", std::to_string(sigma),
+                std::string("a number in [0, ") + (space.vp ? "inf" : "1") + "] (" + space.name + " noise frame)",
+                "pass the LDM's noise level at the captured step (0 for a finished latent)");
+  if (seed < 0)
+    throw Error(ErrorKind::input, "seed must be >= 0.", std::to_string(seed), "0, 1, 2, ...", "pass seed 0");
+}
+
+void check_values(const at::Tensor& z) {
+  at::Tensor finite = at::isfinite(z);
+  if (!finite.all().item<bool>())
+    throw Error(ErrorKind::input, "The latent contains NaN or Inf values.",
+                std::to_string(z.numel() - finite.sum().item<int64_t>()) + " non-finite values", "finite numbers",
+                "check the LDM output (fp16 overflow is a common cause)");
+  double peak = z.abs().max().item<double>();
+  if (peak > MAX_LATENT_ABS)
+    throw Error(ErrorKind::input, "The latent holds values no LDM produces.", "max |value| " + std::to_string(peak),
+                "|value| <= 1e4 (normalised latents are about N(0, 1))", "pass the latent itself, normalised");
+}
+
+}  // namespace
+
+void Decoder::decode(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
+                     float latent_sigma, int64_t seed, uint8_t* out, size_t out_size) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  const Space& model_space = find_space(impl_->manifest.latent_space);
+  const Space& space = find_space(latent_space.empty() ? model_space.name : latent_space);
+  if (space.name != model_space.name)
+    throw Error(ErrorKind::input, "This engine folder decodes " + model_space.name + " latents.",
+                "latent_space " + latent_space, model_space.name,
+                "pass latent_space \"" + model_space.name + "\" (or NULL), or open a folder exported for " +
+                    space.name);
+  check_arguments(latent, shape, space, latent_sigma, seed, out);
+  const Entry& entry = impl_->entry_for(shape);
+  int64_t batch = shape[0];
+  size_t need = size_t(batch * entry.height * entry.width * 3);
+  if (out_size < need)
+    throw Error(ErrorKind::input, "The output buffer is too small.", std::to_string(out_size) + " bytes",
+                std::to_string(need) + " bytes (B x H x W x 3)", "allocate B*H*W*3 bytes (see pid_output_size)");
+
+  at::Tensor z = at::from_blob(const_cast<float*>(latent), shape, at::kFloat).clone();  // never keep their pointer
+  check_values(z);
+  at::Tensor sigma = at::full({batch}, latent_sigma, at::kFloat);
+  if (space.vp) {  // the Euler-frame capture -> the frame the gates were trained on
+    at::Tensor norm = at::sqrt(sigma.to(at::kDouble).pow(2) + 1).to(at::kFloat);
+    z = z / norm.view({-1, 1, 1, 1});
+    sigma = sigma / norm;
+  }
+  GraphSet& g = impl_->graphs(entry);
+  const at::Device& device = impl_->device;
+  at::Tensor text = at::zeros(entry.input_shape("text", "text"), at::kFloat).to(device);  // no caption
+  at::Tensor tokens = g.text->run({text})[0];
+  std::vector<at::Tensor> latent_features = g.adapter->run({z.to(device), sigma.to(device)});
+  int calls = 0;
+  ModelFn model = [&](const at::Tensor& x, double s) {
+    at::Tensor step_sigma = at::full({batch}, float(s), at::TensorOptions().dtype(at::kFloat).device(device));
+    at::Tensor v = g.denoiser->run({x, step_sigma, tokens, latent_features[0], latent_features[1]})[0];
+    ++calls;
+    if (!at::isfinite(v).all().item<bool>())
+      throw Error(ErrorKind::numerics, "The decode produced NaN or Inf values.",
+                  "first non-finite network output at call " + std::to_string(calls), "a finite image",
+                  "check the model's weights for Inf / NaN (pid-sdk info MODEL loads them)");
+    return v;
+  };
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(uint64_t(seed));
+  at::Tensor image = sample_student(model, {batch, 3, entry.height, entry.width}, STEPS, generator, device);
+  at::Tensor rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous();
+  std::memcpy(out, rgb.cpu().data_ptr<uint8_t>(), need);
+}
+
+}  // namespace pid

@@ -1,0 +1,106 @@
+/* Decode a latent file into a PNG with the C ABI of pid-sdk.
+ *
+ *   decode FOLDER LATENT.safetensors OUT.png [--seed N] [--device cpu|cuda] [--latent-space NAME] [--sigma S]
+ *
+ * FOLDER is an engine folder with AOTInductor packages (pid-sdk export FOLDER --format aoti). A batch of B latents
+ * writes OUT.png for the first image and OUT-1.png ... for the others. Exit status 0 on success, 1 with the
+ * library's message on stderr otherwise. */
+#include <png.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pid_sdk.h"
+
+static int fail(const char *context) {
+  fprintf(stderr, "error: %s\n%s\n", context, pid_last_error());
+  return 1;
+}
+
+/* Write to a temporary file beside the target, then rename: never a half-written PNG. */
+static int write_png(const char *path, const uint8_t *rgb, int64_t height, int64_t width) {
+  size_t length = strlen(path) + 16;
+  char *tmp = malloc(length);
+  snprintf(tmp, length, "%s.tmp%d", path, (int)getpid());
+  FILE *file = fopen(tmp, "wb");
+  png_structp png = file ? png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL) : NULL;
+  png_infop info = png ? png_create_info_struct(png) : NULL;
+  volatile int ok = 0; /* volatile: libpng reports errors by longjmp back to the setjmp below */
+  if (info != NULL && setjmp(png_jmpbuf(png)) == 0) {
+    png_init_io(png, file);
+    png_set_IHDR(png, info, (png_uint_32)width, (png_uint_32)height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(png, info);
+    for (int64_t y = 0; y < height; ++y) png_write_row(png, (png_const_bytep)(rgb + y * width * 3));
+    png_write_end(png, NULL);
+    ok = 1;
+  }
+  if (png) png_destroy_write_struct(&png, info ? &info : NULL);
+  ok = file != NULL && fclose(file) == 0 && ok && rename(tmp, path) == 0;
+  if (!ok) {
+    fprintf(stderr, "error: cannot write %s\n  fix: check the folder exists and is writable\n", path);
+    remove(tmp);
+  }
+  free(tmp);
+  return ok ? 0 : 1;
+}
+
+static char *numbered(const char *path, int64_t index) { /* out.png -> out-1.png */
+  size_t length = strlen(path) + 32;
+  char *name = malloc(length);
+  const char *dot = strrchr(path, '.');
+  int stem = dot ? (int)(dot - path) : (int)strlen(path);
+  snprintf(name, length, "%.*s-%lld%s", stem, path, (long long)index, dot ? dot : "");
+  return name;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 4) {
+    fprintf(stderr, "usage: %s FOLDER LATENT.safetensors OUT.png [--seed N] [--device cpu|cuda] "
+                    "[--latent-space NAME] [--sigma S]\n", argv[0]);
+    return 2;
+  }
+  const char *folder = argv[1], *latent_path = argv[2], *out_path = argv[3];
+  const char *device = "cpu", *latent_space = NULL;
+  long long seed = 0;
+  float sigma = 0.0f;
+  for (int i = 4; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--seed")) seed = strtoll(argv[i + 1], NULL, 10);
+    else if (!strcmp(argv[i], "--device")) device = argv[i + 1];
+    else if (!strcmp(argv[i], "--latent-space")) latent_space = argv[i + 1];
+    else if (!strcmp(argv[i], "--sigma")) sigma = strtof(argv[i + 1], NULL);
+    else {
+      fprintf(stderr, "error: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+
+  int64_t shape[4], out_hw[2];
+  if (pid_read_latent(latent_path, NULL, 0, shape) != PID_OK) return fail("reading the latent");
+  size_t count = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+  float *latent = malloc(count * sizeof(float));
+  if (pid_read_latent(latent_path, latent, count, shape) != PID_OK) return fail("reading the latent");
+
+  pid_decoder *decoder = NULL;
+  if (pid_open(folder, device, &decoder) != PID_OK) return fail("opening the engine folder");
+  if (pid_output_size(decoder, shape, out_hw) != PID_OK) return fail("sizing the output");
+  size_t image_bytes = (size_t)(out_hw[0] * out_hw[1] * 3);
+  uint8_t *rgb = malloc(image_bytes * (size_t)shape[0]);
+  int status = pid_decode(decoder, latent, shape, latent_space, sigma, seed, rgb, image_bytes * (size_t)shape[0]);
+  pid_close(decoder);
+  free(latent);
+  if (status != PID_OK) {
+    free(rgb);
+    return fail("decoding");
+  }
+  int failed = 0;
+  for (int64_t b = 0; b < shape[0] && !failed; ++b) {
+    char *name = b == 0 ? NULL : numbered(out_path, b);
+    failed = write_png(name ? name : out_path, rgb + b * image_bytes, out_hw[0], out_hw[1]);
+    if (!failed) printf("%s: %lldx%lld\n", name ? name : out_path, (long long)out_hw[0], (long long)out_hw[1]);
+    free(name);
+  }
+  free(rgb);
+  return failed;
+}

@@ -1,0 +1,301 @@
+"""The C ABI (bindings/): built with bindings/build.sh, run on the demo model's AOTInductor export, through the C sample
+and through ctypes. Images are compared with the Python decoder's; every error path returns a code and a message."""
+
+import ctypes
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pid_sdk
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "bindings" / "build"
+SAMPLE = ROOT / "samples" / "sample_latent_flux1.safetensors"
+OK, INPUT, CHECKPOINT, CONFIG = 0, 1, 2, 3
+
+
+@pytest.fixture(scope="module")
+def lib() -> ctypes.CDLL:
+    """libpid_sdk.so, built by bindings/build.sh (the README's test command builds it first)."""
+    if not (BUILD / "libpid_sdk.so").exists():
+        run = subprocess.run(["bash", str(ROOT / "bindings" / "build.sh")], capture_output=True, text=True)
+        if "the build needs" in run.stderr:
+            pytest.skip(f"the bindings cannot be built here: {run.stderr.strip()}")
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    lib = ctypes.CDLL(str(BUILD / "libpid_sdk.so"))
+    p, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    lib.pid_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(p)]
+    lib.pid_output_size.argtypes = [p, i64p, i64p]
+    lib.pid_decode.argtypes = [p, ctypes.POINTER(ctypes.c_float), i64p, ctypes.c_char_p, ctypes.c_float,
+                               ctypes.c_int64, ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t]
+    lib.pid_close.argtypes = [p]
+    lib.pid_close.restype = None
+    lib.pid_last_error.restype = ctypes.c_char_p
+    lib.pid_read_latent.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, i64p]
+    return lib
+
+
+@pytest.fixture(scope="module")
+def aoti_folder(tmp_path_factory) -> Path:
+    """The demo model exported as AOTInductor packages for the CPU at 512x512 (the sample latent's size)."""
+    from export.engine_set import export_engine_set
+    from pid_sdk.buckets import Bucket
+
+    folder = tmp_path_factory.mktemp("aoti") / "demo"
+    export_engine_set(folder, model=pid_sdk.DEMO_MODEL, sizes=[Bucket(512, 512)], format="aoti", log=lambda *_: None)
+    return folder
+
+
+def sample_latent() -> np.ndarray:
+    from safetensors.numpy import load_file
+
+    return load_file(SAMPLE)["latent"][None].astype(np.float32)
+
+
+class Handle:
+    """A pid_decoder* with the ABI's calls, raising nothing: each call returns (status, result)."""
+
+    def __init__(self, lib, folder, device: bytes | None = b"cpu"):
+        self.lib, self.ptr = lib, ctypes.c_void_p()
+        self.status = lib.pid_open(str(folder).encode(), device, ctypes.byref(self.ptr))
+
+    def decode(self, latent: np.ndarray, *, space=b"flux1", sigma=0.0, seed=0, out_bytes=None, shape=None):
+        latent = np.ascontiguousarray(latent, dtype=np.float32)
+        dims = (ctypes.c_int64 * 4)(*(shape or latent.shape))
+        hw = (ctypes.c_int64 * 2)()
+        sized = self.lib.pid_output_size(self.ptr, dims, hw)
+        size = out_bytes if out_bytes is not None else (latent.shape[0] * hw[0] * hw[1] * 3 if sized == OK else 3)
+        out = np.zeros(max(size, 1), np.uint8)
+        status = self.lib.pid_decode(self.ptr, latent.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), dims, space,
+                                     sigma, seed, out.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size)
+        if status != OK:
+            return status, None
+        return status, out[:size].reshape(latent.shape[0], hw[0], hw[1], 3)
+
+    def close(self):
+        self.lib.pid_close(self.ptr)
+
+
+def error(lib) -> str:
+    return lib.pid_last_error().decode()
+
+
+# --- the C sample and the Python decoder agree ------------------------------------------------------------------
+def test_c_sample_decodes_the_sample_latent_like_the_python_decoder(lib, aoti_folder, tmp_path):
+    """The C sample's PNG against the Python decoder's image (PyTorch backend, eager fp32, the same seed): the
+    seeded noise is the same draw, so they differ only by AOTInductor's kernels, at most 2 of 255 on a few values
+    (measured: 1 level on 19 of 786,432 values)."""
+    from PIL import Image
+
+    out = tmp_path / "c.png"
+    run = subprocess.run([str(BUILD / "pid_decode"), str(aoti_folder), str(SAMPLE), str(out), "--seed", "7"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    c_image = np.asarray(Image.open(out))
+    python = pid_sdk.Decoder.load(pid_sdk.DEMO_MODEL).decode(torch.from_numpy(sample_latent()), seed=7,
+                                                             output="numpy")[0]
+    diff = np.abs(c_image.astype(int) - python.astype(int))
+    assert c_image.shape == python.shape == (512, 512, 3)
+    assert diff.max() <= 2 and diff.mean() <= 1e-3, (diff.max(), diff.mean())
+    other_seed = pid_sdk.Decoder.load(pid_sdk.DEMO_MODEL).decode(torch.from_numpy(sample_latent()), seed=8,
+                                                                 output="numpy")[0]
+    assert np.abs(c_image.astype(int) - other_seed.astype(int)).mean() > 1  # the seed matters: noise is compared
+
+
+def test_the_abi_equals_the_python_aoti_backend_exactly(lib, aoti_folder):
+    handle = Handle(lib, aoti_folder)
+    assert handle.status == OK, error(lib)
+    status, image = handle.decode(sample_latent(), seed=3)
+    handle.close()
+    assert status == OK, error(lib)
+    python = pid_sdk.Decoder.load(aoti_folder, backend="aoti").decode(torch.from_numpy(sample_latent()), seed=3,
+                                                                      output="numpy")
+    np.testing.assert_array_equal(image, python)
+
+
+def test_a_partially_denoised_capture_decodes_as_in_python(lib, aoti_folder):
+    handle = Handle(lib, aoti_folder)
+    status, image = handle.decode(sample_latent(), sigma=0.3, seed=1)
+    handle.close()
+    assert status == OK, error(lib)
+    python = pid_sdk.Decoder.load(aoti_folder, backend="aoti").decode(torch.from_numpy(sample_latent()), seed=1,
+                                                                      latent_sigma=0.3, output="numpy")
+    np.testing.assert_array_equal(image, python)
+
+
+def test_read_latent_returns_the_file_shape_and_values(lib):
+    shape = (ctypes.c_int64 * 4)()
+    assert lib.pid_read_latent(str(SAMPLE).encode(), None, 0, shape) == OK
+    assert list(shape) == [1, 16, 16, 16]
+    data = np.zeros(16 * 16 * 16, np.float32)
+    assert lib.pid_read_latent(str(SAMPLE).encode(), data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), 100,
+                               shape) == INPUT
+    assert "too small" in error(lib)
+    assert lib.pid_read_latent(str(SAMPLE).encode(), data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), data.size,
+                               shape) == OK
+    np.testing.assert_array_equal(data.reshape(1, 16, 16, 16), sample_latent())
+
+
+@pytest.mark.parametrize("content", [b"", b"not a safetensors file at all", b"\x10\x00\x00\x00\x00\x00\x00\x00{bad"])
+def test_read_latent_refuses_what_is_not_a_latent_file(lib, tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+    shape = (ctypes.c_int64 * 4)()
+    assert lib.pid_read_latent(str(path).encode(), None, 0, shape) == INPUT
+    assert "fix:" in error(lib)
+
+
+def test_read_latent_refuses_a_truncated_file(lib, tmp_path):
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(SAMPLE.read_bytes()[:-100])
+    shape = (ctypes.c_int64 * 4)()
+    assert lib.pid_read_latent(str(path).encode(), None, 0, shape) == INPUT
+    assert "truncated" in error(lib)
+
+
+# --- error paths: a code and the message a PiDError would carry, never a crash ----------------------------------
+def test_open_errors(lib, aoti_folder, tmp_path):
+    ptr = ctypes.c_void_p()
+    assert lib.pid_open(str(tmp_path / "nowhere").encode(), b"cpu", ctypes.byref(ptr)) == CHECKPOINT
+    assert "no engine manifest" in error(lib) and "fix:" in error(lib) and not ptr.value
+    assert lib.pid_open(None, b"cpu", ctypes.byref(ptr)) == INPUT and "folder is NULL" in error(lib)
+    assert lib.pid_open(str(aoti_folder).encode(), b"cpu", None) == INPUT
+    assert lib.pid_open(str(aoti_folder).encode(), b"tpu", ctypes.byref(ptr)) == CONFIG
+    assert "Unknown device" in error(lib)
+    if not torch.cuda.is_available():
+        assert lib.pid_open(str(aoti_folder).encode(), b"cuda", ctypes.byref(ptr)) == CONFIG
+    handle = Handle(lib, aoti_folder, device=None)  # NULL device: the CPU
+    assert handle.status == OK and error(lib) == ""
+    handle.close()
+    lib.pid_close(None)
+
+
+def edited_copy(folder: Path, tmp_path: Path, edit) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest, copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_a_tampered_package_is_refused_before_it_is_loaded(lib, aoti_folder, tmp_path):
+    def tamper(manifest, copy):
+        package = copy / manifest["entries"][0]["files"]["denoiser"]
+        data = bytearray(package.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        package.write_bytes(bytes(data))
+
+    handle = Handle(lib, edited_copy(aoti_folder, tmp_path, tamper))
+    assert handle.status == OK, error(lib)  # packages are hashed when first used
+    status, _ = handle.decode(sample_latent())
+    assert status == CHECKPOINT and "does not match the manifest's sha256" in error(lib)
+    handle.close()
+
+
+@pytest.mark.parametrize("edit, code, message", [
+    (lambda m, c: m["entries"][0]["files"].update(denoiser="../../etc/passwd"), CHECKPOINT, "outside its folder"),
+    (lambda m, c: m["entries"][0].update(torch_version="2.99.0"), CONFIG, "compiled by torch 2.99.0"),
+    (lambda m, c: m["entries"][0].update(target="cuda"), CONFIG, "compiled for cuda"),
+    (lambda m, c: m.update(entries=[]), CONFIG, "has no AOTInductor packages"),
+    (lambda m, c: m.update(format="something-else"), CHECKPOINT, "not a pid-sdk engine manifest"),
+    (lambda m, c: m["entries"][0].pop("io"), CHECKPOINT, "is damaged"),
+])
+def test_a_bad_manifest_is_refused_at_open(lib, aoti_folder, tmp_path, edit, code, message):
+    handle = Handle(lib, edited_copy(aoti_folder, tmp_path, edit))
+    assert handle.status == code and message in error(lib), error(lib)
+
+
+def test_a_missing_package_is_refused(lib, aoti_folder, tmp_path):
+    copy = edited_copy(aoti_folder, tmp_path, lambda m, c: (c / m["entries"][0]["files"]["adapter"]).unlink())
+    handle = Handle(lib, copy)
+    status, _ = handle.decode(sample_latent())
+    assert status == CHECKPOINT and "is missing" in error(lib)
+    handle.close()
+
+
+def test_bad_input_through_the_abi(lib, aoti_folder):
+    handle = Handle(lib, aoti_folder)
+    z = sample_latent()
+    cases = [
+        (dict(latent=z[:, :, :8]), "No graph set of this engine folder takes a latent of this shape"),
+        (dict(latent=z, shape=(1, 16, 16, 0)), "The latent shape is wrong"),
+        (dict(latent=z, space=b"nonsense"), "Unknown latent space 'nonsense'"),
+        (dict(latent=z, space=b"sd3"), "This engine folder decodes flux1 latents"),
+        (dict(latent=np.where(np.arange(z.size).reshape(z.shape) == 5, np.nan, z)), "NaN or Inf"),
+        (dict(latent=z * 1e6), "values no LDM produces"),
+        (dict(latent=z, sigma=-0.5), "latent_sigma is out of range"),
+        (dict(latent=z, sigma=float("nan")), "latent_sigma is out of range"),
+        (dict(latent=z, seed=-1), "seed must be >= 0"),
+        (dict(latent=z, out_bytes=100), "The output buffer is too small"),
+    ]
+    for kwargs, message in cases:
+        status, _ = handle.decode(kwargs.pop("latent"), **kwargs)
+        assert status == INPUT and message in error(lib) and "fix:" in error(lib), (message, error(lib))
+    status, _ = handle.decode(z, space=None)  # NULL: the model's own space
+    assert status == OK and error(lib) == ""
+    handle.close()
+
+
+def test_null_pointers_return_an_error(lib, aoti_folder):
+    handle = Handle(lib, aoti_folder)
+    z = sample_latent()
+    shape = (ctypes.c_int64 * 4)(*z.shape)
+    out = np.zeros(512 * 512 * 3, np.uint8)
+    out_p = out.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+    z_p = z.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    assert lib.pid_decode(None, z_p, shape, None, 0.0, 0, out_p, out.size) == INPUT
+    assert lib.pid_decode(handle.ptr, None, shape, None, 0.0, 0, out_p, out.size) == INPUT
+    assert lib.pid_decode(handle.ptr, z_p, None, None, 0.0, 0, out_p, out.size) == INPUT
+    assert lib.pid_decode(handle.ptr, z_p, shape, None, 0.0, 0, None, out.size) == INPUT
+    assert "out_rgb8 is NULL" in error(lib)
+    assert lib.pid_output_size(handle.ptr, shape, None) == INPUT
+    handle.close()
+
+
+# --- threads -------------------------------------------------------------------------------------------------------
+def test_concurrent_decodes_on_one_handle_and_on_two_handles_equal_the_serial_ones(lib, aoti_folder):
+    """One handle serialises its decodes; two handles decode in parallel; pid_last_error is per thread."""
+    z = sample_latent()
+    shared, second = Handle(lib, aoti_folder), Handle(lib, aoti_folder)
+    serial = {seed: shared.decode(z, seed=seed)[1] for seed in (0, 1, 2)}
+    results, messages = {}, {}
+
+    def work(handle, seed):
+        results[(id(handle), seed)] = handle.decode(z, seed=seed)[1]
+
+    def fail():
+        handle = Handle(lib, aoti_folder)
+        handle.decode(z, seed=-5)
+        messages["failing thread"] = error(lib)
+        handle.close()
+
+    threads = [threading.Thread(target=work, args=(h, s)) for h in (shared, second) for s in (0, 1, 2)]
+    threads.append(threading.Thread(target=fail))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (_, seed), image in results.items():
+        np.testing.assert_array_equal(image, serial[seed])
+    assert len(results) == 6 and "seed must be >= 0" in messages["failing thread"]
+    assert error(lib) == ""  # this thread's last call succeeded, whatever the others did
+    shared.close()
+    second.close()
+
+
+# --- the C sample's own errors --------------------------------------------------------------------------------------
+def test_c_sample_reports_errors_and_writes_nothing(lib, aoti_folder, tmp_path):
+    out = tmp_path / "never.png"
+    for args in ([str(tmp_path / "nowhere"), str(SAMPLE)], [str(aoti_folder), str(tmp_path / "none.safetensors")],
+                 [str(aoti_folder), str(SAMPLE), "--latent-space", "sdxl"]):
+        run = subprocess.run([str(BUILD / "pid_decode"), args[0], args[1], str(out), *args[2:]], capture_output=True,
+                             text=True)
+        assert run.returncode == 1 and "error:" in run.stderr and "fix:" in run.stderr, run.stderr
+        assert not out.exists() and list(tmp_path.glob("never*")) == []
