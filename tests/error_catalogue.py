@@ -136,6 +136,11 @@ case("engines", "an unknown backend")(lambda t, d: pid_sdk.Decoder.load(_engine_
 case("engines", "export --size 0x0")(lambda t, d: _cli("export", str(t / "set"), "--preset", "tiny", "--size", "0x0"))
 case("engines", "export --size 100000x100000")(
     lambda t, d: _cli("export", str(t / "set"), "--preset", "tiny", "--size", "100000x100000"))
+case("engines", "export --format aoti --precision fp8")(
+    lambda t, d: _cli("export", str(t / "set"), "--preset", "tiny", "--size", "64x64", "--format", "aoti",
+                      "--precision", "fp8"))
+case("engines", "backend='aoti' on a folder without AOTInductor packages")(
+    lambda t, d: pid_sdk.Decoder.load(_engine_dir(t), backend="aoti"))
 case("engines", "a build matrix naming an unknown target")(lambda t, d: _matrix(t))
 case("engines", "build --version-compatible for TensorRT-RTX")(lambda t, d: _rtx_version_compatible())
 case("numerics", "weights that make the network return Inf")(lambda t, d: _inf_model())

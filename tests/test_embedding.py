@@ -299,3 +299,66 @@ def test_c_sample_reports_errors_and_writes_nothing(lib, aoti_folder, tmp_path):
                              text=True)
         assert run.returncode == 1 and "error:" in run.stderr and "fix:" in run.stderr, run.stderr
         assert not out.exists() and list(tmp_path.glob("never*")) == []
+
+
+# --- the export and its manifest entry -------------------------------------------------------------------------------
+def test_the_aoti_entry_records_device_torch_release_and_hashes(aoti_folder):
+    from pid_sdk.checkpoints import sha256_file
+    from pid_sdk.runtime.manifest import read_manifest
+
+    (entry,) = read_manifest(aoti_folder).entries
+    assert (entry.backend, entry.target, entry.bucket, entry.batch, entry.precision) == ("aoti", "cpu", (512, 512), 1,
+                                                                                         "fp32")
+    assert entry.torch_version == torch.__version__
+    assert {entry.sha256[rel] for rel in entry.files.values()} == {sha256_file(aoti_folder / rel)
+                                                                   for rel in entry.files.values()}
+    assert entry.input_shape("adapter", "latent") == (1, 16, 16, 16)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(precisions=["fp8"]), "exported in fp32 or bf16"),
+    (dict(attention_dtype="fp16"), "--attention-dtype applies to ONNX graphs"),
+    (dict(format="tflite"), "Unknown export format"),
+    (dict(format="onnx", device="cuda"), "--device applies to AOTInductor packages"),
+])
+def test_export_refuses_options_aoti_does_not_take(tmp_path, options, message):
+    from export.engine_set import export_engine_set
+    from pid_sdk.buckets import Bucket
+    from pid_sdk.errors import ConfigError
+
+    options = {"format": "aoti", **options}
+    with pytest.raises(ConfigError, match=message):
+        export_engine_set(tmp_path / "set", preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None, **options)
+    assert not (tmp_path / "set").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_cuda_export_needs_a_cuda_host(tmp_path):
+    from export.engine_set import export_engine_set
+    from pid_sdk.buckets import Bucket
+    from pid_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compiled on a CUDA host"):
+        export_engine_set(tmp_path / "set", preset="tiny", sizes=[Bucket(64, 64)], format="aoti", device="cuda")
+
+
+def test_selection_follows_device_and_torch_release(aoti_folder):
+    from dataclasses import replace
+
+    from pid_sdk.runtime.manifest import read_manifest
+    from pid_sdk.runtime.selection import DeviceInfo, aoti_runs_on
+
+    (entry,) = read_manifest(aoti_folder).entries
+    cpu, gpu = DeviceInfo(None), DeviceInfo(90)
+    assert aoti_runs_on(entry, cpu) == (True, "") and aoti_runs_on(entry, gpu)[0]
+    assert not aoti_runs_on(replace(entry, target="cuda"), cpu)[0]
+    ok, why = aoti_runs_on(replace(entry, torch_version="2.99.1"), cpu)
+    assert not ok and "compiled by torch 2.99.1" in why
+
+
+def test_backend_aoti_without_an_entry_of_this_size_names_the_export(aoti_folder):
+    from pid_sdk.errors import ConfigError
+
+    decoder = pid_sdk.Decoder.load(aoti_folder, backend="aoti")
+    with pytest.raises(ConfigError, match="--format aoti"):
+        decoder.decode(torch.zeros(1, 16, 8, 8), seed=0)
