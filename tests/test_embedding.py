@@ -5,6 +5,7 @@ import ctypes
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,9 +16,12 @@ import torch
 import pid_sdk
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bindings"))
+import ctypes_abi  # noqa: E402
+from ctypes_abi import CHECKPOINT, CONFIG, INPUT, OK, Handle  # noqa: E402
+
 BUILD = ROOT / "bindings" / "build"
 SAMPLE = ROOT / "samples" / "sample_latent_flux1.safetensors"
-OK, INPUT, CHECKPOINT, CONFIG = 0, 1, 2, 3
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +32,8 @@ def lib() -> ctypes.CDLL:
         if "the build needs" in run.stderr:
             pytest.skip(f"the bindings cannot be built here: {run.stderr.strip()}")
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    lib = ctypes.CDLL(str(BUILD / "libpid_sdk.so"))
-    p, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
-    lib.pid_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(p)]
-    lib.pid_output_size.argtypes = [p, i64p, i64p]
-    lib.pid_decode.argtypes = [p, ctypes.POINTER(ctypes.c_float), i64p, ctypes.c_char_p, ctypes.c_float,
-                               ctypes.c_int64, ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t]
-    lib.pid_close.argtypes = [p]
-    lib.pid_close.restype = None
-    lib.pid_last_error.restype = ctypes.c_char_p
-    lib.pid_read_latent.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, i64p]
+    lib = ctypes_abi.load(BUILD / "libpid_sdk.so")
+    assert lib.pid_abi_version() == 1
     return lib
 
 
@@ -58,32 +54,8 @@ def sample_latent() -> np.ndarray:
     return load_file(SAMPLE)["latent"][None].astype(np.float32)
 
 
-class Handle:
-    """A pid_decoder* with the ABI's calls, raising nothing: each call returns (status, result)."""
-
-    def __init__(self, lib, folder, device: bytes | None = b"cpu"):
-        self.lib, self.ptr = lib, ctypes.c_void_p()
-        self.status = lib.pid_open(str(folder).encode(), device, ctypes.byref(self.ptr))
-
-    def decode(self, latent: np.ndarray, *, space=b"flux1", sigma=0.0, seed=0, out_bytes=None, shape=None):
-        latent = np.ascontiguousarray(latent, dtype=np.float32)
-        dims = (ctypes.c_int64 * 4)(*(shape or latent.shape))
-        hw = (ctypes.c_int64 * 2)()
-        sized = self.lib.pid_output_size(self.ptr, dims, hw)
-        size = out_bytes if out_bytes is not None else (latent.shape[0] * hw[0] * hw[1] * 3 if sized == OK else 3)
-        out = np.zeros(max(size, 1), np.uint8)
-        status = self.lib.pid_decode(self.ptr, latent.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), dims, space,
-                                     sigma, seed, out.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size)
-        if status != OK:
-            return status, None
-        return status, out[:size].reshape(latent.shape[0], hw[0], hw[1], 3)
-
-    def close(self):
-        self.lib.pid_close(self.ptr)
-
-
 def error(lib) -> str:
-    return lib.pid_last_error().decode()
+    return ctypes_abi.last_error(lib)
 
 
 # --- the C sample and the Python decoder agree ------------------------------------------------------------------

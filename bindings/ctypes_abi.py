@@ -1,0 +1,55 @@
+"""The C ABI (c/pid_sdk.h) declared for Python's ctypes: what tests/test_embedding.py and bench/embedding.py call, and
+a template for other foreign-function interfaces (C#, Go, Rust declare the same signatures)."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+
+LIBRARY = Path(__file__).resolve().parent / "build" / "libpid_sdk.so"
+OK, INPUT, CHECKPOINT, CONFIG, NUMERICS, INTERNAL = range(6)
+
+
+def load(path: str | Path = LIBRARY) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    p, i64p, f32p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float)
+    lib.pid_abi_version.argtypes = []
+    lib.pid_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(p)]
+    lib.pid_output_size.argtypes = [p, i64p, i64p]
+    lib.pid_decode.argtypes = [p, f32p, i64p, ctypes.c_char_p, ctypes.c_float, ctypes.c_int64,
+                               ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t]
+    lib.pid_close.argtypes, lib.pid_close.restype = [p], None
+    lib.pid_last_error.argtypes, lib.pid_last_error.restype = [], ctypes.c_char_p
+    lib.pid_read_latent.argtypes = [ctypes.c_char_p, f32p, ctypes.c_size_t, i64p]
+    return lib
+
+
+def last_error(lib: ctypes.CDLL) -> str:
+    return lib.pid_last_error().decode()
+
+
+class Handle:
+    """A pid_decoder*: `status` is pid_open's; `decode` returns (status, uint8 [B, H, W, 3] or None)."""
+
+    def __init__(self, lib: ctypes.CDLL, folder, device: bytes | None = b"cpu"):
+        self.lib, self.ptr = lib, ctypes.c_void_p()
+        self.status = lib.pid_open(str(folder).encode(), device, ctypes.byref(self.ptr))
+
+    def decode(self, latent: np.ndarray, *, space: bytes | None = b"flux1", sigma: float = 0.0, seed: int = 0,
+               out_bytes: int | None = None, shape=None) -> tuple[int, np.ndarray | None]:
+        latent = np.ascontiguousarray(latent, dtype=np.float32)
+        dims = (ctypes.c_int64 * 4)(*(shape or latent.shape))
+        hw = (ctypes.c_int64 * 2)()
+        sized = self.lib.pid_output_size(self.ptr, dims, hw) == OK
+        size = out_bytes if out_bytes is not None else (latent.shape[0] * hw[0] * hw[1] * 3 if sized else 3)
+        out = np.zeros(max(size, 1), np.uint8)
+        status = self.lib.pid_decode(self.ptr, latent.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), dims, space,
+                                     sigma, seed, out.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size)
+        if status != OK:
+            return status, None
+        return status, out[:size].reshape(latent.shape[0], hw[0], hw[1], 3)
+
+    def close(self) -> None:
+        self.lib.pid_close(self.ptr)
