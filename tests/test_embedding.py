@@ -271,6 +271,10 @@ def test_c_sample_reports_errors_and_writes_nothing(lib, aoti_folder, tmp_path):
                              text=True)
         assert run.returncode == 1 and "error:" in run.stderr and "fix:" in run.stderr, run.stderr
         assert not out.exists() and list(tmp_path.glob("never*")) == []
+    for options in (["--seed", "abc"], ["--seed"], ["--colour", "red"]):
+        run = subprocess.run([str(BUILD / "pid_decode"), str(aoti_folder), str(SAMPLE), str(out), *options],
+                             capture_output=True, text=True)
+        assert run.returncode == 2 and "fix:" in run.stderr and not out.exists(), run.stderr
 
 
 # --- the export and its manifest entry -------------------------------------------------------------------------------

@@ -65,13 +65,20 @@ int main(int argc, char **argv) {
   const char *device = "cpu", *latent_space = NULL;
   long long seed = 0;
   float sigma = 0.0f;
-  for (int i = 4; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--seed")) seed = strtoll(argv[i + 1], NULL, 10);
-    else if (!strcmp(argv[i], "--device")) device = argv[i + 1];
-    else if (!strcmp(argv[i], "--latent-space")) latent_space = argv[i + 1];
-    else if (!strcmp(argv[i], "--sigma")) sigma = strtof(argv[i + 1], NULL);
+  for (int i = 4; i < argc; i += 2) {
+    char *end = NULL;
+    const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+    if (value && !strcmp(argv[i], "--seed")) seed = strtoll(value, &end, 10);
+    else if (value && !strcmp(argv[i], "--sigma")) sigma = strtof(value, &end);
+    else if (value && !strcmp(argv[i], "--device")) device = value;
+    else if (value && !strcmp(argv[i], "--latent-space")) latent_space = value;
     else {
-      fprintf(stderr, "error: unknown option %s\n", argv[i]);
+      fprintf(stderr, "error: unknown option or missing value: %s\n  fix: see the usage line (run without "
+                      "arguments)\n", argv[i]);
+      return 2;
+    }
+    if (end != NULL && (*end != '\0' || end == value)) {
+      fprintf(stderr, "error: %s takes a number, received '%s'\n  fix: pass e.g. %s 0\n", argv[i], value, argv[i]);
       return 2;
     }
   }
