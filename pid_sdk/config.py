@@ -245,7 +245,7 @@ def tiny(cfg: PiDConfig) -> PiDConfig:
 PRESETS: dict[str, PiDConfig] = {c.name: c for c in _OFFICIAL}
 PRESETS.update({tiny(c).name: tiny(c) for c in _OFFICIAL})
 PRESETS["tiny"] = replace(PRESETS["tiny-pid-2k"], name="tiny")
-# The project's own small decoder (FLUX.1 latents, 4x), trained by scripts/train_demo.py. The shipped DEMO_MODEL
+# The project's own small decoder (FLUX.1 latents, 4x), trained by training/demo/train_demo.py. The shipped DEMO_MODEL
 # grew from it (patch_depth 8, num_res_blocks 6: training/grow.py) and carries that config in its manifest.
 PRESETS["demo-flux1"] = replace(
     PRESETS["tiny-pid-2k"],

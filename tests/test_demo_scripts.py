@@ -1,4 +1,4 @@
-"""The demo's training scripts (scripts/train_demo.py, scripts/pack_gpu_data.py), run as a user runs them."""
+"""The demo's training scripts (training/demo/train_demo.py, training/demo/pack_gpu_data.py), run as a user runs them."""
 
 import importlib
 import json
@@ -12,17 +12,18 @@ import pid_sdk
 from pid_sdk.checkpoints import load_artefact, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "training" / "demo"
 
 
 def script(name: str):
-    """The module of scripts/NAME.py, imported with its folder on sys.path as the scripts run."""
-    if str(ROOT / "scripts") not in sys.path:
-        sys.path.insert(0, str(ROOT / "scripts"))
+    """The module of training/demo/NAME.py, imported with its folder on sys.path as the scripts run."""
+    if str(DEMO) not in sys.path:
+        sys.path.insert(0, str(DEMO))
     return importlib.import_module(name)
 
 
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, str(DEMO / name), *map(str, args)], capture_output=True,
                           text=True, cwd=ROOT)
 
 
@@ -80,7 +81,7 @@ def test_an_incomplete_photograph_pool_is_refused_with_its_fix(monkeypatch, tmp_
 
 
 def pack(monkeypatch, out: Path, *args: str) -> int:
-    """scripts/pack_gpu_data.py's main on `out` with `args` (--partial-data: CI has neither opencv-doc nor the
+    """training/demo/pack_gpu_data.py's main on `out` with `args` (--partial-data: CI has neither opencv-doc nor the
     wallpapers)."""
     monkeypatch.setattr(sys, "argv", ["pack_gpu_data.py", "--out", str(out), "--partial-data", *args])
     return script("pack_gpu_data").main()
@@ -132,7 +133,7 @@ def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out
 @pytest.mark.slow
 def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_the_cpu(monkeypatch, tmp_path,
                                                                                         tae_dir):
-    """scripts/gpu_train_demo.sh is what a lent GPU's few minutes run: a broken step there costs the whole stop, so it
+    """training/demo/gpu_train_demo.sh is what a lent GPU's few minutes run: a broken step there costs the whole stop, so it
     runs here on the CPU at the smallest scale, on a pack written as for the GPU (pack_gpu_data.py)."""
     import os
 
@@ -141,7 +142,7 @@ def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu",
            "BATCH": "2", "FLOW_MIN": "0.1", "TOTAL_S": "40", "TESTS": "0", "CARRY": str(carry),
            "OUT": str(tmp_path / "out"), "RUN": str(tmp_path / "run"), "AUGMENT": "1"}
-    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train_demo.sh")], env=env, capture_output=True,
+    res = subprocess.run(["bash", str(DEMO / "gpu_train_demo.sh")], env=env, capture_output=True,
                          text=True, cwd=ROOT, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     steps = {}

@@ -188,7 +188,7 @@ def test_split_modulation_lowers_peak_memory():
 
 @pytest.mark.parametrize("objective", ["flow", "rollout"])
 def test_cuda_training_under_bf16_autocast_learns_and_resumes(tmp_path, objective):
-    """The path of `pid-sdk train` and scripts/gpu_train_demo.sh on CUDA: bf16 autocast, EMA, save and resume."""
+    """The path of `pid-sdk train` and training/demo/gpu_train_demo.sh on CUDA: bf16 autocast, EMA, save and resume."""
     from test_training import FLUX, eval_loss, smooth_batch, tiny_model
 
     from training.trainer import TrainConfig, Trainer
@@ -211,7 +211,7 @@ def test_cuda_training_under_bf16_autocast_learns_and_resumes(tmp_path, objectiv
 
 
 def test_pair_sampler_cuts_crops_on_the_gpu_as_on_the_cpu():
-    """scripts/train_demo.py --device cuda crops there; the same seed gives the CPU's crops (same positions, flips)."""
+    """training/demo/train_demo.py --device cuda crops there; the same seed gives the CPU's crops (same positions, flips)."""
     import numpy as np
 
     from training.data import PairSampler

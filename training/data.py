@@ -165,12 +165,12 @@ OPTIONAL_SOURCES = (  # (what, how to install it, loader)
     ("matplotlib's grace_hopper", "pip install 'pid-sdk[train]'", _matplotlib_images),
     ("Debian's opencv-doc photographs", "apt-get install opencv-doc", opencv_doc_images),
 )
-WALLPAPER_SOURCES = tuple(  # the demo's pool from the thirteenth stop on (train_demo.py --wallpapers)
+WALLPAPER_SOURCES = tuple(  # the demo's pool from the thirteenth stop on (training/demo/train_demo.py --wallpapers)
     (f"Debian's {package} photographs", f"apt-get install {package}", partial(_package_wallpapers, package))
     for package in WALLPAPER_PHOTOGRAPHS)
 
 
-# The pool's third part (`train_demo.py --more-photographs`, eighteenth stop): photographs the first two leave out,
+# The pool's third part (`training/demo/train_demo.py --more-photographs`, eighteenth stop): photographs the first two leave out,
 # grey ones among them, read as RGB with three equal channels (the held-out skimage.camera is grey too).
 SKIMAGE_GREY = ("brick", "coins", "grass", "gravel", "moon")
 OPENCV_DOC_GREY = ("basketball1", "basketball2", "box_in_scene")

@@ -1,9 +1,9 @@
 """Ship a training run's EMA weights as the embedded demo model (pid_sdk/data/demo-flux1, bf16 SDK artefact).
 
-    python scripts/ship_demo.py build/demo
-    python scripts/ship_demo.py /tmp/run --out /tmp/run.ship       # elsewhere (scripts/gpu_train_demo.sh)
-    python scripts/ship_demo.py build/a build/b                     # the mean of two runs' EMA weights
-    python scripts/ship_demo.py build/dmd                           # a `pid-sdk distill` run's DMD2 student
+    python training/demo/ship_demo.py build/demo
+    python training/demo/ship_demo.py /tmp/run --out /tmp/run.ship       # elsewhere (training/demo/gpu_train_demo.sh)
+    python training/demo/ship_demo.py build/a build/b                     # the mean of two runs' EMA weights
+    python training/demo/ship_demo.py build/dmd                           # a `pid-sdk distill` run's DMD2 student
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pid_sdk.checkpoints import load_artefact, save_artefact  # noqa: E402
@@ -44,7 +44,7 @@ def describe(runs: list[Path]) -> str:
     note = "" if "provenance in docs" in start else " (not DMD2-distilled; provenance in docs/quality.md)"  # once
     what = "EMA" if len(runs) == 1 else f"mean of the EMA weights of {len(runs)} runs,"
     last = f"the last ones with the {objectives} objective"
-    return f"scripts/train_demo.py {what} after {steps} steps{start}, {last}{note}"
+    return f"training/demo/train_demo.py {what} after {steps} steps{start}, {last}{note}"
 
 
 def mean_of_runs(runs: list[Path]) -> tuple[PiDConfig, nn.Module]:
@@ -69,7 +69,7 @@ def student_of(run: Path, others: int) -> tuple[PiDConfig, nn.Module, str]:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("runs", nargs="+", help="run folders of scripts/train_demo.py (several are averaged), or one "
+    p.add_argument("runs", nargs="+", help="run folders of training/demo/train_demo.py (several are averaged), or one "
                                            "`pid-sdk distill` run folder (its student)")
     p.add_argument("--out", default=str(DEMO), help="the artefact folder, replaced (default: the embedded model)")
     args = p.parse_args()

@@ -1,12 +1,12 @@
 """Write the demo's training pool and taef1 into one folder, for a machine without the packages.
 
-    python scripts/pack_gpu_data.py --out build/carry
-    python scripts/pack_gpu_data.py --wallpapers                 # the pool of 72 (with Debian's wallpaper photographs)
-    python scripts/pack_gpu_data.py --wallpapers --jpeg-quality 97   # the 72 in a size the device tool carries
-    python scripts/pack_gpu_data.py --wallpapers --more-photographs --jpeg-quality 97   # the pool of 91
-    python scripts/pack_gpu_data.py --init build/grow8-s2900     # also a model to start from (INIT=build/carry/init)
+    python training/demo/pack_gpu_data.py --out build/carry
+    python training/demo/pack_gpu_data.py --wallpapers                 # the pool of 72 (with Debian's wallpaper photographs)
+    python training/demo/pack_gpu_data.py --wallpapers --jpeg-quality 97   # the 72 in a size the device tool carries
+    python training/demo/pack_gpu_data.py --wallpapers --more-photographs --jpeg-quality 97   # the pool of 91
+    python training/demo/pack_gpu_data.py --init build/grow8-s2900     # also a model to start from (INIT=build/carry/init)
 
-The device machine of scripts/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:
+The device machine of training/demo/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:
 this folder travels with the command instead (`carry`; 64 MiB at most with the working tree). Images are lossless
 WebPs named after their source (`opencv-doc.baboon.webp`), or with --jpeg-quality JPEGs without chroma subsampling
 (at 97 the 72 take 23 MiB instead of 46, each within 42 dB PSNR of its pixels, far above what the demo model
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pid_sdk.errors import InputError  # noqa: E402

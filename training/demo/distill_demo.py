@@ -1,6 +1,6 @@
-"""DMD2-distil the demo decoder (the EMA weights of a scripts/train_demo.py run) onto the 4-step student schedule.
+"""DMD2-distil the demo decoder (the EMA weights of a training/demo/train_demo.py run) onto the 4-step student schedule.
 
-    python scripts/distill_demo.py --teacher build/demo --out build/demo-distill --minutes 40
+    python training/demo/distill_demo.py --teacher build/demo --out build/demo-distill --minutes 40
 
 Data as in train_demo.py (package photographs, `skimage.chelsea` held out). No captions exist, so text-only
 guidance would compare two identical branches: guidance is 1. `--recon-weight` adds the SDK's optional
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from train_demo import encoder_on  # noqa: E402
@@ -63,7 +63,7 @@ def main() -> int:
     space = get_latent_space("flux1")
     out = Path(args.out)
     t0, deadline, logs, step = time.perf_counter(), time.perf_counter() + 60 * args.minutes, [], 0
-    source = f"scripts/distill_demo.py {' '.join(sys.argv[1:])}"
+    source = f"training/demo/distill_demo.py {' '.join(sys.argv[1:])}"
     while time.perf_counter() < deadline and (args.steps is None or step < args.steps):
         logs.append(dmd.step(sampler.batch_of_pixels(args.batch * 256 * 256), space))
         step += 1

@@ -1,7 +1,7 @@
 """Regenerate samples/sample_latent_flux1.safetensors: a real FLUX.1 latent of a real photograph.
 
 The photograph is scikit-image's `chelsea` (a cat), centre-cropped to a square and resized to 128x128, encoded with
-the taef1 encoder from shared/data/tae. Run from the repository root:  python scripts/make_sample_latent.py
+the taef1 encoder from shared/data/tae. Run from the repository root:  python samples/make_sample_latent.py
 """
 
 from pathlib import Path

@@ -1,10 +1,10 @@
 """Train the embedded demo decoder (preset demo-flux1) on real images that ship inside packages.
 
-    python scripts/train_demo.py --minutes 40 --out build/demo
+    python training/demo/train_demo.py --minutes 40 --out build/demo
 
 Data: the photographs that ship inside packages (training/data.py; `--wallpapers` adds those of Debian's wallpaper
 packages, `--more-photographs` 19 more, from scikit-image, opencv-doc, labelme-examples and libsixel-examples)
-except `chelsea`, which is held out for the sample latent, or `--data FOLDER` (scripts/pack_gpu_data.py writes that
+except `chelsea`, which is held out for the sample latent, or `--data FOLDER` (training/demo/pack_gpu_data.py writes that
 pool as a folder for a machine without the packages). Pairs: random square crops at several scales; the latent is
 the taef1 encoding of the crop downsampled 4x (512x512 -> 128x128 -> 16x16x16). Needs
 ../shared/data/tae beside the repository, or `--tae-dir`.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pid_sdk.checkpoints import load_checkpoint  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> int:
         p.error("--init starts a new run and --resume continues one: pass one of them")
     if (args.wallpapers or args.more_photographs) and args.data:
         p.error("--wallpapers and --more-photographs add to the package photographs, and a --data folder is the "
-                "whole pool: pass one (scripts/pack_gpu_data.py --wallpapers packs both into a folder)")
+                "whole pool: pass one (training/demo/pack_gpu_data.py --wallpapers packs both into a folder)")
     if args.grow and not args.init:
         p.error("--grow deepens the --init weights: pass --init too")
     if not args.resume and Path(args.out).exists() and any(Path(args.out).iterdir()):
