@@ -230,20 +230,7 @@ class Decoder:
 
     def _check_text(self, embeddings, batch: int) -> Tensor:
         b = self.config.backbone
-        e = inputs.as_float_tensor(embeddings, "text_embeddings")
-        if e.ndim == 2:
-            e = e[None]
-        ok = e.ndim == 3 and e.shape[-1] == b.txt_embed_dim and 1 <= e.shape[1] <= b.txt_max_length
-        if not ok or e.shape[0] not in (1, batch):
-            raise InputError("The text embeddings have the wrong shape.", received=f"shape {tuple(e.shape)}",
-                             expected=f"[{batch} or 1, L <= {b.txt_max_length}, {b.txt_embed_dim}]",
-                             fix="pass Gemma-2-2B-it last hidden states (prompt= computes them for you)")
-        e = e.to("cpu", torch.float32)
-        if not torch.isfinite(e).all() or e.abs().max() > inputs.MAX_LATENT_ABS:
-            raise InputError("The text embeddings contain NaN, Inf or absurdly large values.",
-                             expected=f"finite numbers within +-{inputs.MAX_LATENT_ABS:g}",
-                             fix="pass Gemma-2-2B-it last hidden states (prompt= computes them for you)")
-        return e.expand(batch, -1, -1)
+        return inputs.check_text_embeddings(embeddings, batch, b.txt_max_length, b.txt_embed_dim)
 
     def _negative(self, negative, text: Tensor) -> Tensor:
         if negative is not None:

@@ -97,19 +97,37 @@ def check_latent_shape(shape: tuple[int, ...], space: LatentSpace, sr_scale: int
     return out_h, out_w
 
 
-def check_latent_values(z: Tensor) -> None:
-    """Finite, and within what any LDM produces: a finite 1e30 would decode to an all-NaN image."""
+def check_latent_values(z: Tensor, name: str = "latent") -> None:
+    """Finite, and within what any LDM or text encoder produces: a finite 1e30 would decode to an all-NaN image."""
+    latent = name == "latent"
+    source, fix = (("LDM", "check the LDM output (fp16 overflow is a common cause)") if latent else
+                   ("text encoder", "pass Gemma-2-2B-it last hidden states (prompt= computes them for you)"))
     finite = torch.isfinite(z)
     if not finite.all():
-        raise InputError("The latent contains NaN or Inf values.", received=f"{(~finite).sum().item()} non-finite "
-                         "values", expected="finite numbers", fix="check the LDM output (fp16 overflow is a common "
-                         "cause)")
+        raise InputError(f"The {name} {'contains' if latent else 'contain'} NaN or Inf values.",
+                         received=f"{(~finite).sum().item()} non-finite values", expected="finite numbers", fix=fix)
     peak = z.abs().max().item()
     if peak > MAX_LATENT_ABS:
-        raise InputError("The latent holds values no LDM produces.", received=f"max |value| {peak:.3g}",
+        raise InputError(f"The {name} {'holds' if latent else 'hold'} values no {source} produces.",
+                         received=f"max |value| {peak:.3g}",
                          expected=f"|value| <= {MAX_LATENT_ABS:g} (normalised latents are about N(0, 1))",
                          fix="pass the latent itself (not an image or a sum of latents); pass normalized=False "
-                             "for a raw VAE latent")
+                             "for a raw VAE latent" if latent else fix)
+
+
+def check_text_embeddings(embeddings, batch: int, max_length: int, width: int) -> Tensor:
+    """[B or 1, L <= max_length, width] (or [L, width]) finite float embeddings -> float32 [batch, L, width]."""
+    e = as_float_tensor(embeddings, "text_embeddings")
+    if e.ndim == 2:
+        e = e[None]
+    ok = e.ndim == 3 and e.shape[-1] == width and 1 <= e.shape[1] <= max_length
+    if not ok or e.shape[0] not in (1, batch):
+        raise InputError("The text embeddings have the wrong shape.", received=f"shape {tuple(e.shape)}",
+                         expected=f"[{batch} or 1, L <= {max_length}, {width}]",
+                         fix="pass Gemma-2-2B-it last hidden states (prompt= computes them for you)")
+    e = e.to("cpu", torch.float32)
+    check_latent_values(e, "text embeddings")
+    return e.expand(batch, -1, -1)
 
 
 def check_sigma(latent_sigma, batch: int, space: LatentSpace) -> Tensor:
@@ -136,8 +154,10 @@ def check_sigma(latent_sigma, batch: int, space: LatentSpace) -> Tensor:
 
 def check_int(name: str, value, low: int, high: int, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        first = example.split(",")[0].replace(" (default)", "")
+        fix = f"pass {name} {first}" if name.startswith("--") else f"pass {name}={first}"  # a CLI flag, or an argument
         raise InputError(f"{name} must be an integer in [{low}, {high}].", received=repr(value)[:80],
-                         expected=example, fix=f"pass {name}={example.split(',')[0]}")
+                         expected=example, fix=fix)
     return int(value)
 
 

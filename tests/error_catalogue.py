@@ -220,10 +220,10 @@ def _tamper_artefact(t: Path):
 
 def _cli(*args: str):
     """A CLI command's own refusal, raised instead of printed (main() would turn it into exit 2)."""
-    from pid_sdk.cli import _parser
+    from pid_sdk.cli import _command, _parser
 
     parsed = _parser().parse_args(list(args))
-    return parsed.run(parsed)
+    return _command(parsed.run)(parsed)
 
 
 def _cli_decode(t: Path, out: Path, *extra: str):

@@ -489,8 +489,9 @@ def test_cli_augment_reaches_the_sampler(tmp_path, tae_dir, command):
     from conftest import real_image
     from PIL import Image
 
-    from pid_sdk.cli import _parser, _sampler
+    from pid_sdk.cli import _parser
     from pid_sdk.config import get_preset
+    from training.commands import pair_sampler
 
     arr = (real_image("coffee", 96)[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
     Image.fromarray(arr).save(tmp_path / "coffee.png")
@@ -498,7 +499,7 @@ def test_cli_augment_reaches_the_sampler(tmp_path, tae_dir, command):
     for flags, on in (([], False), (["--augment"], True)):
         args = _parser().parse_args([command, str(tmp_path / "run"), "--data", str(tmp_path), "--tae-dir",
                                      str(tae_dir), "--size", "64", *extra, *flags])
-        assert _sampler(args, get_preset("tiny")).augment is on
+        assert pair_sampler(args, get_preset("tiny")).augment is on
 
 
 def test_cli_train_from_trained_weights_with_the_backbone_frozen(tmp_path, tae_dir, capsys):
