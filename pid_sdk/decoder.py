@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -193,25 +192,9 @@ class Decoder:
         return self.latent_space
 
     def _check_latent(self, latent, space: LatentSpace, normalized: bool, stats) -> Tensor:
-        z = inputs.as_float_tensor(latent, "latent")
-        inputs.check_latent_shape(tuple(z.shape), space, self.config.adapter.sr_scale, self.max_output_side,
-                                  self.max_pixels)  # from the shape alone: nothing is read or copied before
-        z = z.to("cpu", torch.float32)
-        z = z[None] if z.ndim == 3 else z
-        inputs.check_latent_values(z)
-        if not normalized:
-            z = space.normalize(z, inputs.check_stats(stats, tuple(space.to_model_form(z[:1, :, :, :]).shape[1:])))
-        else:
-            z = space.to_model_form(z)
-        want = self.config.adapter.latent_channels
-        if z.shape[1] != want:
-            raise InputError(f"This model decodes {want}-channel latents, not {space.name!r} latents.",
-                             received=f"latent_space={space.name} ({z.shape[1]} channels)",
-                             expected=f"{want} channels ({self.latent_space})",
-                             fix=f"load the PiD model for {space.name}, or pass latents of {self.latent_space}")
-        if self.latent_space and get_latent_space(self.latent_space).name != space.name:
-            warnings.warn(f"Decoding {space.name} latents with a model trained for {self.latent_space}.", stacklevel=3)
-        return z
+        return inputs.check_latent(latent, space, model_space=self.latent_space, adapter=self.config.adapter,
+                                   normalized=normalized, stats=stats, max_side=self.max_output_side,
+                                   max_pixels=self.max_pixels)
 
     def _text(self, prompt, embeddings, batch: int) -> Tensor:
         b = self.config.backbone

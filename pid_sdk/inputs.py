@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from pid_sdk.errors import InputError
-from pid_sdk.latents import LatentSpace
+from pid_sdk.latents import LatentSpace, get_latent_space
 
 MAX_OUTPUT_SIDE = 8192  # twice the largest official resolution; raise Decoder.max_output_side on purpose
 MAX_PIXELS = 4 * 4096 * 4096  # output pixels of one decode call, all images of the batch together
@@ -95,6 +95,29 @@ def check_latent_shape(shape: tuple[int, ...], space: LatentSpace, sr_scale: int
                          fix="decode the batch in smaller chunks (CLI: --batch-size), or raise Decoder.max_pixels "
                              "if the machine has the memory")
     return out_h, out_w
+
+
+def check_latent(latent, space: LatentSpace, *, model_space: str | None, adapter, normalized: bool, stats,
+                 max_side: int, max_pixels: int) -> Tensor:
+    """The caller's latent as the float32 CPU [B, C, h, w] the adapter takes: judged by its shape before any value
+    is read, then by its values; normalised from a raw VAE latent when `normalized` is False."""
+    z = as_float_tensor(latent, "latent")
+    check_latent_shape(tuple(z.shape), space, adapter.sr_scale, max_side, max_pixels)
+    z = z.to("cpu", torch.float32)
+    z = z[None] if z.ndim == 3 else z
+    check_latent_values(z)
+    if not normalized:
+        z = space.normalize(z, check_stats(stats, tuple(space.to_model_form(z[:1, :, :, :]).shape[1:])))
+    else:
+        z = space.to_model_form(z)
+    if z.shape[1] != adapter.latent_channels:
+        raise InputError(f"This model decodes {adapter.latent_channels}-channel latents, not {space.name!r} latents.",
+                         received=f"latent_space={space.name} ({z.shape[1]} channels)",
+                         expected=f"{adapter.latent_channels} channels ({model_space})",
+                         fix=f"load the PiD model for {space.name}, or pass latents of {model_space}")
+    if model_space and get_latent_space(model_space).name != space.name:
+        warnings.warn(f"Decoding {space.name} latents with a model trained for {model_space}.", stacklevel=4)
+    return z
 
 
 def check_latent_values(z: Tensor, name: str = "latent") -> None:
