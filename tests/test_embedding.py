@@ -338,3 +338,15 @@ def test_backend_aoti_without_an_entry_of_this_size_names_the_export(aoti_folder
     decoder = pid_sdk.Decoder.load(aoti_folder, backend="aoti")
     with pytest.raises(ConfigError, match="--format aoti"):
         decoder.decode(torch.zeros(1, 16, 8, 8), seed=0)
+
+
+def test_cpu_packages_on_a_machine_with_a_gpu_decode_on_the_cpu(aoti_folder):
+    """A folder with CPU packages only, opened where a GPU is reported: the decode stays on the CPU, where its
+    packages run, and gives the same image."""
+    from pid_sdk.runtime.selection import DeviceInfo
+
+    z = torch.from_numpy(sample_latent())
+    on_gpu_host = pid_sdk.Decoder.load(aoti_folder, backend="aoti", device_info=DeviceInfo(90, name="a GPU"))
+    assert on_gpu_host.device.type == "cpu"
+    np.testing.assert_array_equal(on_gpu_host.decode(z, seed=2, output="numpy"),
+                                  pid_sdk.Decoder.load(aoti_folder, backend="aoti").decode(z, seed=2, output="numpy"))

@@ -33,17 +33,18 @@ class AotiBackend:
             tokens = self.graphs["text"](text.to(self.device, torch.float32))
             latent_tokens, offsets = self.graphs["adapter"](latent.to(self.device, torch.float32),
                                                              latent_sigma.to(self.device, torch.float32))
-        return AotiStep(self.graphs["denoiser"], tokens, latent_tokens, offsets)
+        return AotiStep(self.graphs["denoiser"], self.device, tokens, latent_tokens, offsets)
 
 
 class AotiStep:
-    """The denoiser with this decode's conditioning: `infer({x, sigma}) -> {v}`."""
+    """The denoiser with this decode's conditioning: `infer({x, sigma}) -> {v}`, v on x's device (a CPU package
+    selected on a GPU machine runs on the CPU)."""
 
-    def __init__(self, denoiser, tokens: Tensor, latent_tokens: Tensor, offsets: Tensor):
-        self.denoiser, self.conditioning = denoiser, (tokens, latent_tokens, offsets)
+    def __init__(self, denoiser, device: torch.device, tokens: Tensor, latent_tokens: Tensor, offsets: Tensor):
+        self.denoiser, self.device, self.conditioning = denoiser, device, (tokens, latent_tokens, offsets)
 
     def infer(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
         x = feeds["x"]
-        sigma = torch.full((x.shape[0],), float(feeds["sigma"]), dtype=torch.float32, device=x.device)
+        sigma = torch.full((x.shape[0],), float(feeds["sigma"]), dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            return {"v": self.denoiser(x, sigma, *self.conditioning)}
+            return {"v": self.denoiser(x.to(self.device), sigma, *self.conditioning).to(x.device)}

@@ -28,7 +28,8 @@ class EngineRuntime:
         self.folder, self.manifest, self.kind, self.info, self.providers = folder, manifest, kind, device, providers
         self.pinned, self.verify, self.upcast = entry, verify, upcast
         self.name = kind
-        self.device = torch.device("cuda" if kind == "tensorrt" or (kind == "aoti" and device.sm) else "cpu")
+        self.device = torch.device("cuda" if kind == "tensorrt" or (kind == "aoti" and _cuda_packages(manifest, device))
+                                   else "cpu")
         self.precision = entry.precision if entry else "engine"
         self._open: dict[str, object] = {}
         self._arena = None  # TensorRT: one device-memory arena for every engine this decoder opens
@@ -78,6 +79,11 @@ class EngineRuntime:
             verify_files(self.folder, source, verify=self.verify)  # the refit reads the source graph's weights
         self._arena = self._arena or DeviceArena()
         return TensorRTBackend(self.folder, entry, source, self._arena)
+
+
+def _cuda_packages(manifest: Manifest, device: DeviceInfo) -> bool:
+    """AOTInductor decodes run on the GPU when there is one and the folder has CUDA packages."""
+    return device.sm is not None and any(e.backend == "aoti" and e.target == "cuda" for e in manifest.entries)
 
 
 class FallbackRuntime:
