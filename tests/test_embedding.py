@@ -350,3 +350,17 @@ def test_cpu_packages_on_a_machine_with_a_gpu_decode_on_the_cpu(aoti_folder):
     assert on_gpu_host.device.type == "cpu"
     np.testing.assert_array_equal(on_gpu_host.decode(z, seed=2, output="numpy"),
                                   pid_sdk.Decoder.load(aoti_folder, backend="aoti").decode(z, seed=2, output="numpy"))
+
+
+def test_a_gpu_machine_prefers_cuda_packages_and_a_cpu_machine_cpu_ones(aoti_folder):
+    from dataclasses import replace
+
+    from pid_sdk.runtime.manifest import read_manifest
+    from pid_sdk.runtime.selection import DeviceInfo, select_entry
+
+    manifest = read_manifest(aoti_folder)
+    cpu_entry = manifest.entries[0]
+    manifest.add(replace(cpu_entry, target="cuda", precision="bf16"))
+    pick = {sm: select_entry(manifest, str(aoti_folder), "aoti", (512, 512), 1, DeviceInfo(sm)).target
+            for sm in (None, 90)}
+    assert pick == {None: "cpu", 90: "cuda"}

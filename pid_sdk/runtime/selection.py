@@ -131,7 +131,7 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
     candidates = [e for e in same_shape if e.backend in ENTRY_KINDS[backend]]
     reasons = []
     order = PRECISION_ORDER[backend]
-    for e in sorted(candidates, key=lambda e: order.index(e.precision) if e.precision in order else len(order)):
+    for e in sorted(candidates, key=lambda e: _preference(e, order, device)):
         ok, why = entry_runs(e, device, provider)
         if ok:
             return e
@@ -143,6 +143,12 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
         + _runs_here(backend, device, provider),
         fix=build_command(folder, backend, bucket, batch, device, provider),
     )
+
+
+def _preference(entry: Entry, order: tuple[str, ...], device: DeviceInfo) -> tuple[bool, int]:
+    """AOTInductor packages of this machine's device first (CUDA ones on a GPU), then the precision order."""
+    other_device = entry.backend == "aoti" and entry.target != ("cpu" if device.sm is None else "cuda")
+    return other_device, order.index(entry.precision) if entry.precision in order else len(order)
 
 
 def _runs_here(backend: str, device: DeviceInfo, provider: str) -> str:
