@@ -188,7 +188,8 @@ def built_sm(target: str, target_sms: tuple[int, ...], options: BuildOptions) ->
 
 def _build_entry(trt, backend, target, sms, folder: Path, src: Entry, options: BuildOptions, log) -> Entry:
     verify_files(folder, src)  # a graph replaced by one of another model or preset fails its sha256 here
-    if backend == "tensorrt_rtx" and (src.attention_dtype or src.precision) != "fp16":
+    fp16_attention = src.attention_dtype in ("fp16", "fp8") or (src.attention_dtype is None and src.precision == "fp16")
+    if backend == "tensorrt_rtx" and not fp16_attention:
         # TensorRT-RTX 1.7 crashes the process (SIGSEGV) building fp32 / bf16 attention: refuse before it can.
         raise BuildError(f"{src.key} computes attention in {src.attention_dtype or src.precision}; TensorRT-RTX "
                          "builds its fused attention from fp16 inputs.", received=src.attention_dtype or src.precision,

@@ -45,6 +45,10 @@ def check_format(format: str, device: str, precisions, attention_dtype: str | No
                               fix="drop --attention-dtype with --format aoti")
         for precision in precisions:
             check_aoti_options(device, precision)
+    elif attention_dtype == "fp8" and not all(p.startswith("fp8") for p in precisions):
+        raise ConfigError("FP8 attention goes with FP8 graphs.", received=f"precisions {list(precisions)}",
+                          expected="--precision fp8 (bf16 graph) or fp8-fp32 (its ONNX Runtime CPU twin)",
+                          fix="pass --precision fp8 with --attention-dtype fp8")
     elif device != "cpu":
         raise ConfigError("--device applies to AOTInductor packages.", received=device,
                           fix="drop --device for ONNX graphs (they run on any device), or pass --format aoti")
@@ -110,10 +114,12 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
         manifest = open_or_create(folder, work, loaded)
         for bucket in sizes:
             for precision in precisions:
-                scales = None
+                scales, attention_scales = None, None
+                calibration = (folder, work, manifest, loaded, bucket, calib_latents, calib_samples, seed, log)
                 if precision.startswith("fp8"):
-                    scales = fp8_scales(folder, work, manifest, loaded, bucket, calib_latents, calib_samples, seed,
-                                        log)
+                    scales = fp8_scales(*calibration)
+                if attention_dtype == "fp8":
+                    attention_scales = fp8_scales(*calibration, kind="attention")
                 net = build_model(loaded.config)
                 net.load_state_dict(loaded.model.state_dict())
                 if format == "aoti":
@@ -121,7 +127,8 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
                                             precision=precision, log=log)
                 else:
                     entry = export_graph_set(net, loaded.config, bucket, work, batch=batch, precision=precision,
-                                             attention_dtype=attention_dtype, fp8_scales=scales, log=log)
+                                             attention_dtype=attention_dtype, fp8_scales=scales,
+                                             attention_scales=attention_scales, log=log)
                 manifest.add(entry)
                 del net
         _move_into_place(work, folder, manifest, new)
@@ -148,13 +155,14 @@ def _move_into_place(work: Path, folder: Path, manifest: Manifest, new: bool) ->
 
 
 def fp8_scales(folder: Path, work: Path, manifest: Manifest, loaded: LoadedModel, bucket: Bucket, calib_latents,
-               samples: int, seed: int, log) -> dict:
-    """The bucket's saved scales, or a modelopt calibration over the 4 student steps at the bucket's size (saved in
-    `work`, moved into the folder with the export)."""
-    from export.fp8 import calibrate, load_scales, save_scales, student_forward_loop
+               samples: int, seed: int, log, kind: str = "linears") -> dict:
+    """The bucket's saved scales, or a calibration over the 4 student steps at the bucket's size (saved in `work`,
+    moved into the folder with the export). `kind`: "linears" (modelopt, the FP8 linear layers) or "attention"
+    (the amax of every attention's q, k and v)."""
+    from export.fp8 import calibrate, calibrate_attention, load_scales, save_scales, student_forward_loop
     from pid_sdk.latents import get_latent_space
 
-    name = f"fp8_scales-{bucket.name}.json"
+    name = f"fp8_scales-{bucket.name}.json" if kind == "linears" else f"fp8_attention_scales-{bucket.name}.json"
     for path in (folder / name, work / name):
         if path.exists():
             log(f"using {path.name} (no recalibration)")
@@ -168,8 +176,8 @@ def fp8_scales(folder: Path, work: Path, manifest: Manifest, loaded: LoadedModel
         calib_latents = [torch.randn(1, space.channels, lh, lw, generator=gen) for _ in range(samples)]
     loop = student_forward_loop(list(calib_latents), bucket.height, bucket.width, cfg.backbone.txt_max_length,
                                 cfg.backbone.txt_embed_dim, seed)
-    scales = calibrate(loaded.model, loop)
+    scales = (calibrate if kind == "linears" else calibrate_attention)(loaded.model, loop)
     save_scales(path, scales, model_sha256=manifest.model_sha256, bucket=(bucket.height, bucket.width),
                 samples=len(calib_latents))
-    log(f"calibrated {len(scales)} layers over {len(calib_latents)} latents x 4 steps -> {path.name}")
+    log(f"calibrated {len(scales)} {kind} over {len(calib_latents)} latents x 4 steps -> {path.name}")
     return scales

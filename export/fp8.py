@@ -78,6 +78,58 @@ def apply_fp8(model: nn.Module, scales: dict[str, dict[str, float]]) -> nn.Modul
     return model
 
 
+# --- FP8 attention inputs: Q/DQ of q, k and v before the Attention op --------------------------------------------
+class FP8AttentionInputs(nn.Module):
+    """Rounds q, k and v to FP8 E4M3 with per-tensor scales: in ONNX, a Q/DQ pair on each input of the attention,
+    what a fused FP8 attention kernel reads."""
+
+    def __init__(self, q_scale: float, k_scale: float, v_scale: float):
+        super().__init__()
+        self.register_buffer("scales", torch.tensor([q_scale, k_scale, v_scale]), persistent=False)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s = self.scales.to(q.dtype)
+        return fp8_qdq(q, s[0]), fp8_qdq(k, s[1]), fp8_qdq(v, s[2])
+
+
+class AmaxObserver(nn.Module):
+    """Records the largest |q|, |k|, |v| an attention sees (calibration); returns them unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.amax = [0.0, 0.0, 0.0]
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self.amax = [max(a, t.detach().abs().max().item()) for a, t in zip(self.amax, (q, k, v))]
+        return q, k, v
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    from pid_sdk.model.pixeldit import MMDiTJointAttention, RotaryAttention
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (MMDiTJointAttention, RotaryAttention))}
+
+
+def calibrate_attention(model: nn.Module, forward_loop) -> dict[str, dict[str, float]]:
+    """amax of q, k and v of every attention over `forward_loop(model)` (the 4 student steps)."""
+    work = copy.deepcopy(model).float().eval()
+    observers = {name: AmaxObserver() for name in attention_modules(work)}
+    for name, module in attention_modules(work).items():
+        module.quantize_inputs = observers[name]
+    with torch.no_grad():
+        forward_loop(work)
+    return {name: dict(zip(("q_amax", "k_amax", "v_amax"), o.amax)) for name, o in observers.items()}
+
+
+def apply_fp8_attention(model: nn.Module, scales: dict[str, dict[str, float]]) -> nn.Module:
+    """FP8 Q/DQ on the inputs of every attention (in place)."""
+    for name, module in attention_modules(model).items():
+        s = scales[name]
+        module.quantize_inputs = FP8AttentionInputs(*(max(s[k], 1e-12) / E4M3_MAX
+                                                      for k in ("q_amax", "k_amax", "v_amax")))
+    return model
+
+
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     path, attr = name.rsplit(".", 1)
     return model.get_submodule(path), attr

@@ -24,6 +24,7 @@ OPSET = 23
 # graph precision -> the dtype of everything that is not FP8 (fp8-fp32 runs under ONNX Runtime on a CPU)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16,
               "fp8-fp32": torch.float32}
+ATTENTION_COMPUTE = {"fp16": torch.float16, "fp8": torch.float16}  # --attention-dtype -> the attention's dtype
 FORBIDDEN_OPS = {"Einsum"}
 EXTERNAL_DATA_BYTES = 1 << 30  # graphs over 1 GiB keep their weights beside them (protobuf's limit is 2 GiB)
 
@@ -59,8 +60,10 @@ def graph_modules(model: nn.Module, cfg: PiDConfig, bucket: Bucket, dtype: torch
 
 def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: Path, *, batch: int = 1,
                      precision: str = "fp32", attention_dtype: str | None = None, fp8_scales: dict | None = None,
-                     log=print) -> Entry:
-    """Write text/adapter/denoiser.onnx under `folder` (the engine set) and return their manifest entry."""
+                     attention_scales: dict | None = None, log=print) -> Entry:
+    """Write text/adapter/denoiser.onnx under `folder` (the engine set) and return their manifest entry.
+    `attention_dtype` "fp8": q, k and v rounded to FP8 by Q/DQ pairs with `attention_scales`, the attention then
+    computed in fp16 (what TensorRT-RTX builds)."""
     if precision not in PRECISIONS:
         raise ConfigError("Unknown precision.", received=precision, expected=", ".join(PRECISIONS),
                           fix="pass --precision fp32 (or bf16, fp16, fp8, fp8-fp32)")
@@ -70,7 +73,11 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
         from export.fp8 import apply_fp8
 
         apply_fp8(model, fp8_scales)
-    model.set_attention_dtype(PRECISIONS[attention_dtype] if attention_dtype else None)
+    if attention_dtype == "fp8":
+        from export.fp8 import apply_fp8_attention
+
+        apply_fp8_attention(model, attention_scales)
+    model.set_attention_dtype(ATTENTION_COMPUTE[attention_dtype] if attention_dtype else None)
     rel_dir = Path("onnx") / f"{bucket.name}-b{batch}-{precision}"
     (folder / rel_dir).mkdir(parents=True, exist_ok=True)
     inputs = example_inputs(cfg, bucket, batch)

@@ -83,3 +83,69 @@ def test_onnxruntime_runs_the_fp8_graph_within_the_fp8_tolerance(fp8_set):
     report = run_parity(ref, ort, latent, precision="fp8-fp32")
     assert report.passed, str(report)
     assert report.image.max_abs > 1e-3  # it really is quantized: not the fp32 result
+
+
+# --- FP8 attention inputs (--attention-dtype fp8) ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fp8_attention_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fp8-attention")
+    lines = []
+    export_engine_set(folder, preset="tiny", sizes=[Bucket(64, 64)], precisions=["fp8-fp32", "fp8"],
+                      attention_dtype="fp8", log=lines.append)
+    return folder, lines
+
+
+def test_fp8_attention_rounds_q_k_v_of_every_attention_through_qdq(fp8_attention_set):
+    from export.fp8 import attention_modules
+
+    folder, lines = fp8_attention_set
+    scales = json.loads((folder / "fp8_attention_scales-64x64.json").read_text())["scales"]
+    assert sorted(scales) == sorted(attention_modules(build_model(PRESETS["tiny"])))
+    assert all(min(s.values()) > 0 for s in scales.values())
+    entry = next(e for e in read_manifest(folder).entries if e.precision == "fp8-fp32")
+    assert entry.attention_dtype == "fp8"
+    graph = onnx.load(str(folder / entry.files["denoiser"])).graph
+    made_by = {out: n for n in graph.node for out in n.output}
+
+    def through_dq(name: str) -> bool:  # the input is a DequantizeLinear's output, maybe behind a Cast to fp16
+        node = made_by.get(name)
+        while node is not None and node.op_type == "Cast":
+            node = made_by.get(node.input[0])
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    attentions = [n for n in graph.node if n.op_type == "Attention"]
+    assert len(attentions) == len(scales) and all(through_dq(i) for n in attentions for i in n.input[:3])
+
+
+def test_fp8_attention_graphs_stay_within_the_fp8_tolerance_and_reuse_their_scales(fp8_attention_set):
+    from pid_sdk.compare import compare_folder
+
+    folder, _ = fp8_attention_set
+    results = compare_folder(folder, "onnxruntime")
+    assert [r.status for r in results] == ["passed", "passed"], "\n".join(map(str, results))
+    lines = []
+    export_engine_set(folder, precisions=["fp8-fp32"], sizes=[Bucket(64, 64)], attention_dtype="fp8",
+                      log=lines.append)
+    assert "using fp8_attention_scales-64x64.json (no recalibration)" in lines
+
+
+def test_fp8_attention_needs_fp8_graphs(tmp_path):
+    from pid_sdk.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="FP8 attention goes with FP8 graphs"):
+        export_engine_set(tmp_path / "set", preset="tiny", sizes=[Bucket(64, 64)], precisions=["fp32"],
+                          attention_dtype="fp8", log=lambda *_: None)
+    assert not (tmp_path / "set").exists()
+
+
+def test_tensorrt_rtx_builds_the_fp8_attention_graphs(fp8_attention_set, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    import shutil
+
+    from export.build import build_engines
+
+    folder = tmp_path / "copy"
+    shutil.copytree(fp8_attention_set[0], folder)
+    built = build_engines(folder, "rtx5090", precisions=["fp8"], log=lambda *_: None)
+    assert len(built) == 1 and built[0].attention_dtype == "fp8"
+    assert all((folder / rel).stat().st_size > 0 for rel in built[0].files.values())

@@ -96,12 +96,16 @@ def adaln(dim: int, chunks: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, chunks * dim))
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, compute_dtype: torch.dtype | None = None) -> Tensor:
+def attention(q: Tensor, k: Tensor, v: Tensor, compute_dtype: torch.dtype | None = None,
+              quantize: nn.Module | None = None) -> Tensor:
     """q, k, v [B, heads, N, Dh] -> [B, N, heads*Dh].
 
     `compute_dtype` runs the attention in another dtype and casts back: TensorRT-RTX builds its fused attention
-    from fp16 inputs (bf16 and fp32 attention crash its CPU build).
+    from fp16 inputs (bf16 and fp32 attention crash its CPU build). `quantize(q, k, v)` rounds the inputs first
+    (the FP8 Q/DQ of an exported graph, export/fp8.py; a calibration observer).
     """
+    if quantize is not None:
+        q, k, v = quantize(q, k, v)
     if compute_dtype is not None:
         dtype = v.dtype
         q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)

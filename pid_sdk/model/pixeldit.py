@@ -66,6 +66,7 @@ class MMDiTJointAttention(nn.Module):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.compute_dtype: torch.dtype | None = None
+        self.quantize_inputs: nn.Module | None = None  # FP8 Q/DQ of q, k, v in exported graphs (export/fp8.py)
         self.qkv_x = nn.Linear(dim, 3 * dim, bias=False)
         self.qkv_y = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm_x, self.k_norm_x = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
@@ -83,7 +84,7 @@ class MMDiTJointAttention(nn.Module):
         qx, kx = apply_rope(self.q_norm_x(qx), *image_rope), apply_rope(self.k_norm_x(kx), *image_rope)
         qy, ky = apply_rope(self.q_norm_y(qy), *text_rope), apply_rope(self.k_norm_y(ky), *text_rope)
         out = attention(torch.cat([qy, qx], 2), torch.cat([ky, kx], 2), torch.cat([vy, vx], 2),
-                        self.compute_dtype)  # [B, Ltxt+L, D]
+                        self.compute_dtype, self.quantize_inputs)  # [B, Ltxt+L, D]
         n_text = y.shape[1]
         return out[:, n_text:], out[:, :n_text]
 
@@ -120,6 +121,7 @@ class RotaryAttention(nn.Module):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.compute_dtype: torch.dtype | None = None
+        self.quantize_inputs: nn.Module | None = None
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
@@ -128,7 +130,7 @@ class RotaryAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, heads, n, Dh]
         q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-        return self.proj(attention(q, k, v, self.compute_dtype))  # [B, n, dim]
+        return self.proj(attention(q, k, v, self.compute_dtype, self.quantize_inputs))  # [B, n, dim]
 
 
 class PiTBlock(nn.Module):
