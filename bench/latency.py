@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import importlib.util
 import json
 import platform
 import statistics
@@ -48,6 +49,7 @@ MODES = {
     "fast": Speed(weights="bf16", compile=True, cuda_graphs=True),
     "fast-cudnn": Speed(weights="bf16", compile=True, cuda_graphs=True, attention="cudnn"),
     "fp8": Speed(weights="fp8", compile=True, cuda_graphs=True),
+    "fp8-torchao": Speed(weights="fp8-torchao", compile=True, cuda_graphs=True),
 }
 PAPER = {1024: (88.4, 10.9), 2048: (446.0, 13.0), 4096: (3754.6, 22.5)}  # Table 3: H100, torch.compile; ms, GB
 TARGET_MS = {1024: 60.0, 2048: 300.0}  # issue 5, H100 bf16 (FP8: 2048 <= 220 ms)
@@ -127,8 +129,8 @@ def run(args, save=lambda meta, rows: None) -> tuple[dict, list[dict]]:
     preset = args.preset or ("tiny" if args.tiny else "pid-2k")
     cfg = get_preset(preset)
     sizes = args.sizes or ([128, 256] if args.tiny else [1024, 2048, 4096])
-    modes = args.modes or (["reference", "eager", "compile", "fp8"] if device == "cpu" else
-                           ["fast-cudnn", "fast", "fp8", "compile", "eager"])  # the issue's targets first
+    gpu_modes = ["fast-cudnn", "fast", "fp8", "fp8-torchao", "compile", "eager"]  # the issue's targets first
+    modes = args.modes or (["reference", "eager", "compile", "fp8"] if device == "cpu" else gpu_modes)
     deadline = time.perf_counter() + args.budget_s
     meta = {"preset": preset, "device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
             "steps": 4, "batch": 1, "runs": args.runs, "warmup": args.warmup}
@@ -147,7 +149,7 @@ def run(args, save=lambda meta, rows: None) -> tuple[dict, list[dict]]:
         baseline = torch.cuda.memory_allocated() if device == "cuda" else 0
         dec = Decoder.from_model(loaded, device=device, speed=speed)  # cast on the host, moved once
         for side in sizes:
-            if side >= LARGE and mode not in ("fast", "fast-cudnn", "fp8") and not args.all_sizes:
+            if side >= LARGE and mode not in ("fast", "fast-cudnn", "fp8", "fp8-torchao") and not args.all_sizes:
                 rows.append({"mode": label, "size": side, "skipped": "large sizes only in the fast modes"})
             elif time.perf_counter() > deadline:
                 rows.append({"mode": label, "size": side, "skipped": f"time budget ({args.budget_s:.0f} s) spent"})
@@ -167,11 +169,15 @@ def speed_for(mode: str, device: str) -> tuple[Speed | None, str]:
     if device != "cuda":
         if speed.attention == "cudnn":
             return None, "cuDNN attention needs CUDA"
+        if speed.weights == "fp8-torchao":
+            return None, "torchao's float8 kernels need CUDA"
         if mode == "fast":
             return None, "on the CPU the same as compile (CUDA graphs need CUDA)"
         return replace(speed, cuda_graphs=False), "no CUDA graphs on the CPU" if speed.cuda_graphs else ""
-    if speed.weights == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+    if speed.weights.startswith("fp8") and torch.cuda.get_device_capability() < (8, 9):
         return None, "FP8 needs compute capability 8.9+"
+    if speed.weights == "fp8-torchao" and importlib.util.find_spec("torchao") is None:
+        return None, "torchao is not installed (gpu_check.sh installs the wheel carried in .whl/)"
     return speed, ""
 
 

@@ -17,11 +17,15 @@ until_mark() {  # until_mark SECONDS command...: run it with what is left until 
 bench() { python3 bench/latency.py $BENCH "$@" 2>&1 | grep -v -i "warn" | tee -a "$OUT/latency.log"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+# wheels carried in .whl/ (the GPU host reaches no registry): torchao for speed="fp8-torchao"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-deps .whl/*.whl 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+fi
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 
 # the first size in every mode is the headline target; no new measurement starts after --budget-s
 export -f bench; export OUT BENCH
-until_mark 310 bash -c "bench --sizes $SIZES --modes fast-cudnn fp8 fast compile eager --breakdown-sizes ${SIZES%% *} \
+until_mark 310 bash -c "bench --sizes $SIZES --modes fast-cudnn fp8 fp8-torchao fast compile eager --breakdown-sizes ${SIZES%% *} \
   --budget-s 220 --json $OUT/latency.json --markdown $OUT/latency.md"
 until_mark 350 bash -c "python3 bench/attention.py $BENCH --json $OUT/attention.json 2>&1 | grep -v -i warn \
   | tee -a $OUT/latency.log"

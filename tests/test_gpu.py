@@ -159,6 +159,20 @@ def test_cuda_fp8_linears_within_fp8_tolerance_of_bf16():
     assert report.passed, str(report)
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9),
+                    reason="FP8 matmuls need compute capability 8.9+")
+def test_cuda_torchao_fp8_linears_within_fp8_tolerance_of_bf16():
+    """torchao's dynamic float8 (per-row scales) on the same layers as ours (gpu_check.sh installs the wheel)."""
+    pytest.importorskip("torchao", reason="torchao is not installed (carry its wheel in .whl/ for gpu_check.sh)")
+    from pid_sdk import Speed
+    from pid_sdk.compare import run_parity
+
+    report = run_parity(speed_decoder("bf16"), speed_decoder(Speed(weights="fp8-torchao")), speed_latent(batch=2),
+                        precision="fp8")
+    assert report.passed, str(report)
+    assert report.image.max_abs > 1e-4  # it really ran quantised
+
+
 def test_bf16_attention_runs_a_fused_kernel():
     from pid_sdk.runtime.attention import kernels_used
 

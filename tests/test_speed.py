@@ -125,3 +125,11 @@ def test_speed_is_refused_for_an_engine_folder(tmp_path):
     assert is_engine_dir(tmp_path)
     with pytest.raises(PiDError, match="not an engine folder"):
         Decoder.load(tmp_path, speed="fast")
+
+
+def test_torchao_fp8_is_refused_off_a_cuda_gpu_with_the_reason():
+    """torchao's float8 linears need CUDA 8.9+ and the package; here they are refused before any model is touched,
+    whether torchao is installed or not (its parity runs in test_gpu.py)."""
+    with pytest.raises(PiDError, match="torchao's FP8 linear layers cannot run here") as refused:
+        get_speed("fp8-torchao", torch.device("cpu"))
+    assert "torchao" in str(refused.value.received) and "speed='fp8'" in refused.value.fix

@@ -79,3 +79,25 @@ def fp8_supported(device: torch.device) -> tuple[bool, str]:
     if (major, minor) < (8, 9):
         return False, f"compute capability {major}.{minor} has no FP8 tensor cores (needs 8.9+: Ada, Hopper, Blackwell)"
     return True, f"sm_{major}{minor}"
+
+
+def torchao_supported(device: torch.device) -> tuple[bool, str]:
+    """Whether torchao's float8 linears run here (they need CUDA 8.9+ and the torchao package), and why not."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        return False, "the torchao package is not installed (pip install torchao)"
+    if device.type != "cuda":
+        return False, "torchao's float8 kernels need a CUDA GPU of compute capability 8.9+"
+    return fp8_supported(device)
+
+
+def quantize_linears_torchao(model: nn.Module) -> int:
+    """torchao's dynamic float8 quantisation (activations and weights, per-row scales) of the same layers as
+    `quantize_linears`, in place; returns how many."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    names = {name for name, m in model.named_modules() if fp8_eligible(name, m)}
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+              filter_fn=lambda module, name: name in names)
+    return len(names)

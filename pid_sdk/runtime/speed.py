@@ -5,6 +5,7 @@ settings are what the benchmarks measure:
 
     Decoder.load(path, speed="fast")   # bf16 weights, torch.compile, CUDA graphs
     Decoder.load(path, speed="fp8")    # the same with FP8 linear layers (compute capability 8.9+)
+    Decoder.load(path, speed="fp8-torchao")  # FP8 linears by torchao (dynamic, per-row scales; CUDA 8.9+)
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from torch import nn
 from pid_sdk.errors import ConfigError
 from pid_sdk.runtime.attention import check_attention
 
-WEIGHTS = ("fp32", "bf16", "fp8")
+WEIGHTS = ("fp32", "bf16", "fp8", "fp8-torchao")
 
 
 @dataclass(frozen=True)
 class Speed:
-    weights: str = "fp32"  # fp32 (under bf16 autocast on CUDA), bf16, or fp8 linears in a bf16 model
+    weights: str = "fp32"  # fp32 (bf16 autocast on CUDA), bf16, fp8 linears in a bf16 model (ours, or torchao's)
     attention: str = "auto"  # auto, flash, cudnn, efficient, math
     compile: bool = False  # torch.compile the step network (one compile per image size)
     cuda_graphs: bool = False  # capture the step network once per size and text length, replay it each step
@@ -43,6 +44,13 @@ class Speed:
             if not ok:
                 raise ConfigError("FP8 linear layers cannot run on this GPU.", received=why,
                                   fix="use speed='fast' (bf16 weights) on this GPU")
+        if self.weights == "fp8-torchao":
+            from pid_sdk.runtime.fp8_linear import torchao_supported
+
+            ok, why = torchao_supported(device)
+            if not ok:
+                raise ConfigError("torchao's FP8 linear layers cannot run here.", received=why,
+                                  fix="use speed='fp8' (our FP8 layers) or 'fast' (bf16)")
         return self
 
 
@@ -51,6 +59,7 @@ SPEEDS = {
     "bf16": Speed(weights="bf16"),
     "fast": Speed(weights="bf16", compile=True, cuda_graphs=True),
     "fp8": Speed(weights="fp8", compile=True, cuda_graphs=True),
+    "fp8-torchao": Speed(weights="fp8-torchao", compile=True, cuda_graphs=True),
 }
 
 
@@ -77,4 +86,8 @@ def prepare_model(model: nn.Module, speed: Speed, device: torch.device) -> nn.Mo
         from pid_sdk.runtime.fp8_linear import quantize_linears
 
         quantize_linears(model)
+    if speed.weights == "fp8-torchao":
+        from pid_sdk.runtime.fp8_linear import quantize_linears_torchao
+
+        quantize_linears_torchao(model)
     return model
