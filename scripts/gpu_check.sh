@@ -25,7 +25,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 
 # the first size in every mode is the headline target; no new measurement starts after --budget-s
 export -f bench; export OUT BENCH
-until_mark 310 bash -c "bench --sizes $SIZES --modes fast-cudnn fp8 fp8-torchao fast compile eager --breakdown-sizes ${SIZES%% *} \
+until_mark 310 bash -c "bench --sizes $SIZES --modes fast-cudnn fp8 fp8-torchao fast compile eager fast-autotune --breakdown-sizes ${SIZES%% *} \
   --budget-s 220 --json $OUT/latency.json --markdown $OUT/latency.md"
 until_mark 350 bash -c "python3 bench/attention.py $BENCH --json $OUT/attention.json 2>&1 | grep -v -i warn \
   | tee -a $OUT/latency.log"

@@ -141,10 +141,11 @@ def test_step_loop_never_syncs_the_host(speed):
     assert torch.isfinite(image).all()
 
 
-def test_compiled_and_graphed_step_matches_eager():
+@pytest.mark.parametrize("speed", ["fast", "fast-autotune"])
+def test_compiled_and_graphed_step_matches_eager(speed):
     from pid_sdk.compare import run_parity
 
-    report = run_parity(speed_decoder("bf16"), speed_decoder("fast"), speed_latent(), precision="bf16")
+    report = run_parity(speed_decoder("bf16"), speed_decoder(speed), speed_latent(), precision="bf16")
     assert report.passed, str(report)
 
 

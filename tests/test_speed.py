@@ -133,3 +133,12 @@ def test_torchao_fp8_is_refused_off_a_cuda_gpu_with_the_reason():
     with pytest.raises(PiDError, match="torchao's FP8 linear layers cannot run here") as refused:
         get_speed("fp8-torchao", torch.device("cpu"))
     assert "torchao" in str(refused.value.received) and "speed='fp8'" in refused.value.fix
+
+
+def test_autotuned_compile_matches_eager():
+    """max-autotune GEMM selection and the flux-fast Inductor flags change kernels, not results."""
+    report = run_parity(decoder(), decoder(Speed(compile=True, autotune=True)), latent(), precision="fp32")
+    assert report.passed, str(report)
+    with pytest.raises(PiDError, match="autotune tunes what torch.compile generates"):
+        get_speed(Speed(autotune=True), torch.device("cpu"))
+    assert get_speed("fast-autotune", torch.device("cpu")) == Speed(weights="bf16", compile=True, autotune=True)

@@ -26,6 +26,7 @@ class Speed:
     weights: str = "fp32"  # fp32 (bf16 autocast on CUDA), bf16, fp8 linears in a bf16 model (ours, or torchao's)
     attention: str = "auto"  # auto, flash, cudnn, efficient, math
     compile: bool = False  # torch.compile the step network (one compile per image size)
+    autotune: bool = False  # with compile: max-autotune GEMMs and the flux-fast Inductor flags (INDUCTOR_FLAGS)
     cuda_graphs: bool = False  # capture the step network once per size and text length, replay it each step
     split_modulation: bool = True  # PiT adaLN chunk by chunk: less peak memory, same result
 
@@ -34,6 +35,9 @@ class Speed:
             raise ConfigError("Unknown weight precision.", received=self.weights, expected=", ".join(WEIGHTS),
                               fix=f"Speed(weights={WEIGHTS[0]!r})")
         check_attention(self.attention)
+        if self.autotune and not self.compile:
+            raise ConfigError("autotune tunes what torch.compile generates.", received="autotune=True, compile=False",
+                              fix="Speed(compile=True, autotune=True), or speed='fast-autotune'")
         if self.cuda_graphs and device.type != "cuda":
             raise ConfigError("CUDA graphs need a CUDA device.", received=str(device),
                               fix="drop cuda_graphs, or decode on device='cuda'")
@@ -60,7 +64,12 @@ SPEEDS = {
     "fast": Speed(weights="bf16", compile=True, cuda_graphs=True),
     "fp8": Speed(weights="fp8", compile=True, cuda_graphs=True),
     "fp8-torchao": Speed(weights="fp8-torchao", compile=True, cuda_graphs=True),
+    "fast-autotune": Speed(weights="bf16", compile=True, cuda_graphs=True, autotune=True),
 }
+# The Inductor settings of the PyTorch team's "flux-fast" recipe, with max-autotune GEMM selection. Inductor's own
+# CUDA graphs stay off: the runtime captures the whole step itself (cuda_graphs).
+INDUCTOR_FLAGS = {"max_autotune": True, "triton.cudagraphs": False, "coordinate_descent_tuning": True,
+                  "coordinate_descent_check_all_directions": True, "epilogue_fusion": False, "conv_1x1_as_mm": True}
 
 
 def get_speed(speed: "Speed | str | None", device: torch.device) -> Speed:

@@ -28,7 +28,7 @@ class TorchRuntime:
     def __init__(self, model: nn.Module, device: torch.device, precision: str, speed: Speed | None = None):
         self.model, self.device, self.precision = model, device, precision
         self.speed = speed or Speed()
-        self.step_fn = torch.compile(model.denoise, dynamic=False) if self.speed.compile else model.denoise
+        self.step_fn = compiled(model.denoise, self.speed) if self.speed.compile else model.denoise
         self._geometry: dict[tuple[int, int, int], Geometry] = {}
         self._graphs: dict[tuple, object] = {}
 
@@ -64,6 +64,13 @@ class TorchRuntime:
             self._graphs[key] = GraphedStep(lambda xs, ss, st: self.step(xs, ss, geo, st, n_gates), x, sigma, state,
                                             self.context)
         return self._graphs[key]
+
+
+def compiled(fn, speed: Speed):
+    """torch.compile of the step for these settings (one graph per image size)."""
+    from pid_sdk.runtime.speed import INDUCTOR_FLAGS
+
+    return torch.compile(fn, dynamic=False, options=dict(INDUCTOR_FLAGS) if speed.autotune else None)
 
 
 class TorchBackend:
