@@ -133,7 +133,8 @@ def check_latent_values(z: Tensor, name: str = "latent") -> None:
     if peak > MAX_LATENT_ABS:
         raise InputError(f"The {name} {'holds' if latent else 'hold'} values no {source} produces.",
                          received=f"max |value| {peak:.3g}",
-                         expected=f"|value| <= {MAX_LATENT_ABS:g} (normalised latents are about N(0, 1))",
+                         expected=f"|value| <= {MAX_LATENT_ABS:g}" + (" (normalised latents are about N(0, 1))"
+                                                                       if latent else ""),
                          fix="pass the latent itself (not an image or a sum of latents); pass normalized=False "
                              "for a raw VAE latent" if latent else fix)
 
