@@ -12,8 +12,6 @@ from pid_sdk.errors import InputError
 
 
 def export(args) -> int:
-    if args.batch < 1:
-        raise InputError("--batch must be >= 1.", received=args.batch, fix="pass --batch 1")
     name = args.preset or (args.model and Path(args.model).name) or ""
     sizes = [Bucket.parse(s) for s in args.size] if args.size else list(default_buckets(name))
     manifest = export_engine_set(args.folder, model=args.model, preset=args.preset, seed=args.seed, sizes=sizes,

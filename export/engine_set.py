@@ -35,7 +35,11 @@ def load_source(model: str | None, preset: str | None, seed: int, trust_pickle: 
 FORMATS = ("onnx", "aoti")
 
 
-def check_format(format: str, device: str, precisions, attention_dtype: str | None) -> None:
+def check_options(format: str, device: str, precisions, attention_dtype: str | None, batch: int) -> None:
+    """The options that need no model, checked before one is loaded (a 1.3B checkpoint takes a while)."""
+    from pid_sdk.inputs import check_int
+
+    check_int("batch", batch, 1, 64, "1 (default), 2, 4, ...")
     if format not in FORMATS:
         raise ConfigError("Unknown export format.", received=format, expected=", ".join(FORMATS),
                           fix="pass --format onnx (TensorRT, ONNX Runtime) or --format aoti (the C ABI)")
@@ -56,13 +60,12 @@ def check_format(format: str, device: str, precisions, attention_dtype: str | No
 
 def check_sizes(sizes: list[Bucket], batch: int, cfg) -> None:
     """Every size, before anything is written: whole latent cells, at least one, within the decoder's limits."""
-    from pid_sdk.inputs import MAX_OUTPUT_SIDE, MAX_PIXELS, check_int
+    from pid_sdk.inputs import MAX_OUTPUT_SIDE, MAX_PIXELS
     from pid_sdk.latents import get_latent_space
 
     if cfg.adapter is None:
         raise ConfigError(f"{cfg.name} is the bare PixelDiT backbone: it has no decoder graphs to export.",
                           fix="export a PiD model (with its latent adapter)")
-    check_int("batch", batch, 1, 64, "1 (default), 2, 4, ...")
     if not sizes:
         raise InputError("No size to export.", expected="--size HEIGHTxWIDTH", fix="pass --size 2048x2048")
     space = get_latent_space(cfg.latent_space)
@@ -103,7 +106,7 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
     was (nothing at all for a new one). `format`: "onnx" graphs (ONNX Runtime, TensorRT builds) or "aoti"
     AOTInductor packages compiled for `device` (the C ABI, backend="aoti")."""
     folder = Path(folder)
-    check_format(format, device, precisions, attention_dtype)
+    check_options(format, device, precisions, attention_dtype, batch)
     loaded = load_source(model, preset, seed, trust_pickle, folder)
     check_sizes(sizes, batch, loaded.config)
     new = not (folder / MANIFEST).exists()

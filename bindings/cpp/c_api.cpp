@@ -89,12 +89,17 @@ int pid_read_latent(const char* path, float* data, size_t count, int64_t shape[4
   return guarded([&] {
     require(path, "path");
     require(shape, "shape");
-    pid::LatentFile file = pid::read_latent_file(path, data != nullptr);
-    for (int i = 0; i < 4; ++i) shape[i] = file.shape[size_t(i)];
+    pid::LatentFile header = pid::read_latent_file(path, false);  // judged before any value is read
+    for (int i = 0; i < 4; ++i) shape[i] = header.shape[size_t(i)];
     if (data == nullptr) return;
-    if (count < file.data.size())
+    size_t need = size_t(pid::bounded_count(header.shape));
+    if (count < need)
       throw pid::Error(pid::ErrorKind::input, "The latent buffer is too small.", std::to_string(count) + " floats",
-                       std::to_string(file.data.size()) + " floats", "call first with data = NULL to get the shape");
+                       std::to_string(need) + " floats", "call first with data = NULL to get the shape");
+    pid::LatentFile file = pid::read_latent_file(path, true);
+    if (file.data.size() > count)  // the file changed between the two reads
+      throw pid::Error(pid::ErrorKind::input, "The latent file changed while it was read.", path, "",
+                       "read it again");
     std::memcpy(data, file.data.data(), file.data.size() * sizeof(float));
   });
 }

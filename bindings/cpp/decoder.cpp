@@ -13,6 +13,7 @@
 #include "error.h"
 #include "manifest.h"
 #include "sampling.h"
+#include "shape.h"
 
 namespace pid {
 namespace {
@@ -21,7 +22,6 @@ using Loader = torch::inductor::AOTIModelPackageLoader;
 
 constexpr int STEPS = 4;
 constexpr double MAX_LATENT_ABS = 1e4;          // as pid_sdk.inputs.MAX_LATENT_ABS
-constexpr int64_t MAX_ELEMENTS = int64_t(1) << 28;
 const std::string TORCH_RELEASE = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR);
 
 struct Space {
@@ -45,12 +45,6 @@ const Space& find_space(const std::string& name) {
   }
   throw Error(ErrorKind::input, "Unknown latent space '" + name + "'.", name, known,
               "pass the latent space of the LDM that produced the latent (NULL: the model's own)");
-}
-
-std::string dims(at::IntArrayRef shape) {
-  std::string text;
-  for (int64_t d : shape) text += (text.empty() ? "" : ", ") + std::to_string(d);
-  return "[" + text + "]";
 }
 
 at::Device parse_device(const std::string& text) {
@@ -104,15 +98,15 @@ struct Decoder::Impl {
     for (const auto& e : entries) {
       const auto& want = e.input_shape("adapter", "latent");
       if (want == shape) return e;
-      accepted += (accepted.empty() ? "" : ", ") + dims(want) + " -> " + std::to_string(e.height) + "x" +
+      accepted += (accepted.empty() ? "" : ", ") + format_shape(want) + " -> " + std::to_string(e.height) + "x" +
                   std::to_string(e.width);
     }
     const Entry& any = entries.front();
     int64_t factor = any.height / any.input_shape("adapter", "latent")[2];
     std::string size = shape.size() == 4 ? std::to_string(shape[2] * factor) + "x" + std::to_string(shape[3] * factor)
                                          : "HxW";
-    throw Error(ErrorKind::input, "No graph set of this engine folder takes a latent of this shape.", dims(shape),
-                "one of " + accepted,
+    throw Error(ErrorKind::input, "No graph set of this engine folder takes a latent of this shape.",
+                format_shape(shape), "one of " + accepted,
                 "pass a latent of one of these shapes, or export this size: pid-sdk export " + folder +
                     " --format aoti --size " + size + " --batch " + (shape.empty() ? "1" : std::to_string(shape[0])));
   }
@@ -157,10 +151,8 @@ void check_arguments(const float* latent, const std::vector<int64_t>& shape, con
   if (latent == nullptr || out == nullptr)
     throw Error(ErrorKind::input, std::string(latent ? "out_rgb8" : "latent") + " is NULL.", "NULL",
                 "a buffer of the caller's", "pass the latent's data and an output buffer (see pid_output_size)");
-  int64_t count = 1;
-  for (int64_t d : shape) count = (d < 1 || d > MAX_ELEMENTS) ? MAX_ELEMENTS + 1 : count * d;
-  if (shape.size() != 4 || count > MAX_ELEMENTS)
-    throw Error(ErrorKind::input, "The latent shape is wrong.", dims(shape), "{B, C, h, w}, each >= 1",
+  if (shape.size() != 4 || bounded_count(shape) > MAX_LATENT_ELEMENTS)
+    throw Error(ErrorKind::input, "The latent shape is wrong.", format_shape(shape), "{B, C, h, w}, each >= 1",
                 "pass the latent's shape: a 2048x2048 FLUX.1 image's latent is {1, 16, 128, 128}");
   double upper = space.vp ? INFINITY : 1.0;
   if (!std::isfinite(sigma) || sigma < 0 || sigma > upper)

@@ -88,13 +88,9 @@ LatentFile read_latent_file(const std::string& path, bool with_data) {
   if (dtype != "F32" && dtype != "F16" && dtype != "BF16")
     throw bad_file("The latent has a dtype this reader does not take.", dtype);
   if (out.shape.size() == 3) out.shape.insert(out.shape.begin(), 1);
-  int64_t count = 1;
-  for (int64_t d : out.shape) count = (d < 1 || d > MAX_LATENT_ELEMENTS) ? MAX_LATENT_ELEMENTS + 1 : count * d;
-  if (out.shape.size() != 4 || count > MAX_LATENT_ELEMENTS) {
-    std::string dims;
-    for (int64_t d : out.shape) dims += (dims.empty() ? "" : ", ") + std::to_string(d);
-    throw bad_file("The latent has the wrong rank or size.", "shape [" + dims + "]");
-  }
+  int64_t count = bounded_count(out.shape);
+  if (out.shape.size() != 4 || count > MAX_LATENT_ELEMENTS)
+    throw bad_file("The latent has the wrong rank or size.", "shape " + format_shape(out.shape));
   uint64_t item = dtype == "F32" ? 4 : 2;
   if (end < begin || end - begin != uint64_t(count) * item || 8 + header_size + end > file_size)
     throw bad_file("The tensor's data offsets do not match its shape or the file size (truncated?).", path);

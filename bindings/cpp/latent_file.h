@@ -5,14 +5,14 @@
 #include <string>
 #include <vector>
 
+#include "shape.h"
+
 namespace pid {
 
 struct LatentFile {
   std::vector<int64_t> shape;  // {B, C, h, w}; a [C, h, w] tensor is read as {1, C, h, w}
   std::vector<float> data;     // empty when only the shape was asked for
 };
-
-constexpr int64_t MAX_LATENT_ELEMENTS = int64_t(1) << 28;  // as pid_sdk.latent_files.MAX_ELEMENTS
 
 // The tensor named "latent", or the file's only tensor; float32, float16 or bfloat16, widened to float32.
 LatentFile read_latent_file(const std::string& path, bool with_data);

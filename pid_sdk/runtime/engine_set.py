@@ -10,7 +10,7 @@ from torch import Tensor
 
 from pid_sdk.errors import ConfigError, InputError, PiDError
 from pid_sdk.runtime.manifest import Entry, Manifest, read_manifest, verify_files, verify_weights
-from pid_sdk.runtime.selection import DeviceInfo, build_command, runs_on, select_entry
+from pid_sdk.runtime.selection import DeviceInfo, aoti_device, build_command, runs_on, select_entry
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "aoti", "pytorch")
 FALLBACK_ORDER = ("tensorrt", "onnxruntime", "pytorch")
@@ -83,7 +83,7 @@ class EngineRuntime:
 
 def _cuda_packages(manifest: Manifest, device: DeviceInfo) -> bool:
     """AOTInductor decodes run on the GPU when there is one and the folder has CUDA packages."""
-    return device.sm is not None and any(e.backend == "aoti" and e.target == "cuda" for e in manifest.entries)
+    return aoti_device(device) == "cuda" and any(e.backend == "aoti" and e.target == "cuda" for e in manifest.entries)
 
 
 class FallbackRuntime:

@@ -109,6 +109,11 @@ def aoti_runs_on(entry: Entry, device: DeviceInfo) -> tuple[bool, str]:
     return True, ""
 
 
+def aoti_device(device: DeviceInfo) -> str:
+    """The device AOTInductor decodes run on here: the GPU when there is one."""
+    return "cpu" if device.sm is None else "cuda"
+
+
 def torch_minor(version: str) -> str:
     """"2.13.0+cpu" -> "2.13": the release an AOTInductor package is bound to."""
     return ".".join(version.split("+")[0].split(".")[:2])
@@ -147,7 +152,7 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
 
 def _preference(entry: Entry, order: tuple[str, ...], device: DeviceInfo) -> tuple[bool, int]:
     """AOTInductor packages of this machine's device first (CUDA ones on a GPU), then the precision order."""
-    other_device = entry.backend == "aoti" and entry.target != ("cpu" if device.sm is None else "cuda")
+    other_device = entry.backend == "aoti" and entry.target != aoti_device(device)
     return other_device, order.index(entry.precision) if entry.precision in order else len(order)
 
 
@@ -187,7 +192,7 @@ def build_command(folder: str, backend: str, bucket: tuple[int, int], batch: int
     size = f"{bucket[0]}x{bucket[1]}"
     export = f"pid-sdk export {folder} --size {size} --batch {batch}"
     if backend == "aoti":
-        return f"{export} --format aoti --device {'cpu' if device.sm is None else 'cuda'}"
+        return f"{export} --format aoti --device {aoti_device(device)}"
     if backend != "tensorrt":
         precision = ORT_PRECISIONS.get(provider, ("fp32",))[0]
         return f"{export} --precision {precision}"

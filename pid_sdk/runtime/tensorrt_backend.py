@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pid_sdk.errors import CheckpointError, ConfigError
-from pid_sdk.runtime.manifest import Entry, inside
+from pid_sdk.runtime.manifest import Entry, check_static_inputs, inside
 from pid_sdk.runtime.selection import version_runs
 
 MAGICS = {b"ftrt": "tensorrt", b"vtrt": "tensorrt_rtx"}
@@ -207,6 +207,7 @@ class TensorRTBackend:
                 "precision": self.entry.precision, "files": sorted(self.entry.files.values())}
 
     def prepare(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int):
+        check_static_inputs(self.entry, text, latent)  # an InputError, not a failed reshape into the buffers
         self.stream.wait_stream(torch.cuda.current_stream())  # the inputs may still be being written there
         with torch.cuda.stream(self.stream):
             for name, value in (("text", text), ("latent", latent), ("latent_sigma", latent_sigma)):
