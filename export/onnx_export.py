@@ -19,6 +19,7 @@ from pid_sdk.config import PiDConfig
 from pid_sdk.errors import ConfigError
 from pid_sdk.latents import get_latent_space
 from pid_sdk.runtime.manifest import Entry
+from pid_sdk.runtime.upcast import EXTERNAL_DATA_BYTES  # one size rule for exported graphs and their twins
 
 OPSET = 23
 # graph precision -> the dtype of everything that is not FP8 (fp8-fp32 runs under ONNX Runtime on a CPU)
@@ -26,7 +27,6 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
               "fp8-fp32": torch.float32}
 ATTENTION_COMPUTE = {"fp16": torch.float16, "fp8": torch.float16}  # --attention-dtype -> the attention's dtype
 FORBIDDEN_OPS = {"Einsum"}
-EXTERNAL_DATA_BYTES = 1 << 30  # graphs over 1 GiB keep their weights beside them (protobuf's limit is 2 GiB)
 
 
 def example_inputs(cfg: PiDConfig, bucket: Bucket, batch: int) -> dict[str, dict[str, torch.Tensor]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-EXTERNAL_DATA_BYTES = 1 << 30  # as export: protobuf refuses a model over 2 GiB
+EXTERNAL_DATA_BYTES = 1 << 30  # graphs over 1 GiB keep their weights beside them (protobuf's limit is 2 GiB)
 
 
 def fp32_twin(path: Path, out: Path) -> Path:
