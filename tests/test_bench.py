@@ -234,3 +234,16 @@ def test_attention_bench_times_the_decode_shapes(tmp_path):
         flops = 4 * r["tokens"] ** 2 * r["heads"] * r["head_dim"]
         assert abs(r["tflops_per_s"] - flops / r["ms"] / 1e9) < 1e-9 and r["profiled_attention_ms"] > 0
         assert r["profiler_events"]["aten::_scaled_dot_product_flash_attention_for_cpu (DeviceType.CPU)"] == 1
+
+
+def test_full_size_onnx_check_at_test_size(tmp_path, monkeypatch, capsys):
+    """bench/full_size_onnx.py on the tiny preset: both precisions exported, run by ONNX Runtime and judged."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr("sys.argv", ["full_size_onnx.py", "--preset", "tiny", "--size", "64x64", "--out", str(out)])
+    load_bench("full_size_onnx").main()
+    rows = json.loads(out.read_text())
+    assert [(e["entry"], e["status"]) for e in rows["entries"]] == [("onnx:-:64x64:b1:fp32", "passed"),
+                                                                    ("onnx:-:64x64:b1:bf16", "passed")]
+    assert rows["entries"][1]["image"]["precision"] == "bf16-twin" and len(rows["entries"][0]["steps"]) == 4
+    assert rows["phases"]["compare"]["peak_rss_gib"] > 0 and "2 passed" in capsys.readouterr().out

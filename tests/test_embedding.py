@@ -364,3 +364,16 @@ def test_a_gpu_machine_prefers_cuda_packages_and_a_cpu_machine_cpu_ones(aoti_fol
     pick = {sm: select_entry(manifest, str(aoti_folder), "aoti", (512, 512), 1, DeviceInfo(sm)).target
             for sm in (None, 90)}
     assert pick == {None: "cpu", 90: "cuda"}
+
+
+def test_the_embedding_benchmark_times_each_path(lib, aoti_folder, tmp_path, monkeypatch):
+    import importlib.util
+
+    out = tmp_path / "rows.json"
+    monkeypatch.setattr("sys.argv", ["embedding.py", "--folder", str(aoti_folder), "--repeats", "1", "--out", str(out)])
+    spec = importlib.util.spec_from_file_location("embedding_bench", ROOT / "bench" / "embedding.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main()
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 3 and all(r["decode_median_s"] > 0 and r["first_decode_s"] > 0 for r in rows.values())
