@@ -7,7 +7,9 @@ Attention is most of a large decode (`pid_sdk.flops`: 106 of 176 TFLOP at 2048x2
 its kernel's rate bounds the decode's latency. Rows: the MM-DiT shape (24 heads of 64, image + 300 text tokens) and
 the PiT shape (16 heads of 72), with q, k, v laid out as the model makes them ([B, N, heads, Dh] transposed) and
 contiguous, the sequence padded to a multiple of 256, and the same FLOPs with heads of 128 (what a kernel reaches at
-a larger head dimension).
+a larger head dimension). The `split` layout runs the MM-DiT attention as the runtime's `split_attention` does
+(image and text parts, merged through the log-sum-exp: pid_sdk/model/split_attention.py); its TFLOP/s count the
+FLOPs of the single call it replaces.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernel_time import time_by_kind  # noqa: E402
 
-from pid_sdk.runtime.attention import BACKENDS, attention_context, profiled_events  # noqa: E402
+from pid_sdk.model.split_attention import split_joint_attention  # noqa: E402
+from pid_sdk.runtime.attention import BACKENDS, attention_context, lse_kernel, profiled_events  # noqa: E402
+
+TEXT = 300  # text tokens of the joint attention (txt_max_length)
 
 
-def shapes(side: int, patch: int = 16, text: int = 300) -> list[tuple[str, int, int, int]]:
+def shapes(side: int, patch: int = 16, text: int = TEXT) -> list[tuple[str, int, int, int]]:
     """(label, heads, tokens, head_dim) of the attention calls of one step, and the variants worth comparing."""
     n = (side // patch) ** 2
     padded = -(-(n + text) // 256) * 256
@@ -38,9 +43,12 @@ def shapes(side: int, patch: int = 16, text: int = 300) -> list[tuple[str, int, 
             ("MM-DiT FLOPs, heads of 128", 12, n + text, 128)]
 
 
+LAYOUTS = {"MM-DiT": ("model", "contiguous", "split"), "PiT": ("model", "contiguous")}
+
+
 def qkv(heads: int, tokens: int, dim: int, layout: str, device: str, dtype: torch.dtype) -> list[torch.Tensor]:
     gen = torch.Generator(device).manual_seed(0)
-    if layout == "model":  # [B, N, heads, Dh] -> [B, heads, N, Dh], a strided view as in the model
+    if layout in ("model", "split"):  # [B, N, heads, Dh] -> [B, heads, N, Dh], a strided view as in the model
         return [torch.randn(1, tokens, heads, dim, generator=gen, device=device, dtype=dtype).transpose(1, 2)
                 for _ in range(3)]
     return [torch.randn(1, heads, tokens, dim, generator=gen, device=device, dtype=dtype) for _ in range(3)]
@@ -73,6 +81,11 @@ def measure(label: str, heads: int, tokens: int, dim: int, layout: str, kernel: 
     try:
         with attention_context(kernel):
             call = lambda: F.scaled_dot_product_attention(q, k, v)  # noqa: E731
+            if layout == "split":
+                parts = [(t[:, :, TEXT:], t[:, :, :TEXT]) for t in (q, k, v)]  # (image, text) views
+                image, text = tuple(p[0] for p in parts), tuple(p[1] for p in parts)
+                split_kernel = lse_kernel(kernel, torch.device(args.device))
+                call = lambda: split_joint_attention(image, text, split_kernel)  # noqa: E731
             ms = time_ms(call, args.runs, cuda)
             profiled = time_by_kind(call)["kinds"].get("attention", 0.0)
             events = sdpa_events(call)
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels = ["flash"] if args.device == "cpu" else [k for k in BACKENDS if k != "math"]
     rows = []
     for label, heads, tokens, dim in shapes(side):
-        for layout in ("model", "contiguous") if label in ("MM-DiT", "PiT") else ("model",):
+        for layout in LAYOUTS.get(label, ("model",)):
             for kernel in kernels:
                 rows.append(measure(label, heads, tokens, dim, layout, kernel, args))
                 print(format_row(rows[-1]), flush=True)

@@ -35,6 +35,8 @@ def test_tiny_harness_writes_json_and_markdown(tmp_path):
         assert row["runs"] == 2 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
         assert abs(row["tflops_per_s"] - flops / (row["median_ms"] / 1000) / 1e12) < 1e-9
         assert row["attention"] == "flash (CPU) x16"  # 3 MM-DiT + 1 PiT attention, 4 steps
+        parity = row["image_vs_bf16"]  # against the same decode in eager bf16
+        assert parity["within_fp8_row"] and 0 < parity["mean_abs"] < 0.06 and parity["cosine"] > 0.99
     assert {"mode": "fast-cudnn", "skipped": "cuDNN attention needs CUDA"} in result["rows"]
     assert "| reference | 64x64 |" in out_md.read_text()
 
@@ -225,15 +227,16 @@ def test_attention_bench_times_the_decode_shapes(tmp_path):
     assert load_bench("attention").main(["--tiny", "--runs", "2", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["shape"], r["layout"]) for r in rows] == [
-        ("MM-DiT", "model"), ("MM-DiT", "contiguous"), ("PiT", "model"), ("PiT", "contiguous"),
+        ("MM-DiT", "model"), ("MM-DiT", "contiguous"), ("MM-DiT", "split"), ("PiT", "model"), ("PiT", "contiguous"),
         ("MM-DiT padded to 256", "model"), ("MM-DiT FLOPs, heads of 128", "model")]
     mmdit = rows[0]
     assert (mmdit["heads"], mmdit["tokens"], mmdit["head_dim"]) == (24, (256 // 16) ** 2 + 300, 64)
-    assert rows[4]["tokens"] % 256 == 0 and rows[4]["tokens"] >= mmdit["tokens"]
+    assert rows[5]["tokens"] % 256 == 0 and rows[5]["tokens"] >= mmdit["tokens"]
     for r in rows:
         flops = 4 * r["tokens"] ** 2 * r["heads"] * r["head_dim"]
         assert abs(r["tflops_per_s"] - flops / r["ms"] / 1e9) < 1e-9 and r["profiled_attention_ms"] > 0
-        assert r["profiler_events"]["aten::_scaled_dot_product_flash_attention_for_cpu (DeviceType.CPU)"] == 1
+        calls = 4 if r["layout"] == "split" else 1  # image and text queries, each against image and text keys
+        assert r["profiler_events"]["aten::_scaled_dot_product_flash_attention_for_cpu (DeviceType.CPU)"] == calls
 
 
 def test_full_size_onnx_check_at_test_size(tmp_path, monkeypatch, capsys):
@@ -247,3 +250,21 @@ def test_full_size_onnx_check_at_test_size(tmp_path, monkeypatch, capsys):
                                                                     ("onnx:-:64x64:b1:bf16", "passed")]
     assert rows["entries"][1]["image"]["precision"] == "bf16-twin" and len(rows["entries"][0]["steps"]) == 4
     assert rows["phases"]["compare"]["peak_rss_gib"] > 0 and "2 passed" in capsys.readouterr().out
+
+
+def test_a_failing_mode_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    bench = load_bench()
+    real = bench.measure
+
+    def measure(dec, side, *args):
+        if dec.runtime.speed.compile:
+            raise RuntimeError("no kernel for this shape\nsecond line")
+        return real(dec, side, *args)
+
+    monkeypatch.setattr(bench, "measure", measure)
+    out = tmp_path / "lat.json"
+    assert bench.main(["--tiny", "--modes", "compile", "reference", "--sizes", "64", "--runs", "1", "--warmup", "0",
+                       "--no-parity", "--json", str(out)]) == 0
+    failed, measured = json.loads(out.read_text())["rows"]
+    assert failed == {"mode": "compile", "size": 64, "failed": "RuntimeError: no kernel for this shape"}
+    assert measured["mode"] == "reference" and measured["median_ms"] > 0 and "image_vs_bf16" not in measured

@@ -174,6 +174,42 @@ def test_cuda_torchao_fp8_linears_within_fp8_tolerance_of_bf16():
     assert report.image.max_abs > 1e-4  # it really ran quantised
 
 
+@pytest.mark.parametrize("kernel", ["cudnn", "flash", "efficient"])
+def test_split_joint_attention_on_each_cuda_kernel_equals_one_call(kernel):
+    """The kernels' log-sum-exp (layouts differ) merges the text and image parts into the single call's result."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from pid_sdk.model.split_attention import attention_with_lse, split_joint_attention
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    image, text = ([torch.randn(1, 24, n, 64, generator=gen, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+                   for n in (1024, 300))
+    _, lse = attention_with_lse(image[0], text[1], text[2], kernel)
+    _, exact_lse = attention_with_lse(image[0], text[1], text[2], "math")
+    assert (lse - exact_lse).abs().max().item() < 2e-2
+    joint = [torch.cat([t, i], 2) for t, i in zip(text, image)]
+    exact = sdpa(*(t.float() for t in joint)).transpose(1, 2).flatten(2)
+    one = sdpa(*joint).transpose(1, 2).flatten(2).float()
+    ax, ay = split_joint_attention(image, text, kernel)
+    split = torch.cat([ay, ax], 1).float()
+    assert (split - exact).abs().max() <= 2 * (one - exact).abs().max() + 1e-3
+
+
+def test_split_attention_decode_within_bf16_tolerance():
+    from dataclasses import replace
+
+    from pid_sdk import Speed
+    from pid_sdk.compare import run_parity
+    from pid_sdk.runtime.attention import kernels_used
+
+    fast = Speed(weights="bf16", compile=True, cuda_graphs=True, attention="cudnn")
+    split = speed_decoder(Speed(weights="bf16", attention="cudnn", split_attention=True))
+    assert "cudnn" in kernels_used(lambda: split.decode(speed_latent(), seed=0, steps=1))
+    report = run_parity(speed_decoder(fast), speed_decoder(replace(fast, split_attention=True)), speed_latent(),
+                        precision="bf16")
+    assert report.passed, str(report)
+
+
 def test_bf16_attention_runs_a_fused_kernel():
     from pid_sdk.runtime.attention import kernels_used
 

@@ -142,3 +142,68 @@ def test_autotuned_compile_matches_eager():
     with pytest.raises(PiDError, match="autotune tunes what torch.compile generates"):
         get_speed(Speed(autotune=True), torch.device("cpu"))
     assert get_speed("fast-autotune", torch.device("cpu")) == Speed(weights="bf16", compile=True, autotune=True)
+
+
+def joint_parts(seed=0, image=64, text=7, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    make = lambda n: [2 * torch.randn(2, 3, n, 16, generator=gen).to(dtype) for _ in range(3)]  # noqa: E731
+    return make(image), make(text)
+
+
+@pytest.mark.parametrize("kernel", ["cpu", "math"])
+def test_split_joint_attention_equals_one_call(kernel):
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from pid_sdk.model.split_attention import split_joint_attention
+
+    (qx, kx, vx), (qy, ky, vy) = joint_parts()
+    one = sdpa(torch.cat([qy, qx], 2), torch.cat([ky, kx], 2), torch.cat([vy, vx], 2)).transpose(1, 2).flatten(2)
+    ax, ay = split_joint_attention((qx, kx, vx), (qy, ky, vy), kernel)
+    assert torch.allclose(ax, one[:, 7:], atol=2e-5) and torch.allclose(ay, one[:, :7], atol=2e-5)
+
+
+def test_split_attention_log_sum_exp_is_the_scores():
+    from pid_sdk.model.split_attention import attention_with_lse
+
+    (q, k, v), _ = joint_parts(image=33)
+    out, lse = attention_with_lse(q, k[:, :, :20], v[:, :, :20], "cpu")
+    expected = (q @ k[:, :, :20].transpose(-2, -1) / 4).logsumexp(-1, keepdim=True)
+    assert lse.shape == (2, 3, 33, 1) and torch.allclose(lse, expected, atol=1e-5)
+
+
+def test_split_attention_in_bf16_rounds_like_one_call():
+    """In bf16 the merge adds one rounding: the error against fp32 stays that of a single bf16 call."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from pid_sdk.model.split_attention import split_joint_attention
+
+    (qx, kx, vx), (qy, ky, vy) = joint_parts(image=256, text=20)
+    joint = [torch.cat(pair, 2) for pair in ((qy, qx), (ky, kx), (vy, vx))]
+    exact = sdpa(*joint).transpose(1, 2).flatten(2)
+    one_bf16 = sdpa(*(t.bfloat16() for t in joint)).transpose(1, 2).flatten(2).float()
+    ax, ay = split_joint_attention([t.bfloat16() for t in (qx, kx, vx)], [t.bfloat16() for t in (qy, ky, vy)], "cpu")
+    split_error = (torch.cat([ay, ax], 1).float() - exact).abs().max()
+    assert 0 < split_error <= 2 * (one_bf16 - exact).abs().max()
+
+
+def test_split_attention_decodes_as_the_reference():
+    dec = decoder(Speed(split_attention=True))
+    assert {block.attn.split_kernel for block in dec.runtime.model.patch_blocks} == {"cpu"}
+    report = run_parity(decoder(), dec, latent(batch=2), precision="fp32")
+    assert report.passed, str(report)
+    assert report.image.max_abs > 0  # really another computation, equal up to rounding
+
+
+def test_split_attention_compiles():
+    report = run_parity(decoder(), decoder(Speed(compile=True, split_attention=True)), latent(), precision="fp32")
+    assert report.passed, str(report)
+
+
+def test_split_attention_kernel_follows_the_attention_setting():
+    from pid_sdk.runtime.attention import lse_kernel
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [lse_kernel(name, cpu) for name in ("auto", "flash", "math")] == ["cpu", "cpu", "math"]
+    assert [lse_kernel(name, cuda) for name in ("auto", "cudnn", "efficient")] == ["flash", "cudnn", "efficient"]
+    with pytest.raises(PiDError, match="Unknown attention kernel"):
+        lse_kernel("fast", cpu)

@@ -24,6 +24,7 @@ from pid_sdk.model.layers import (
     sincos_grid,
 )
 from pid_sdk.model.rope import apply_rope, rope_1d_angles, rope_2d_angles, rotation
+from pid_sdk.model.split_attention import split_joint_attention
 
 Rope = tuple[Tensor, Tensor]
 
@@ -67,6 +68,7 @@ class MMDiTJointAttention(nn.Module):
         self.heads, self.head_dim = heads, dim // heads
         self.compute_dtype: torch.dtype | None = None
         self.quantize_inputs: nn.Module | None = None  # FP8 Q/DQ of q, k, v in exported graphs (export/fp8.py)
+        self.split_kernel: str | None = None  # text and image parts as separate calls (split_attention.py)
         self.qkv_x = nn.Linear(dim, 3 * dim, bias=False)
         self.qkv_y = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm_x, self.k_norm_x = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
@@ -83,6 +85,8 @@ class MMDiTJointAttention(nn.Module):
         qy, ky, vy = self._qkv(self.qkv_y, y)  # [B, heads, Ltxt, Dh]
         qx, kx = apply_rope(self.q_norm_x(qx), *image_rope), apply_rope(self.k_norm_x(kx), *image_rope)
         qy, ky = apply_rope(self.q_norm_y(qy), *text_rope), apply_rope(self.k_norm_y(ky), *text_rope)
+        if self.split_kernel is not None:
+            return split_joint_attention((qx, kx, vx), (qy, ky, vy), self.split_kernel)  # [B, L, D], [B, Ltxt, D]
         out = attention(torch.cat([qy, qx], 2), torch.cat([ky, kx], 2), torch.cat([vy, vx], 2),
                         self.compute_dtype, self.quantize_inputs)  # [B, Ltxt+L, D]
         n_text = y.shape[1]
@@ -211,6 +215,11 @@ class PixelDiT(nn.Module):
         """Compute the PiT adaLN chunk by chunk (less memory; see PiTBlock.modulation)."""
         for block in self.pixel_blocks:
             block.split_modulation = enabled
+
+    def set_split_attention(self, kernel: str | None) -> None:
+        """Run the MM-DiT joint attention as text and image parts on `kernel` (None: one call over both)."""
+        for block in self.patch_blocks:
+            block.attn.split_kernel = kernel
 
     def set_attention_dtype(self, dtype: torch.dtype | None) -> None:
         """Run every attention in `dtype` (None: the input dtype)."""

@@ -34,6 +34,16 @@ def check_attention(name: str) -> None:
                           fix="use 'auto' to let PyTorch pick")
 
 
+def lse_kernel(name: str, device: torch.device) -> str:
+    """The kernel of `pid_sdk.model.split_attention` for an `attention` setting ("auto": flash on CUDA)."""
+    check_attention(name)
+    if name == "math":
+        return "math"
+    if device.type != "cuda":
+        return "cpu"
+    return "flash" if name == "auto" else name
+
+
 def attention_context(name: str):
     """Restrict SDPA to one kernel family ("auto": PyTorch's own choice). Fails loudly if that kernel cannot run."""
     check_attention(name)

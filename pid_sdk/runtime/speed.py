@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pid_sdk.errors import ConfigError
-from pid_sdk.runtime.attention import check_attention
+from pid_sdk.runtime.attention import check_attention, lse_kernel
 
 WEIGHTS = ("fp32", "bf16", "fp8", "fp8-torchao")
 
@@ -29,6 +29,7 @@ class Speed:
     autotune: bool = False  # with compile: max-autotune GEMMs and the flux-fast Inductor flags (INDUCTOR_FLAGS)
     cuda_graphs: bool = False  # capture the step network once per size and text length, replay it each step
     split_modulation: bool = True  # PiT adaLN chunk by chunk: less peak memory, same result
+    split_attention: bool = False  # MM-DiT attention as text and image parts merged by log-sum-exp (aligned calls)
 
     def check(self, device: torch.device) -> "Speed":
         if self.weights not in WEIGHTS:
@@ -91,6 +92,7 @@ def prepare_model(model: nn.Module, speed: Speed, device: torch.device) -> nn.Mo
     dtype = torch.float32 if speed.weights == "fp32" else torch.bfloat16
     model = model.to(dtype).to(device).eval()
     model.set_split_modulation(speed.split_modulation)
+    model.set_split_attention(lse_kernel(speed.attention, device) if speed.split_attention else None)
     if speed.weights == "fp8":
         from pid_sdk.runtime.fp8_linear import quantize_linears
 
