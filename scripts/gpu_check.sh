@@ -17,7 +17,8 @@ until_mark() {  # until_mark SECONDS command...: run it with what is left until 
 bench() { python3 bench/latency.py $BENCH "$@" 2>&1 | grep -v -i "warn" | tee -a "$OUT/latency.log"; }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-# wheels carried in .whl/ (the GPU host reaches no registry): torchao for speed="fp8-torchao"
+# wheels carried in .whl/ (the GPU host reaches no registry): torchao (speed="fp8-torchao") and
+# nvidia-cudnn-frontend (Speed(fp8_attention=True)); see docs/benchmarks.md for the pip download line
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-deps .whl/*.whl 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 fi
@@ -25,12 +26,15 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 
 # the first size in every mode is the headline target; no new measurement starts after --budget-s
 export -f bench; export OUT BENCH
-# a 2048² mode compiles for about a minute: the baseline, then the new settings by what they may win, the slowest last
-until_mark 310 bash -c "bench --sizes $SIZES --modes fast-cudnn fast-cudnn-split fp8-torchao fp8 fast fast-autotune compile eager \
-  --breakdown-sizes ${SIZES%% *} --budget-s 220 --json $OUT/latency.json --markdown $OUT/latency.md"
-until_mark 350 bash -c "python3 bench/attention.py $BENCH --json $OUT/attention.json 2>&1 | grep -v -i warn \
+# a 2048² mode compiles for about a minute: the baseline first, then the new settings by what they may win
+until_mark 290 bash -c "bench --sizes ${SIZES%% *} --modes fast-cudnn fp8-all fp8-attention fast-cudnn-split \
+  fp8-torchao fast-autotune fp8 fast compile eager --breakdown-sizes ${SIZES%% *} --budget-s 200 \
+  --json $OUT/latency.json --markdown $OUT/latency.md"
+until_mark 350 bash -c "bench --sizes ${SIZES#* } --modes fp8-all fast-cudnn --budget-s 30 \
+  --json $OUT/latency-small.json --markdown $OUT/latency-small.md"
+until_mark 380 bash -c "python3 bench/attention.py $BENCH --json $OUT/attention.json 2>&1 | grep -v -i warn \
   | tee -a $OUT/latency.log"
-until_mark 440 bash -c "bench --sizes $LARGE --modes fast-cudnn-split --runs 3 --warmup 1 \
+until_mark 450 bash -c "bench --sizes $LARGE --modes fp8-all --runs 3 --warmup 1 \
   --json $OUT/latency-large.json --markdown $OUT/latency-large.md"
 until_mark 540 python3 -m pytest -q -m gpu tests -p no:cacheprovider -rA --show-capture=no 2>&1 | tee "$OUT/gpu_tests.log"
 echo "gpu_check: ${SECONDS} s"

@@ -268,3 +268,15 @@ def test_a_failing_mode_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
     failed, measured = json.loads(out.read_text())["rows"]
     assert failed == {"mode": "compile", "size": 64, "failed": "RuntimeError: no kernel for this shape"}
     assert measured["mode"] == "reference" and measured["median_ms"] > 0 and "image_vs_bf16" not in measured
+
+
+def test_attention_parity_report_at_test_size(tmp_path):
+    """bench/attention_parity.py on random weights: the FP8 attention arithmetic and the split attention, judged."""
+    out = tmp_path / "parity.json"
+    assert load_bench("attention_parity").main(["--side", "64", "--no-demo", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["fp8 attention (cuDNN arithmetic)", "split attention"]
+    fp8, split = rows
+    assert fp8["passed"] and fp8["image"]["precision"] == "fp8" and fp8["image"]["max_abs"] > 1e-3
+    assert split["passed"] and split["image"]["precision"] == "fp32" and split["image"]["max_abs"] < 1e-4
+    assert len(fp8["steps"]) == 4

@@ -1,5 +1,7 @@
 """CUDA checks: run by scripts/gpu_check.sh on a GPU host; skipped (with the reason) on CPU machines."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -196,8 +198,6 @@ def test_split_joint_attention_on_each_cuda_kernel_equals_one_call(kernel):
 
 
 def test_split_attention_decode_within_bf16_tolerance():
-    from dataclasses import replace
-
     from pid_sdk import Speed
     from pid_sdk.compare import run_parity
     from pid_sdk.runtime.attention import kernels_used
@@ -208,6 +208,49 @@ def test_split_attention_decode_within_bf16_tolerance():
     report = run_parity(speed_decoder(fast), speed_decoder(replace(fast, split_attention=True)), speed_latent(),
                         precision="bf16")
     assert report.passed, str(report)
+
+
+def fp8_attention_or_skip():
+    from pid_sdk.runtime.fp8_attention import fp8_attention_supported
+
+    ok, why = fp8_attention_supported(torch.device("cuda"))
+    if not ok:
+        pytest.skip(why)
+
+
+def test_cudnn_fp8_attention_computes_its_reference_arithmetic():
+    """cuDNN's FP8 SDPA against the same E4M3 arithmetic in PyTorch, and both against bf16 attention, at the
+    MM-DiT's shape (24 heads of 64, an unaligned joint length) and with q, k, v laid out as the model makes them."""
+    fp8_attention_or_skip()
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from pid_sdk.runtime.fp8_attention import fp8_sdpa, reference_fp8_sdpa
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    qkv = torch.randn(1, 1324, 3, 24, 64, generator=gen, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [B, heads, N, Dh] views
+    out, expected, exact = fp8_sdpa(q, k, v), reference_fp8_sdpa(q, k, v), sdpa(q.float(), k.float(), v.float())
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 24, 1324, 64)
+    assert rel(out, expected) < 0.02, rel(out, expected)  # the kernel does the arithmetic it is described by
+    assert rel(out, exact) < 0.08, rel(out, exact)
+
+
+def test_fp8_attention_decode_within_fp8_tolerance_and_runs_the_fp8_kernel():
+    fp8_attention_or_skip()
+    from pid_sdk.compare import run_parity
+    from pid_sdk.runtime.attention import kernels_used
+    from pid_sdk.runtime.speed import SPEEDS
+
+    preset, setting = "demo-flux1", SPEEDS["fp8-attention"]  # heads of 64, as pid-2k's MM-DiT
+    z = speed_latent(preset=preset)
+    eager = speed_decoder(replace(setting, compile=False, cuda_graphs=False), preset)
+    found = kernels_used(lambda: eager.decode(z, seed=0, steps=1))
+    assert found.get("cudnn FP8", 0) > 0, found
+    report = run_parity(speed_decoder(replace(setting, fp8_attention=False), preset), speed_decoder(setting, preset),
+                        z, precision="fp8")
+    assert report.passed, str(report)
+    assert report.image.max_abs > 1e-4  # it really ran in FP8
 
 
 def test_bf16_attention_runs_a_fused_kernel():

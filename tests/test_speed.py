@@ -1,9 +1,12 @@
 """The PyTorch backend's speed settings against the plain reference, on the CPU (CUDA-only ones in test_gpu.py)."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from pid_sdk import Decoder, PiDError, Speed
+from pid_sdk import DEMO_MODEL, Decoder, PiDError, Speed
 from pid_sdk.compare import run_parity
 from pid_sdk.config import PRESETS
 from pid_sdk.model import build_model, randomize
@@ -12,6 +15,7 @@ from pid_sdk.runtime.fp8_linear import Fp8Linear, quantize_linears
 from pid_sdk.runtime.speed import get_speed
 from tests.test_model import latent_for
 
+ROOT = Path(__file__).resolve().parents[1]
 PRESET = "tiny-pid-2kto4k-v1.5"  # PiT injection and per-token gates: every path the settings touch
 
 
@@ -207,3 +211,70 @@ def test_split_attention_kernel_follows_the_attention_setting():
     assert [lse_kernel(name, cuda) for name in ("auto", "cudnn", "efficient")] == ["flash", "cudnn", "efficient"]
     with pytest.raises(PiDError, match="Unknown attention kernel"):
         lse_kernel("fast", cpu)
+
+
+def test_fp8_attention_is_refused_with_the_reason():
+    cpu = torch.device("cpu")
+    with pytest.raises(PiDError, match="cannot run here") as refused:
+        get_speed("fp8-attention", cpu)
+    assert "CUDA GPU" in str(refused.value.received) and "speed='fast'" in refused.value.fix
+    with pytest.raises(PiDError, match="bf16 model"):
+        Speed(fp8_attention=True).check(cpu)
+    with pytest.raises(PiDError, match="same call"):
+        Speed(weights="bf16", fp8_attention=True, split_attention=True).check(cpu)
+
+
+def test_fp8_attention_quantisation_is_per_tensor_e4m3():
+    from pid_sdk.runtime.fp8_attention import E4M3_MAX, quantize
+
+    x = torch.randn(2, 3, 50, 16, dtype=torch.bfloat16) * 5
+    x8, descale = quantize(x)
+    assert x8.dtype == torch.float8_e4m3fn and descale.shape == (1, 1, 1, 1) and descale.dtype == torch.float32
+    assert x8.float().abs().max().item() == E4M3_MAX  # the largest value lands on E4M3's maximum
+    back = x8.float() * descale
+    assert 0 < ((back - x.float()).norm() / x.float().norm()).item() < 0.04  # 3 mantissa bits
+
+
+def test_fp8_attention_arithmetic_close_to_bf16_attention():
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from pid_sdk.runtime.fp8_attention import reference_fp8_sdpa
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 300, 64, generator=gen).bfloat16() for _ in range(3))
+    exact = sdpa(q.float(), k.float(), v.float())
+    fp8 = reference_fp8_sdpa(q, k, v)
+    assert fp8.dtype == torch.bfloat16 and fp8.shape == exact.shape
+    assert 0.005 < ((fp8.float() - exact).norm() / exact.norm()).item() < 0.08
+
+
+@pytest.mark.parametrize("model", ["random", "demo"])
+def test_fp8_attention_arithmetic_within_the_fp8_row(model):
+    """What E4M3 attention costs a decode, per step and per image against bf16: cuDNN's arithmetic run in PyTorch
+    on the MM-DiT attention (the GPU tests hold the kernel to this arithmetic)."""
+    from pid_sdk.runtime.fp8_attention import reference_fp8_sdpa
+
+    if model == "demo":
+        load = lambda: Decoder.load(DEMO_MODEL, device="cpu", speed="bf16")  # noqa: E731
+        z = load_file(str(ROOT / "samples" / "sample_latent_flux1.safetensors"))["latent"][None]  # 512x512 out
+    else:
+        load, z = (lambda: decoder("bf16")), latent()
+    fp8 = load()
+    fp8.runtime.model.set_joint_sdpa(reference_fp8_sdpa)
+    report = run_parity(load(), fp8, z, precision="fp8")
+    assert report.passed, str(report)
+    assert report.image.max_abs > 1e-3  # really quantised
+
+
+def test_fp8_attention_operator_traces_with_the_kernels_output_layout():
+    """What torch.compile sees of the opaque cuDNN operator: shape, dtype and the [B, n, h, Dh] layout that makes the
+    model's heads-to-channels step a view (the kernel itself runs in tests/test_gpu.py)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from pid_sdk.runtime.fp8_attention import fp8_sdpa
+
+    with FakeTensorMode():
+        q, k, v = torch.empty(3, 2, 24, 1324, 64, dtype=torch.bfloat16)
+        out = fp8_sdpa(q, k, v)
+        assert out.shape == (2, 24, 1324, 64) and out.dtype == torch.bfloat16
+        assert out.transpose(1, 2).is_contiguous()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -97,19 +98,20 @@ def adaln(dim: int, chunks: int) -> nn.Sequential:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, compute_dtype: torch.dtype | None = None,
-              quantize: nn.Module | None = None) -> Tensor:
+              quantize: nn.Module | None = None, sdpa: Callable[..., Tensor] | None = None) -> Tensor:
     """q, k, v [B, heads, N, Dh] -> [B, N, heads*Dh].
 
     `compute_dtype` runs the attention in another dtype and casts back: TensorRT-RTX builds its fused attention
     from fp16 inputs (bf16 and fp32 attention crash its CPU build). `quantize(q, k, v)` rounds the inputs first
-    (the FP8 Q/DQ of an exported graph, export/fp8.py; a calibration observer).
+    (the FP8 Q/DQ of an exported graph, export/fp8.py; a calibration observer). `sdpa` replaces PyTorch's
+    scaled-dot-product attention (the runtime's FP8 attention, pid_sdk/runtime/fp8_attention.py).
     """
     if quantize is not None:
         q, k, v = quantize(q, k, v)
     if compute_dtype is not None:
         dtype = v.dtype
         q, k, v = q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype)
-    out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, N, Dh]
+    out = (sdpa or F.scaled_dot_product_attention)(q, k, v)  # [B, heads, N, Dh]
     if compute_dtype is not None:
         out = out.to(dtype)
     return out.transpose(1, 2).flatten(2)  # [B, N, heads*Dh]

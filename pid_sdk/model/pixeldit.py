@@ -69,6 +69,7 @@ class MMDiTJointAttention(nn.Module):
         self.compute_dtype: torch.dtype | None = None
         self.quantize_inputs: nn.Module | None = None  # FP8 Q/DQ of q, k, v in exported graphs (export/fp8.py)
         self.split_kernel: str | None = None  # text and image parts as separate calls (split_attention.py)
+        self.sdpa: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None  # instead of PyTorch's SDPA (FP8)
         self.qkv_x = nn.Linear(dim, 3 * dim, bias=False)
         self.qkv_y = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm_x, self.k_norm_x = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
@@ -88,7 +89,7 @@ class MMDiTJointAttention(nn.Module):
         if self.split_kernel is not None:
             return split_joint_attention((qx, kx, vx), (qy, ky, vy), self.split_kernel)  # [B, L, D], [B, Ltxt, D]
         out = attention(torch.cat([qy, qx], 2), torch.cat([ky, kx], 2), torch.cat([vy, vx], 2),
-                        self.compute_dtype, self.quantize_inputs)  # [B, Ltxt+L, D]
+                        self.compute_dtype, self.quantize_inputs, self.sdpa)  # [B, Ltxt+L, D]
         n_text = y.shape[1]
         return out[:, n_text:], out[:, :n_text]
 
@@ -220,6 +221,11 @@ class PixelDiT(nn.Module):
         """Run the MM-DiT joint attention as text and image parts on `kernel` (None: one call over both)."""
         for block in self.patch_blocks:
             block.attn.split_kernel = kernel
+
+    def set_joint_sdpa(self, sdpa: Callable[[Tensor, Tensor, Tensor], Tensor] | None) -> None:
+        """Run the MM-DiT joint attention with `sdpa` instead of PyTorch's (None: PyTorch's)."""
+        for block in self.patch_blocks:
+            block.attn.sdpa = sdpa
 
     def set_attention_dtype(self, dtype: torch.dtype | None) -> None:
         """Run every attention in `dtype` (None: the input dtype)."""

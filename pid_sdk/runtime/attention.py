@@ -25,6 +25,7 @@ KERNEL_OPS = {
     "_scaled_dot_product_cudnn_attention": "cudnn",
     "_scaled_dot_product_efficient_attention": "efficient (memory-efficient)",
     "_scaled_dot_product_attention_math": "math (unfused)",
+    "pid_sdk::fp8_attention": "cudnn FP8",  # Speed(fp8_attention=True): pid_sdk/runtime/fp8_attention.py
 }
 
 

@@ -6,6 +6,7 @@ settings are what the benchmarks measure:
     Decoder.load(path, speed="fast")   # bf16 weights, torch.compile, CUDA graphs
     Decoder.load(path, speed="fp8")    # the same with FP8 linear layers (compute capability 8.9+)
     Decoder.load(path, speed="fp8-torchao")  # FP8 linears by torchao (dynamic, per-row scales; CUDA 8.9+)
+    Decoder.load(path, speed="fp8-attention")  # fast, with the MM-DiT attention in FP8 (cuDNN; Hopper+)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Speed:
     cuda_graphs: bool = False  # capture the step network once per size and text length, replay it each step
     split_modulation: bool = True  # PiT adaLN chunk by chunk: less peak memory, same result
     split_attention: bool = False  # MM-DiT attention as text and image parts merged by log-sum-exp (aligned calls)
+    fp8_attention: bool = False  # MM-DiT attention in FP8 through cuDNN's FP8 SDPA (Hopper+, nvidia-cudnn-frontend)
 
     def check(self, device: torch.device) -> "Speed":
         if self.weights not in WEIGHTS:
@@ -42,6 +44,8 @@ class Speed:
         if self.cuda_graphs and device.type != "cuda":
             raise ConfigError("CUDA graphs need a CUDA device.", received=str(device),
                               fix="drop cuda_graphs, or decode on device='cuda'")
+        if self.fp8_attention:
+            self._check_fp8_attention(device)
         if self.weights == "fp8":
             from pid_sdk.runtime.fp8_linear import fp8_supported
 
@@ -58,6 +62,20 @@ class Speed:
                                   fix="use speed='fp8' (our FP8 layers) or 'fast' (bf16)")
         return self
 
+    def _check_fp8_attention(self, device: torch.device) -> None:
+        from pid_sdk.runtime.fp8_attention import fp8_attention_supported
+
+        if self.weights == "fp32":
+            raise ConfigError("FP8 attention runs in a bf16 model.", received="weights='fp32', fp8_attention=True",
+                              fix="Speed(weights='bf16', fp8_attention=True), or speed='fp8-attention'")
+        if self.split_attention:
+            raise ConfigError("FP8 attention and split attention are two ways to run the same call.",
+                              received="fp8_attention=True, split_attention=True", fix="choose one of them")
+        ok, why = fp8_attention_supported(device)
+        if not ok:
+            raise ConfigError("FP8 attention cannot run here.", received=why,
+                              fix="use speed='fast' (bf16 attention) here")
+
 
 SPEEDS = {
     "reference": Speed(),
@@ -66,6 +84,7 @@ SPEEDS = {
     "fp8": Speed(weights="fp8", compile=True, cuda_graphs=True),
     "fp8-torchao": Speed(weights="fp8-torchao", compile=True, cuda_graphs=True),
     "fast-autotune": Speed(weights="bf16", compile=True, cuda_graphs=True, autotune=True),
+    "fp8-attention": Speed(weights="bf16", compile=True, cuda_graphs=True, attention="cudnn", fp8_attention=True),
 }
 # The Inductor settings of the PyTorch team's "flux-fast" recipe, with max-autotune GEMM selection. Inductor's own
 # CUDA graphs stay off: the runtime captures the whole step itself (cuda_graphs).
@@ -93,6 +112,10 @@ def prepare_model(model: nn.Module, speed: Speed, device: torch.device) -> nn.Mo
     model = model.to(dtype).to(device).eval()
     model.set_split_modulation(speed.split_modulation)
     model.set_split_attention(lse_kernel(speed.attention, device) if speed.split_attention else None)
+    if speed.fp8_attention:
+        from pid_sdk.runtime.fp8_attention import fp8_sdpa
+
+        model.set_joint_sdpa(fp8_sdpa)
     if speed.weights == "fp8":
         from pid_sdk.runtime.fp8_linear import quantize_linears
 
