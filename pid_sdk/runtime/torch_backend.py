@@ -29,6 +29,8 @@ class TorchRuntime:
         self.model, self.device, self.precision = model, device, precision
         self.speed = speed or Speed()
         self.step_fn = compiled(model.denoise, self.speed) if self.speed.compile else model.denoise
+        # once per decode, but 8 GroupNorms of 4 groups each run as 4-row reductions in eager mode (12 ms at 2048²)
+        self.encode_fn = compiled(model.encode_latent, self.speed) if self.speed.compile else model.encode_latent
         self._geometry: dict[tuple[int, int, int], Geometry] = {}
         self._graphs: dict[tuple, object] = {}
 
@@ -67,7 +69,7 @@ class TorchRuntime:
 
 
 def compiled(fn, speed: Speed):
-    """torch.compile of the step for these settings (one graph per image size)."""
+    """torch.compile of `fn` for these settings (one graph per image size)."""
     from pid_sdk.runtime.speed import INDUCTOR_FLAGS
 
     return torch.compile(fn, dynamic=False, options=dict(INDUCTOR_FLAGS) if speed.autotune else None)
@@ -92,7 +94,7 @@ class TorchBackend:
             state = [model.embed_text(text.to(self.device))]
             n_gates = -1
             if latent is not None:
-                feats = model.encode_latent(latent.to(self.device), latent_sigma.to(self.device), geo)
+                feats = rt.encode_fn(latent.to(self.device), latent_sigma.to(self.device), geo)
                 state += feats.tokens + feats.offsets
                 n_gates = len(feats.tokens)
         self._state = (geo, state, n_gates)
