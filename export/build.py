@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from export.onnx_export import ATTENTION_COMPUTE
 from pid_sdk.checkpoints import sha256_file, usual_permissions
 from pid_sdk.errors import ConfigError, PiDError
 from pid_sdk.runtime.manifest import Entry, read_manifest, verify_files, write_manifest
@@ -188,7 +189,8 @@ def built_sm(target: str, target_sms: tuple[int, ...], options: BuildOptions) ->
 
 def _build_entry(trt, backend, target, sms, folder: Path, src: Entry, options: BuildOptions, log) -> Entry:
     verify_files(folder, src)  # a graph replaced by one of another model or preset fails its sha256 here
-    fp16_attention = src.attention_dtype in ("fp16", "fp8") or (src.attention_dtype is None and src.precision == "fp16")
+    attention = src.attention_dtype
+    fp16_attention = attention in ATTENTION_COMPUTE or (attention is None and src.precision == "fp16")
     if backend == "tensorrt_rtx" and not fp16_attention:
         # TensorRT-RTX 1.7 crashes the process (SIGSEGV) building fp32 / bf16 attention: refuse before it can.
         raise BuildError(f"{src.key} computes attention in {src.attention_dtype or src.precision}; TensorRT-RTX "

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from export.aoti_export import check_aoti_options, export_aoti_set
-from export.onnx_export import export_graph_set
+from export.onnx_export import FP8_ATTENTION, export_graph_set
 from pid_sdk.buckets import Bucket
 from pid_sdk.checkpoints import LoadedModel, load_checkpoint, save_safetensors, sha256_file, usual_permissions
 from pid_sdk.config import get_preset
@@ -49,10 +49,10 @@ def check_options(format: str, device: str, precisions, attention_dtype: str | N
                               fix="drop --attention-dtype with --format aoti")
         for precision in precisions:
             check_aoti_options(device, precision)
-    elif attention_dtype == "fp8" and not all(p.startswith("fp8") for p in precisions):
+    elif attention_dtype in FP8_ATTENTION and not all(p.startswith("fp8") for p in precisions):
         raise ConfigError("FP8 attention goes with FP8 graphs.", received=f"precisions {list(precisions)}",
                           expected="--precision fp8 (bf16 graph) or fp8-fp32 (its ONNX Runtime CPU twin)",
-                          fix="pass --precision fp8 with --attention-dtype fp8")
+                          fix=f"pass --precision fp8 with --attention-dtype {attention_dtype}")
     elif device != "cpu":
         raise ConfigError("--device applies to AOTInductor packages.", received=device,
                           fix="drop --device for ONNX graphs (they run on any device), or pass --format aoti")
@@ -121,7 +121,7 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
                 calibration = (folder, work, manifest, loaded, bucket, calib_latents, calib_samples, seed, log)
                 if precision.startswith("fp8"):
                     scales = fp8_scales(*calibration)
-                if attention_dtype == "fp8":
+                if attention_dtype in FP8_ATTENTION:  # both forms use the same amax of q, k and v
                     attention_scales = fp8_scales(*calibration, kind="attention")
                 net = build_model(loaded.config)
                 net.load_state_dict(loaded.model.state_dict())

@@ -92,6 +92,25 @@ class FP8AttentionInputs(nn.Module):
         return fp8_qdq(q, s[0]), fp8_qdq(k, s[1]), fp8_qdq(v, s[2])
 
 
+class FP8MultiHeadAttention(nn.Module):
+    """Attention written out as the pattern TensorRT fuses into one FP8 multi-head-attention kernel on Hopper and
+    Blackwell: the 1/sqrt(d) scale on the query side, Q/DQ feeding the first MatMul directly (K transposed before its
+    Q/DQ), Softmax, Q/DQ on the probabilities with the fixed scale 1/448 (they lie in [0, 1]), Q/DQ on V, the second
+    MatMul. The model's `sdpa` in exported graphs (--attention-dtype fp8-mha); the `Attention` op cannot carry a
+    quantised softmax output."""
+
+    def __init__(self, q_scale: float, k_scale: float, v_scale: float):
+        super().__init__()
+        self.register_buffer("scales", torch.tensor([q_scale, k_scale, v_scale, 1 / E4M3_MAX]), persistent=False)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        s, root = self.scales.to(q.dtype), q.shape[-1] ** -0.5
+        q = fp8_qdq(q * root, s[0] * root)  # [B, h, n, Dh]
+        k_t = fp8_qdq(k.transpose(-2, -1), s[1])  # [B, h, Dh, m]
+        probs = torch.softmax(q @ k_t, dim=-1)  # [B, h, n, m]
+        return fp8_qdq(probs, s[3]) @ fp8_qdq(v, s[2])  # [B, h, n, Dh]
+
+
 class AmaxObserver(nn.Module):
     """Records the largest |q|, |k|, |v| an attention sees (calibration); returns them unchanged."""
 
@@ -121,12 +140,15 @@ def calibrate_attention(model: nn.Module, forward_loop) -> dict[str, dict[str, f
     return {name: dict(zip(("q_amax", "k_amax", "v_amax"), o.amax)) for name, o in observers.items()}
 
 
-def apply_fp8_attention(model: nn.Module, scales: dict[str, dict[str, float]]) -> nn.Module:
-    """FP8 Q/DQ on the inputs of every attention (in place)."""
+def apply_fp8_attention(model: nn.Module, scales: dict[str, dict[str, float]], mha: bool = False) -> nn.Module:
+    """FP8 Q/DQ on the inputs of every attention (in place); `mha`: also on the softmax output, the attention written
+    out as TensorRT's FP8 MHA pattern (FP8MultiHeadAttention)."""
     for name, module in attention_modules(model).items():
-        s = scales[name]
-        module.quantize_inputs = FP8AttentionInputs(*(max(s[k], 1e-12) / E4M3_MAX
-                                                      for k in ("q_amax", "k_amax", "v_amax")))
+        s = [max(scales[name][k], 1e-12) / E4M3_MAX for k in ("q_amax", "k_amax", "v_amax")]
+        if mha:
+            module.sdpa = FP8MultiHeadAttention(*s)
+        else:
+            module.quantize_inputs = FP8AttentionInputs(*s)
     return model
 
 

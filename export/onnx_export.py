@@ -25,7 +25,9 @@ OPSET = 23
 # graph precision -> the dtype of everything that is not FP8 (fp8-fp32 runs under ONNX Runtime on a CPU)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16,
               "fp8-fp32": torch.float32}
-ATTENTION_COMPUTE = {"fp16": torch.float16, "fp8": torch.float16}  # --attention-dtype -> the attention's dtype
+# --attention-dtype -> the attention's dtype; the FP8 forms round q, k, v (and, for fp8-mha, the softmax) first
+ATTENTION_COMPUTE = {"fp16": torch.float16, "fp8": torch.float16, "fp8-mha": torch.float16}
+FP8_ATTENTION = ("fp8", "fp8-mha")
 FORBIDDEN_OPS = {"Einsum"}
 
 
@@ -63,7 +65,8 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
                      attention_scales: dict | None = None, log=print) -> Entry:
     """Write text/adapter/denoiser.onnx under `folder` (the engine set) and return their manifest entry.
     `attention_dtype` "fp8": q, k and v rounded to FP8 by Q/DQ pairs with `attention_scales`, the attention then
-    computed in fp16 (what TensorRT-RTX builds)."""
+    computed in fp16 (what TensorRT-RTX builds); "fp8-mha": the same and the softmax output too, the attention
+    written out as TensorRT's FP8 multi-head-attention pattern instead of one `Attention` op."""
     if precision not in PRECISIONS:
         raise ConfigError("Unknown precision.", received=precision, expected=", ".join(PRECISIONS),
                           fix="pass --precision fp32 (or bf16, fp16, fp8, fp8-fp32)")
@@ -73,10 +76,10 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
         from export.fp8 import apply_fp8
 
         apply_fp8(model, fp8_scales)
-    if attention_dtype == "fp8":
+    if attention_dtype in FP8_ATTENTION:
         from export.fp8 import apply_fp8_attention
 
-        apply_fp8_attention(model, attention_scales)
+        apply_fp8_attention(model, attention_scales, mha=attention_dtype == "fp8-mha")
     model.set_attention_dtype(ATTENTION_COMPUTE[attention_dtype] if attention_dtype else None)
     rel_dir = Path("onnx") / f"{bucket.name}-b{batch}-{precision}"
     (folder / rel_dir).mkdir(parents=True, exist_ok=True)

@@ -146,9 +146,10 @@ def _export_arguments(sub) -> None:
                    help="graph precision (repeatable; default fp32). fp8: FP8 linears in a bf16 graph; "
                    "fp8-fp32: the same in an fp32 graph, which ONNX Runtime runs on a CPU")
     p.add_argument("--calib-samples", type=int, default=4, help="random calibration latents for fp8")
-    p.add_argument("--attention-dtype", choices=["fp16", "fp8"],
+    p.add_argument("--attention-dtype", choices=["fp16", "fp8", "fp8-mha"],
                    help="fp16: attention in fp16 (TensorRT-RTX needs it); fp8: q, k, v rounded to FP8 (calibrated "
-                   "Q/DQ), then fp16 attention (with --precision fp8 / fp8-fp32)")
+                   "Q/DQ), then fp16 attention (with --precision fp8 / fp8-fp32); fp8-mha: the softmax output too, "
+                   "the attention written out as TensorRT's FP8 multi-head-attention pattern")
     p.add_argument("--format", choices=["onnx", "aoti"], default="onnx",
                    help="onnx: ONNX graphs (ONNX Runtime, TensorRT builds); aoti: AOTInductor packages for the C ABI "
                    "(bindings/) and backend='aoti'")

@@ -149,3 +149,60 @@ def test_tensorrt_rtx_builds_the_fp8_attention_graphs(fp8_attention_set, tmp_pat
     built = build_engines(folder, "rtx5090", precisions=["fp8"], log=lambda *_: None)
     assert len(built) == 1 and built[0].attention_dtype == "fp8"
     assert all((folder / rel).stat().st_size > 0 for rel in built[0].files.values())
+
+
+# --- FP8 multi-head attention as TensorRT fuses it (--attention-dtype fp8-mha) ------------------------------------
+@pytest.fixture(scope="module")
+def fp8_mha_set(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fp8-mha")
+    export_engine_set(folder, preset="tiny", sizes=[Bucket(64, 64)], precisions=["fp8-fp32", "fp8"],
+                      attention_dtype="fp8-mha", log=lambda *_: None)
+    return folder
+
+
+def test_fp8_mha_writes_out_the_attention_with_a_quantised_softmax(fp8_mha_set):
+    """No `Attention` op: per attention, Q/DQ feeding both MatMuls directly and a Q/DQ of scale 1/448 on the
+    Softmax output (the pattern TensorRT fuses into one FP8 MHA kernel)."""
+    entry = next(e for e in read_manifest(fp8_mha_set).entries if e.precision == "fp8")
+    assert entry.attention_dtype == "fp8-mha"
+    graph = onnx.load(str(fp8_mha_set / entry.files["denoiser"])).graph
+    made_by = {out: n for n in graph.node for out in n.output}
+    used_by: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            used_by.setdefault(i, []).append(n)
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    constants.update({n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                      if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR})
+    softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
+    assert not [n for n in graph.node if n.op_type == "Attention"]
+    assert len(softmaxes) == len(json.loads((fp8_mha_set / "fp8_attention_scales-64x64.json").read_text())["scales"])
+    for softmax in softmaxes:
+        first = made_by[softmax.input[0]]
+        assert first.op_type == "MatMul" and all(made_by[i].op_type == "DequantizeLinear" for i in first.input)
+        [quantize] = used_by[softmax.output[0]]
+        assert quantize.op_type == "QuantizeLinear"
+        assert abs(float(constants[quantize.input[1]]) - 1 / 448) < 1e-6
+        [dequantize] = used_by[quantize.output[0]]
+        [second] = used_by[dequantize.output[0]]
+        assert second.op_type == "MatMul" and all(made_by[i].op_type == "DequantizeLinear" for i in second.input)
+
+
+def test_fp8_mha_graphs_stay_within_the_fp8_tolerance(fp8_mha_set):
+    from pid_sdk.compare import compare_folder
+
+    results = compare_folder(fp8_mha_set, "onnxruntime")
+    assert [r.status for r in results] == ["passed", "passed"], "\n".join(map(str, results))
+
+
+def test_tensorrt_rtx_builds_the_fp8_mha_graphs(fp8_mha_set, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed")
+    import shutil
+
+    from export.build import build_engines
+
+    folder = tmp_path / "copy"
+    shutil.copytree(fp8_mha_set, folder)
+    built = build_engines(folder, "rtx5090", precisions=["fp8"], log=lambda *_: None)
+    assert len(built) == 1 and built[0].attention_dtype == "fp8-mha"
+    assert all((folder / rel).stat().st_size > 0 for rel in built[0].files.values())

@@ -69,7 +69,7 @@ class MMDiTJointAttention(nn.Module):
         self.compute_dtype: torch.dtype | None = None
         self.quantize_inputs: nn.Module | None = None  # FP8 Q/DQ of q, k, v in exported graphs (export/fp8.py)
         self.split_kernel: str | None = None  # text and image parts as separate calls (split_attention.py)
-        self.sdpa: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None  # instead of PyTorch's SDPA (FP8)
+        self.sdpa: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None  # instead of PyTorch's SDPA (FP8 forms)
         self.qkv_x = nn.Linear(dim, 3 * dim, bias=False)
         self.qkv_y = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm_x, self.k_norm_x = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
@@ -127,6 +127,7 @@ class RotaryAttention(nn.Module):
         self.heads, self.head_dim = heads, dim // heads
         self.compute_dtype: torch.dtype | None = None
         self.quantize_inputs: nn.Module | None = None
+        self.sdpa: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None  # instead of PyTorch's SDPA (export/fp8.py)
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.q_norm, self.k_norm = RMSNorm(self.head_dim), RMSNorm(self.head_dim)
         self.proj = nn.Linear(dim, dim)
@@ -135,7 +136,7 @@ class RotaryAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, heads, n, Dh]
         q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-        return self.proj(attention(q, k, v, self.compute_dtype, self.quantize_inputs))  # [B, n, dim]
+        return self.proj(attention(q, k, v, self.compute_dtype, self.quantize_inputs, self.sdpa))  # [B, n, dim]
 
 
 class PiTBlock(nn.Module):
