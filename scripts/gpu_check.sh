@@ -23,6 +23,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-deps .whl/*.whl 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 fi
 python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)" | tee -a "$OUT/gpu.txt"
+# TensorRT-RTX's libraries (228 MB) cannot travel with the tree: record what this host has; where a library is
+# present, tests/test_tensorrt_runtime.py (in the GPU tests below) builds and runs engines against PyTorch
+for lib in tensorrt_rtx tensorrt; do
+  python3 -c "import $lib as m; print('$lib', m.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+done
 
 # the first size in every mode is the headline target; no new measurement starts after --budget-s
 export -f bench; export OUT BENCH

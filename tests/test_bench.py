@@ -274,9 +274,15 @@ def test_attention_parity_report_at_test_size(tmp_path):
     """bench/attention_parity.py on random weights: the FP8 attention arithmetic and the split attention, judged."""
     out = tmp_path / "parity.json"
     assert load_bench("attention_parity").main(["--side", "64", "--no-demo", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["setting"] for r in rows] == ["fp8 attention (cuDNN arithmetic)", "split attention"]
-    fp8, split = rows
-    assert fp8["passed"] and fp8["image"]["precision"] == "fp8" and fp8["image"]["max_abs"] > 1e-3
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [r["setting"] for r in rows] == ["fp8 attention (cuDNN arithmetic)", "fp8 attention, per-head scales",
+                                           "split attention"]
+    fp8, per_head, split = rows
+    for row in fp8, per_head:
+        assert row["passed"] and row["image"]["precision"] == "fp8" and row["image"]["max_abs"] > 1e-3
+    assert per_head["image"] != fp8["image"]
+    assert [r["scales"] for r in report["head_skew"]] == ["per tensor", "per head"]
+    assert all(0 < r["median_head_rel"] <= r["worst_head_rel"] < 0.5 for r in report["head_skew"])
     assert split["passed"] and split["image"]["precision"] == "fp32" and split["image"]["max_abs"] < 1e-4
     assert len(fp8["steps"]) == 4

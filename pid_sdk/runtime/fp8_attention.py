@@ -6,9 +6,10 @@ FP8 forward graph is the kernel family TensorRT fuses on Hopper. FlashInfer's wh
 the tree on the GPU host; Transformer Engine compiles against the local CUDA toolkit.
 
 q, k and v are quantised to E4M3 with one dynamic scale per tensor (amax / 448, computed on the GPU each call, so
-nothing syncs the host and a CUDA graph replays it); the scores and softmax statistics are float32 inside the kernel,
-the unnormalised probabilities (in [0, 1]) enter the second matmul as E4M3 scaled by 448, and the output is written
-in bf16 (`reference_fp8_sdpa` is the same arithmetic in PyTorch). The cuDNN graph is
+nothing syncs the host and a CUDA graph replays it; per-head scales were measured and buy nothing, since E4M3 keeps
+its mantissa over 15 binades: bench/attention_parity.py, docs/benchmarks.md); the scores and softmax statistics are
+float32 inside the kernel, the unnormalised probabilities (in [0, 1]) enter the second matmul as E4M3 scaled by 448,
+and the output is written in bf16 (`reference_fp8_sdpa` is the same arithmetic in PyTorch). The cuDNN graph is
 built once per shape and layout and called as one opaque operator (`pid_sdk::fp8_attention`), which torch.compile
 leaves alone and CUDA graphs capture.
 """
