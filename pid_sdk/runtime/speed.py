@@ -77,14 +77,15 @@ class Speed:
                               fix="use speed='fast' (bf16 attention) here")
 
 
+FAST = Speed(weights="bf16", compile=True, cuda_graphs=True)
 SPEEDS = {
     "reference": Speed(),
     "bf16": Speed(weights="bf16"),
-    "fast": Speed(weights="bf16", compile=True, cuda_graphs=True),
-    "fp8": Speed(weights="fp8", compile=True, cuda_graphs=True),
-    "fp8-torchao": Speed(weights="fp8-torchao", compile=True, cuda_graphs=True),
-    "fast-autotune": Speed(weights="bf16", compile=True, cuda_graphs=True, autotune=True),
-    "fp8-attention": Speed(weights="bf16", compile=True, cuda_graphs=True, attention="cudnn", fp8_attention=True),
+    "fast": FAST,
+    "fp8": replace(FAST, weights="fp8"),
+    "fp8-torchao": replace(FAST, weights="fp8-torchao"),
+    "fast-autotune": replace(FAST, autotune=True),
+    "fp8-attention": replace(FAST, attention="cudnn", fp8_attention=True),
 }
 # The Inductor settings of the PyTorch team's "flux-fast" recipe, with max-autotune GEMM selection. Inductor's own
 # CUDA graphs stay off: the runtime captures the whole step itself (cuda_graphs).
