@@ -34,7 +34,7 @@ from pid_sdk import DEMO_MODEL, Decoder, Speed  # noqa: E402
 from pid_sdk.compare import run_parity  # noqa: E402
 from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
-from pid_sdk.runtime.fp8_attention import E4M3_MAX, reference_fp8_sdpa  # noqa: E402
+from pid_sdk.runtime.fp8_attention import E4M3_MAX, e4m3_softmax_times_v, reference_fp8_sdpa  # noqa: E402
 
 RANDOM = "tiny-pid-2kto4k-v1.5"
 
@@ -73,14 +73,7 @@ def per_head_fp8_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     product = (E4M3_MAX**2 / (amax_q * amax_k)).amin()
     scale_q = (product * amax_k / amax_q).sqrt()  # [B, h, 1, 1]
     q8, k8, v8 = round_e4m3(q, scale_q), round_e4m3(k, product / scale_q), round_e4m3(v, E4M3_MAX / amax_v)
-    return probabilities_times_v(q8, k8, v8)
-
-
-def probabilities_times_v(q8: Tensor, k8: Tensor, v8: Tensor) -> Tensor:
-    scores = q8 @ k8.transpose(-2, -1) * q8.shape[-1] ** -0.5  # [B, h, n, m]
-    p = (scores - scores.amax(-1, keepdim=True)).exp()
-    out = round_e4m3(p, torch.tensor(E4M3_MAX)) @ v8 / p.sum(-1, keepdim=True)  # [B, h, n, Dv]
-    return out.to(torch.bfloat16)  # as the kernel writes it, and as reference_fp8_sdpa returns it
+    return e4m3_softmax_times_v(q8 @ k8.transpose(-2, -1) * q.shape[-1] ** -0.5, v8)  # scores [B, h, n, m]
 
 
 def head_skew(heads: int = 8, tokens: int = 1024, decades: float = 3.0) -> list[dict]:

@@ -58,9 +58,15 @@ def reference_fp8_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     costs an image where there is none."""
     (q8, dq), (k8, dk), (v8, dv) = quantize(q), quantize(k), quantize(v)
     scores = (q8.float() @ k8.float().transpose(-2, -1)) * (dq * dk).reshape(()) * q.shape[-1] ** -0.5  # [B, h, n, m]
-    p = (scores - scores.amax(-1, keepdim=True)).exp()
+    return e4m3_softmax_times_v(scores, v8.float() * dv.reshape(()))
+
+
+def e4m3_softmax_times_v(scores: Tensor, v: Tensor) -> Tensor:
+    """The kernel's second half: the unnormalised probabilities exp(s - row max) rounded to E4M3 (scaled by 448)
+    times v (float32, already dequantised), divided by the row sum of the unrounded probabilities; bf16 out."""
+    p = (scores - scores.amax(-1, keepdim=True)).exp()  # [B, h, n, m]
     p8 = (p * E4M3_MAX).to(torch.float8_e4m3fn).float() / E4M3_MAX
-    return ((p8 @ (v8.float() * dv.reshape(()))) / p.sum(-1, keepdim=True)).to(torch.bfloat16)  # [B, h, n, Dv]
+    return ((p8 @ v) / p.sum(-1, keepdim=True)).to(torch.bfloat16)  # [B, h, n, Dv]
 
 
 def fp8_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
