@@ -1,7 +1,6 @@
 #include "decoder.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/headeronly/version.h>
 
@@ -11,6 +10,7 @@
 #include <mutex>
 
 #include "error.h"
+#include "files.h"
 #include "manifest.h"
 #include "sampling.h"
 #include "shape.h"
@@ -22,6 +22,7 @@ using Loader = torch::inductor::AOTIModelPackageLoader;
 
 constexpr int STEPS = 4;
 constexpr double MAX_LATENT_ABS = 1e4;          // as pid_sdk.inputs.MAX_LATENT_ABS
+constexpr int64_t MAX_OUTPUT_BYTES = int64_t(4) * 4096 * 4096 * 3;  // pid_sdk.inputs.MAX_PIXELS of RGB
 const std::string TORCH_RELEASE = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR);
 
 struct Space {
@@ -163,6 +164,19 @@ void check_arguments(const float* latent, const std::vector<int64_t>& shape, con
     throw Error(ErrorKind::input, "seed must be >= 0.", std::to_string(seed), "0, 1, 2, ...", "pass seed 0");
 }
 
+// A generator of the decode device's own kind seeded with `seed`, as torch.Generator(device).manual_seed(seed) in
+// Python: the same seed draws the same noise in both, on the CPU and on CUDA.
+at::Generator seeded_generator(const at::Device& device, int64_t seed) {
+  at::Generator device_default = at::globalContext().defaultGenerator(device);  // a handle: shares the state
+  at::Generator generator;
+  {
+    std::lock_guard<std::mutex> lock(device_default.mutex());
+    generator = device_default.clone();
+  }
+  generator.set_current_seed(uint64_t(seed));
+  return generator;
+}
+
 void check_values(const at::Tensor& z) {
   at::Tensor finite = at::isfinite(z);
   if (!finite.all().item<bool>())
@@ -190,7 +204,11 @@ void Decoder::decode(const float* latent, const std::vector<int64_t>& shape, con
   check_arguments(latent, shape, space, latent_sigma, seed, out);
   const Entry& entry = impl_->entry_for(shape);
   int64_t batch = shape[0];
-  size_t need = size_t(batch * entry.height * entry.width * 3);
+  size_t need = size_t(bounded_product({batch, entry.height, entry.width, 3}, MAX_OUTPUT_BYTES));
+  if (need > size_t(MAX_OUTPUT_BYTES))
+    throw Error(ErrorKind::input, "The batch asks for more output than one call may write.",
+                std::to_string(batch) + " x " + std::to_string(entry.height) + "x" + std::to_string(entry.width),
+                "at most " + std::to_string(MAX_OUTPUT_BYTES) + " bytes of RGB", "decode the batch in smaller parts");
   if (out_size < need)
     throw Error(ErrorKind::input, "The output buffer is too small.", std::to_string(out_size) + " bytes",
                 std::to_string(need) + " bytes (B x H x W x 3)", "allocate B*H*W*3 bytes (see pid_output_size)");
@@ -219,7 +237,7 @@ void Decoder::decode(const float* latent, const std::vector<int64_t>& shape, con
                   "check the model's weights for Inf / NaN (pid-sdk info MODEL loads them)");
     return v;
   };
-  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(uint64_t(seed));
+  at::Generator generator = seeded_generator(device, seed);
   at::Tensor image = sample_student(model, {batch, 3, entry.height, entry.width}, STEPS, generator, device);
   at::Tensor rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous();
   std::memcpy(out, rgb.cpu().data_ptr<uint8_t>(), need);

@@ -1,11 +1,13 @@
 #include "latent_file.h"
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "error.h"
+#include "files.h"
 
 namespace pid {
 namespace {
@@ -13,28 +15,12 @@ namespace {
 using nlohmann::json;
 const char* EXPECTED = "a safetensors file holding one float latent [B, C, h, w] or [C, h, w] (or one named 'latent')";
 const char* FIX = "save it with safetensors.torch.save_file({'latent': z.float().contiguous()}, path)";
+constexpr uint64_t MAX_HEADER_BYTES = uint64_t(100) << 20;  // safetensors' own limit
+constexpr int MAX_NESTING = 8;                              // a safetensors header is two levels deep
+constexpr int64_t MAX_FILE_BYTES = 8 + int64_t(MAX_HEADER_BYTES) + MAX_LATENT_ELEMENTS * 4;
 
 Error bad_file(const std::string& what, const std::string& received) {
   return Error(ErrorKind::input, what, received, EXPECTED, FIX);
-}
-
-float half_to_float(uint16_t h) {
-  uint32_t sign = uint32_t(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
-  uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000 | (mantissa << 13);
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal half: normalise
-    int shift = 0;
-    while (!(mantissa & 0x400)) mantissa <<= 1, ++shift;
-    bits = sign | uint32_t(113 - shift) << 23 | ((mantissa & 0x3ff) << 13);
-  }
-  float out;
-  std::memcpy(&out, &bits, 4);
-  return out;
 }
 
 float widen(const char* p, const std::string& dtype) {
@@ -43,33 +29,36 @@ float widen(const char* p, const std::string& dtype) {
     std::memcpy(&f, p, 4);
     return f;
   }
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  if (dtype == "F16") return half_to_float(h);
-  uint32_t bits = uint32_t(h) << 16;  // BF16 is the top half of a float32
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  uint16_t bits;
+  std::memcpy(&bits, p, 2);
+  if (dtype == "F16") return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+  return static_cast<float>(c10::BFloat16(bits, c10::BFloat16::from_bits()));
+}
+
+json parse_header(const std::string& header) {
+  try {
+    return json::parse(header, [](int depth, json::parse_event_t, json&) {
+      if (depth > MAX_NESTING) throw bad_file("The safetensors header nests deeper than any header does.", "");
+      return true;
+    });
+  } catch (const json::exception&) {
+    throw bad_file("The safetensors header is not valid JSON.", header.substr(0, 80));
+  }
 }
 
 }  // namespace
 
 LatentFile read_latent_file(const std::string& path, bool with_data) {
-  std::ifstream in(path, std::ios::binary);
-  std::error_code ec;
-  if (!in || !std::filesystem::is_regular_file(path, ec)) throw bad_file("Cannot open the latent file.", path);
-  uint64_t file_size = std::filesystem::file_size(path, ec), header_size = 0;
-  in.read(reinterpret_cast<char*>(&header_size), 8);  // little-endian, as every platform this builds on
-  if (!in || header_size == 0 || header_size > (100u << 20) || 8 + header_size > file_size)
+  ReadFile in(path, "latent file", MAX_FILE_BYTES, ErrorKind::input);  // a regular file: never a FIFO or device
+  uint64_t file_size = uint64_t(in.size()), header_size = 0;
+  if (file_size < 8) throw bad_file("The file is not a safetensors file (it is shorter than its header length).", path);
+  in.read_at(0, reinterpret_cast<char*>(&header_size), 8);  // little-endian, as every platform this builds on
+  if (header_size == 0 || header_size > MAX_HEADER_BYTES || header_size > file_size - 8)
     throw bad_file("The file is not a safetensors file (its header length is wrong).", path);
   std::string header(header_size, '\0');
-  in.read(header.data(), header_size);
-  json meta;
-  try {
-    meta = json::parse(header);
-  } catch (const json::exception&) {
-    throw bad_file("The safetensors header is not valid JSON.", path);
-  }
+  in.read_at(8, header.data(), header_size);
+  json meta = parse_header(header);
+  if (!meta.is_object()) throw bad_file("The safetensors header is not a JSON object.", header.substr(0, 80));
   meta.erase("__metadata__");
   std::string name = meta.contains("latent") ? "latent" : (meta.size() == 1 ? meta.begin().key() : "");
   if (name.empty())
@@ -79,7 +68,10 @@ LatentFile read_latent_file(const std::string& path, bool with_data) {
   uint64_t begin = 0, end = 0;
   try {
     dtype = meta[name].at("dtype").get<std::string>();
-    out.shape = meta[name].at("shape").get<std::vector<int64_t>>();
+    for (const auto& d : meta[name].at("shape")) {
+      if (!d.is_number_integer() || out.shape.size() >= 8) throw bad_file("The latent has the wrong rank or size.", "");
+      out.shape.push_back(d.get<int64_t>());
+    }
     begin = meta[name].at("data_offsets").at(0).get<uint64_t>();
     end = meta[name].at("data_offsets").at(1).get<uint64_t>();
   } catch (const json::exception&) {
@@ -92,13 +84,11 @@ LatentFile read_latent_file(const std::string& path, bool with_data) {
   if (out.shape.size() != 4 || count > MAX_LATENT_ELEMENTS)
     throw bad_file("The latent has the wrong rank or size.", "shape " + format_shape(out.shape));
   uint64_t item = dtype == "F32" ? 4 : 2;
-  if (end < begin || end - begin != uint64_t(count) * item || 8 + header_size + end > file_size)
+  if (end < begin || end - begin != uint64_t(count) * item || end > file_size - 8 - header_size)  // no sum overflows
     throw bad_file("The tensor's data offsets do not match its shape or the file size (truncated?).", path);
   if (!with_data) return out;
   std::vector<char> raw(end - begin);
-  in.seekg(int64_t(8 + header_size + begin));
-  in.read(raw.data(), int64_t(raw.size()));
-  if (!in) throw bad_file("The latent file could not be read to its end.", path);
+  in.read_at(int64_t(8 + header_size + begin), raw.data(), raw.size());
   out.data.resize(size_t(count));
   for (int64_t i = 0; i < count; ++i) out.data[size_t(i)] = widen(raw.data() + i * item, dtype);
   return out;

@@ -35,9 +35,6 @@ struct Manifest {
 // format, or names a file outside the folder.
 Manifest read_manifest(const std::string& folder);
 
-// FOLDER/rel after checking it stays inside the folder (no absolute path, no "..", no link leading out).
-std::string inside(const std::string& folder, const std::string& rel);
-
 // Every file of the entry exists and matches its sha256 (a file without a hash is refused).
 void verify_entry(const std::string& folder, const Entry& entry);
 

@@ -7,8 +7,9 @@ namespace {
 
 const double STUDENT[] = {0.999, 0.866, 0.634, 0.342, 0.0};
 
+// Drawn by the decode device's own generator, as Python's sampling.noise draws it: one seed, the same image.
 at::Tensor noise(at::IntArrayRef shape, at::Generator& generator, const at::Device& device) {
-  return at::randn(shape, generator, at::TensorOptions().dtype(at::kFloat)).to(device);
+  return at::randn(shape, generator, at::TensorOptions().dtype(at::kFloat).device(device));
 }
 
 }  // namespace
