@@ -1,6 +1,6 @@
-"""FP8 (E4M3, per-tensor) for the transformer's linear layers: nvidia-modelopt calibrates, the scales are saved as
-their own versioned file, and the export writes standard QuantizeLinear / DequantizeLinear pairs around each
-quantized Linear (input and weight). Embedders, adaLN, gates, the adapter and the final layer stay unquantized.
+"""FP8 (E4M3, per-tensor) for the MM-DiT blocks' linear layers (`pid_sdk.fp8.fp8_layers`): nvidia-modelopt
+calibrates, the scales are saved as their own versioned file, and the export writes standard QuantizeLinear /
+DequantizeLinear pairs around each quantized Linear (input and weight). Everything else stays unquantized.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -16,27 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pid_sdk.errors import CheckpointError, ConfigError
+from pid_sdk.fp8 import E4M3, E4M3_MAX, fp8_layers
 
-E4M3_MAX = 448.0
 SCALES_FORMAT = "pid-sdk-fp8-scales"
 SCALES_VERSION = 1
-QUANTIZED = re.compile(
-    r"^(patch_blocks\.\d+\.(attn\.(qkv|proj)_[xy]|mlp_[xy]\.w[123])"
-    r"|pixel_blocks\.\d+\.(compress_to_attn|expand_from_attn|attn\.qkv|attn\.proj))$"
-)
-
-
-def quantized_layers(model: nn.Module) -> list[str]:
-    last = f"patch_blocks.{model.cfg.patch_depth - 1}."
-    unused = (last + "attn.proj_y", last + "mlp_y.")  # the last block's text output is never computed
-    return [n for n, m in model.named_modules()
-            if isinstance(m, nn.Linear) and QUANTIZED.match(n) and not n.startswith(unused)]
-
-
 # --- the Q/DQ op: FP8 rounding in PyTorch, QuantizeLinear + DequantizeLinear in ONNX -----------------------------
 @torch.library.custom_op("pid_sdk::fp8_qdq", mutates_args=())
 def fp8_qdq(x: Tensor, scale: Tensor) -> Tensor:
-    return (x / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+    return (x / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3).to(x.dtype) * scale
 
 
 @fp8_qdq.register_fake
@@ -56,7 +42,9 @@ def onnx_translation() -> dict:
     return {torch.ops.pid_sdk.fp8_qdq.default: fp8_qdq_onnx}
 
 
-class FP8Linear(nn.Module):
+class QDQLinear(nn.Module):
+    """A Linear whose input and weight are rounded to FP8 through Q/DQ: what TensorRT fuses into an FP8 GEMM."""
+
     def __init__(self, linear: nn.Linear, input_scale: float, weight_scale: float):
         super().__init__()
         self.linear = linear
@@ -71,10 +59,10 @@ class FP8Linear(nn.Module):
 
 def apply_fp8(model: nn.Module, scales: dict[str, dict[str, float]]) -> nn.Module:
     """Swap every calibrated Linear for its FP8 Q/DQ form (in place)."""
-    for name in quantized_layers(model):
+    for name in fp8_layers(model):
         parent, attr = _parent(model, name)
         s = scales[name]
-        setattr(parent, attr, FP8Linear(getattr(parent, attr), s["input_amax"] / E4M3_MAX, s["weight_amax"] / E4M3_MAX))
+        setattr(parent, attr, QDQLinear(getattr(parent, attr), s["input_amax"] / E4M3_MAX, s["weight_amax"] / E4M3_MAX))
     return model
 
 
@@ -158,15 +146,12 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 # --- calibration with nvidia-modelopt -------------------------------------------------------------------------
-def modelopt_config() -> dict:
-    """FP8 per-tensor on the quantized layers only, max calibration."""
+def modelopt_config(layers: list[str]) -> dict:
+    """FP8 per-tensor on `layers` only, max calibration."""
     e4m3 = {"num_bits": (4, 3), "axis": None}
-    enabled = [{"quantizer_name": f"*{n}.{q}", "cfg": e4m3} for n in ("attn.qkv_*", "attn.proj_*", "mlp_x.w*",
-               "mlp_y.w*", "compress_to_attn", "expand_from_attn", "attn.qkv", "attn.proj")
-               for q in ("input_quantizer", "weight_quantizer")]
-    off = [{"quantizer_name": f"*{n}*", "enable": False}
-           for n in ("adaLN", "embedder", "final_layer", "lq_proj", "pit_lq_gate", "mlp.fc")]
-    return {"quant_cfg": [{"quantizer_name": "*", "enable": False}, *enabled, *off], "algorithm": "max"}
+    enabled = [{"quantizer_name": f"{n}.{q}", "cfg": e4m3} for n in layers for q in ("input_quantizer",
+                                                                                       "weight_quantizer")]
+    return {"quant_cfg": [{"quantizer_name": "*", "enable": False}, *enabled], "algorithm": "max"}
 
 
 def calibrate(model: nn.Module, forward_loop) -> dict[str, dict[str, float]]:
@@ -177,9 +162,10 @@ def calibrate(model: nn.Module, forward_loop) -> dict[str, dict[str, float]]:
         raise ConfigError("FP8 calibration needs nvidia-modelopt.",
                           fix="pip install nvidia-modelopt requests huggingface_hub (or 'pid-sdk[tensorrt]')") from None
     work = copy.deepcopy(model).float().eval()
-    mtq.quantize(work, modelopt_config(), forward_loop)
+    layers = fp8_layers(model)
+    mtq.quantize(work, modelopt_config(layers), forward_loop)
     scales = {}
-    for name in quantized_layers(model):
+    for name in layers:
         layer = work.get_submodule(name)
         amax_in, amax_w = layer.input_quantizer.amax, layer.weight_quantizer.amax
         if amax_in is None or amax_w is None:

@@ -12,7 +12,8 @@ import onnx  # noqa: E402
 
 import pid_sdk  # noqa: E402
 from export.engine_set import export_engine_set  # noqa: E402
-from export.fp8 import load_scales, quantized_layers  # noqa: E402
+from export.fp8 import load_scales  # noqa: E402
+from pid_sdk.fp8 import fp8_layers  # noqa: E402
 from pid_sdk.buckets import Bucket  # noqa: E402
 from pid_sdk.compare import run_parity  # noqa: E402
 from pid_sdk.config import PRESETS  # noqa: E402
@@ -30,10 +31,11 @@ def fp8_set(tmp_path_factory):
     return folder, lines
 
 
-def test_only_transformer_linears_are_quantized():
-    names = quantized_layers(build_model(PRESETS["pid-2k"]))
-    assert len(names) == 14 * 10 - 4 + 2 * 4  # qkv, proj, 3 SwiGLU per stream; not the last block's text output
-    assert not [n for n in names if "adaLN" in n or "embedder" in n or "lq_proj" in n or "final" in n]
+def test_only_the_mmdit_linears_are_quantized():
+    with torch.device("meta"):
+        names = fp8_layers(build_model(PRESETS["pid-2k"]))
+    assert len(names) == 14 * 10 - 4  # qkv, proj, 3 SwiGLU per stream; not the last block's text output
+    assert all(n.startswith("patch_blocks.") and "adaLN" not in n for n in names)
 
 
 def test_scales_file_is_versioned_and_covers_every_layer(fp8_set):
@@ -42,7 +44,7 @@ def test_scales_file_is_versioned_and_covers_every_layer(fp8_set):
     data = json.loads(path.read_text())
     assert data["format"] == "pid-sdk-fp8-scales" and data["format_version"] == 1
     assert data["calibration"]["steps"] == 4 and data["calibration"]["bucket"] == [64, 96]
-    layers = quantized_layers(build_model(PRESETS["tiny-pid-2kto4k-v1.5"]))
+    layers = fp8_layers(build_model(PRESETS["tiny-pid-2kto4k-v1.5"]))
     assert sorted(data["scales"]) == sorted(layers)
     assert all(v["input_amax"] > 0 and v["weight_amax"] > 0 for v in data["scales"].values())
     assert any(line.startswith("calibrated") for line in lines)

@@ -11,7 +11,8 @@ from pid_sdk.compare import run_parity
 from pid_sdk.config import PRESETS
 from pid_sdk.model import build_model, randomize
 from pid_sdk.runtime.attention import kernels_used
-from pid_sdk.runtime.fp8_linear import Fp8Linear, quantize_linears
+from pid_sdk.fp8 import fp8_layers
+from pid_sdk.runtime.fp8_linear import Fp8MatmulLinear, quantize_linears
 from pid_sdk.runtime.speed import get_speed
 from tests.test_model import latent_for
 
@@ -40,7 +41,7 @@ def test_split_modulation_equals_one_matmul():
 
 
 def test_fp8_rows_equal_full_output():
-    layer = Fp8Linear(torch.nn.Linear(64, 96).bfloat16())
+    layer = Fp8MatmulLinear(torch.nn.Linear(64, 96).bfloat16())
     x = torch.randn(7, 64, dtype=torch.bfloat16)
     rows = torch.tensor([3, 0, 95, 17])
     assert torch.equal(layer.rows(x, rows), layer(x)[:, rows])
@@ -50,18 +51,18 @@ def test_fp8_linear_close_to_bf16():
     torch.manual_seed(0)
     linear = torch.nn.Linear(256, 128).bfloat16()
     x = torch.randn(64, 256, dtype=torch.bfloat16)
-    ref, out = linear(x).double(), Fp8Linear(linear)(x).double()
+    ref, out = linear(x).double(), Fp8MatmulLinear(linear)(x).double()
     assert out.dtype == torch.float64 and 0 < ((out - ref).norm() / ref.norm()).item() < 0.06  # E4M3: ~3% seen
 
 
-def test_quantize_linears_takes_block_linears_only():
+def test_quantize_linears_takes_the_mmdit_linears_only():
     model = randomize(build_model(PRESETS["tiny-pid-2k"]), 0)
+    expected = fp8_layers(model)
     n = quantize_linears(model)
-    fp8 = {name for name, m in model.named_modules() if isinstance(m, Fp8Linear)}
-    assert len(fp8) == n > 0
-    assert all(name.startswith(("patch_blocks.", "pixel_blocks.")) for name in fp8)
-    assert not any("adaLN_modulation_img" in name or "adaLN_modulation_txt" in name for name in fp8)
-    assert "pixel_blocks.0.adaLN_modulation.0" in fp8  # the largest matmul of the PiT block
+    fp8 = [name for name, m in model.named_modules() if isinstance(m, Fp8MatmulLinear)]
+    assert fp8 == expected and n == len(fp8) > 0
+    assert all(name.startswith("patch_blocks.") for name in fp8)  # the PiT blocks' per-pixel layers stay bf16
+    assert not any("adaLN" in name for name in fp8)
 
 
 def test_attention_kernel_choice_and_report():

@@ -21,7 +21,8 @@ import functools
 import torch
 from torch import Tensor
 
-E4M3_MAX = 448.0
+from pid_sdk.fp8 import E4M3, E4M3_MAX
+
 MIN_CUDNN = 91400  # FP8 SDPA forward with a bf16 output
 
 
@@ -48,7 +49,7 @@ def fp8_attention_supported(device: torch.device) -> tuple[bool, str]:
 def quantize(x: Tensor) -> tuple[Tensor, Tensor]:
     """x -> (E4M3 values, the descale [1, 1, 1, 1] float32 that gives x back)."""
     amax = x.abs().amax().float().clamp_min(1e-12)
-    return (x.float() * (E4M3_MAX / amax)).to(torch.float8_e4m3fn), (amax / E4M3_MAX).reshape(1, 1, 1, 1)
+    return (x.float() * (E4M3_MAX / amax)).to(E4M3), (amax / E4M3_MAX).reshape(1, 1, 1, 1)
 
 
 def reference_fp8_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -65,7 +66,7 @@ def e4m3_softmax_times_v(scores: Tensor, v: Tensor) -> Tensor:
     """The kernel's second half: the unnormalised probabilities exp(s - row max) rounded to E4M3 (scaled by 448)
     times v (float32, already dequantised), divided by the row sum of the unrounded probabilities; bf16 out."""
     p = (scores - scores.amax(-1, keepdim=True)).exp()  # [B, h, n, m]
-    p8 = (p * E4M3_MAX).to(torch.float8_e4m3fn).float() / E4M3_MAX
+    p8 = (p * E4M3_MAX).to(E4M3).float() / E4M3_MAX
     return ((p8 @ v) / p.sum(-1, keepdim=True)).to(torch.bfloat16)  # [B, h, n, Dv]
 
 

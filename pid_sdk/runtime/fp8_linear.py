@@ -1,4 +1,4 @@
-"""FP8 (E4M3) linear layers for the PyTorch backend, through `torch._scaled_mm`.
+"""FP8 (E4M3) matmuls for the PyTorch backend, through `torch._scaled_mm`, on the layers `pid_sdk.fp8` names.
 
 Weights are quantised once with one scale per output channel; activations are quantised on the fly with one scale
 per row (token), so an outlier token does not flatten the others. Products accumulate in fp32 and come out bf16.
@@ -10,19 +10,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max  # 448
-# The layers that carry the FLOPs; the timestep-only adaLN runs on one row a step and stays bf16.
-SKIP = ("adaLN_modulation_img", "adaLN_modulation_txt")
+from pid_sdk.fp8 import E4M3, E4M3_MAX, fp8_layers
 
 
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     """[M, K] -> (fp8 [M, K], fp32 scale [M, 1]) with x ~= fp8 * scale."""
-    scale = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / FP8_MAX
-    return (x.float() / scale).to(FP8), scale
+    scale = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / E4M3_MAX
+    return (x.float() / scale).to(E4M3), scale
 
 
-class Fp8Linear(nn.Module):
+class Fp8MatmulLinear(nn.Module):
     """A frozen nn.Linear whose matmul runs in FP8; the bias is added in bf16."""
 
     def __init__(self, linear: nn.Linear):
@@ -55,20 +52,13 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fp8 e4m3, row-wise scales"
 
 
-def fp8_eligible(name: str, module: nn.Module) -> bool:
-    """Linears inside the patch and pixel blocks whose sizes the FP8 kernels take (multiples of 16)."""
-    in_blocks = name.startswith(("patch_blocks.", "pixel_blocks."))
-    return (isinstance(module, nn.Linear) and in_blocks and not any(part in name for part in SKIP)
-            and module.in_features % 16 == 0 and module.out_features % 16 == 0)
-
-
 def quantize_linears(model: nn.Module) -> int:
-    """Replace the eligible nn.Linear layers of `model` by Fp8Linear in place; returns how many."""
-    targets = [(name, m) for name, m in model.named_modules() if fp8_eligible(name, m)]
-    for name, module in targets:
+    """Replace the FP8 layers of `model` (`pid_sdk.fp8.fp8_layers`) by Fp8MatmulLinear in place; returns how many."""
+    names = fp8_layers(model)
+    for name in names:
         parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, Fp8Linear(module))
-    return len(targets)
+        setattr(model.get_submodule(parent_name), child, Fp8MatmulLinear(model.get_submodule(name)))
+    return len(names)
 
 
 def fp8_supported(device: torch.device) -> tuple[bool, str]:
@@ -97,7 +87,7 @@ def quantize_linears_torchao(model: nn.Module) -> int:
     `quantize_linears`, in place; returns how many."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    names = {name for name, m in model.named_modules() if fp8_eligible(name, m)}
+    names = set(fp8_layers(model))
     quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
               filter_fn=lambda module, name: name in names)
     return len(names)
