@@ -1,4 +1,4 @@
-"""The C ABI (c/pid_sdk.h) declared for Python's ctypes: what tests/test_embedding.py and bench/embedding.py call, and
+"""The C ABI (c/pid_sdk.h) declared for Python's ctypes: what tests/test_c_abi.py and bench/embedding.py call, and
 a template for other foreign-function interfaces (C#, Go, Rust declare the same signatures)."""
 
 from __future__ import annotations

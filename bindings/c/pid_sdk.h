@@ -58,7 +58,8 @@ PID_API int pid_output_size(const pid_decoder *decoder, const int64_t shape[4], 
 PID_API int pid_decode(pid_decoder *decoder, const float *latent, const int64_t shape[4], const char *latent_space,
                float latent_sigma, int64_t seed, uint8_t *out_rgb8, size_t out_size);
 
-/* Release a handle and its graphs. NULL is allowed. */
+/* Release a handle and its graphs. NULL is allowed; a handle already closed (or never opened) is left alone and
+ * sets pid_last_error(). Any call on a closed handle returns PID_ERROR_INPUT. */
 PID_API void pid_close(pid_decoder *decoder);
 
 /* The message of this thread's last error ("" when the last call succeeded). Valid until this thread's next call. */

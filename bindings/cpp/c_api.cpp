@@ -4,7 +4,9 @@
 
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <string>
+#include <unordered_set>
 
 #include "decoder.h"
 #include "error.h"
@@ -17,6 +19,21 @@ struct pid_decoder {
 namespace {
 
 thread_local std::string last_error;
+
+// The handles pid_open returned and pid_close has not closed: a closed, double-closed or made-up handle is refused
+// with a status instead of being used.
+std::mutex registry_mutex;
+std::unordered_set<const pid_decoder*> open_handles;
+
+const char* NOT_OPEN = "The handle is not open: closed already, or never returned by pid_open.";
+
+pid_decoder* open_handle(const pid_decoder* handle) {
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  if (open_handles.count(handle) == 0)
+    throw pid::Error(pid::ErrorKind::input, NOT_OPEN, "a closed or unknown handle", "a handle from pid_open",
+                     "open the folder again with pid_open");
+  return const_cast<pid_decoder*>(handle);
+}
 
 template <typename Body>
 int guarded(Body body) {
@@ -57,7 +74,10 @@ int pid_open(const char* folder, const char* device, pid_decoder** out) {
     require(out, "out (the handle's address)");
     *out = nullptr;
     require(folder, "folder");
-    *out = new pid_decoder{pid::Decoder(folder, device ? device : "cpu")};
+    auto* handle = new pid_decoder{pid::Decoder(folder, device ? device : "cpu")};
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    open_handles.insert(handle);
+    *out = handle;
   });
 }
 
@@ -66,7 +86,7 @@ int pid_output_size(const pid_decoder* decoder, const int64_t shape[4], int64_t 
     require(decoder, "decoder");
     require(shape, "shape");
     require(out_hw, "out_hw");
-    auto [height, width] = decoder->decoder.output_size(shape_of(shape));
+    auto [height, width] = open_handle(decoder)->decoder.output_size(shape_of(shape));
     out_hw[0] = height, out_hw[1] = width;
   });
 }
@@ -76,12 +96,22 @@ int pid_decode(pid_decoder* decoder, const float* latent, const int64_t shape[4]
   return guarded([&] {
     require(decoder, "decoder");
     require(shape, "shape");
-    decoder->decoder.decode(latent, shape_of(shape), latent_space ? latent_space : "", latent_sigma, seed, out_rgb8,
-                            out_size);
+    open_handle(decoder)->decoder.decode(latent, shape_of(shape), latent_space ? latent_space : "", latent_sigma,
+                                         seed, out_rgb8, out_size);
   });
 }
 
-void pid_close(pid_decoder* decoder) { delete decoder; }
+void pid_close(pid_decoder* decoder) {
+  if (decoder == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    if (open_handles.erase(decoder) == 0) {  // closed twice, or never opened: nothing to free
+      last_error = std::string(NOT_OPEN) + "\n  fix: close each handle once";
+      return;
+    }
+  }
+  delete decoder;
+}
 
 const char* pid_last_error(void) { return last_error.c_str(); }
 

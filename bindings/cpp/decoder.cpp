@@ -61,6 +61,40 @@ struct GraphSet {
   std::unique_ptr<Loader> text, adapter, denoiser;
 };
 
+// Each graph's inputs and outputs, by role (as pid_sdk/runtime/signatures.py ROLE_IO).
+const std::map<std::string, std::pair<size_t, size_t>> ROLE_IO = {
+    {"text", {1, 1}}, {"adapter", {2, 2}}, {"denoiser", {5, 1}}};
+
+// The tensors a pytree call spec describes: its leaves, written {"type": null, ...}.
+size_t spec_leaves(const std::string& spec) {
+  size_t count = 0;
+  for (size_t at = spec.find("\"type\": null"); at != std::string::npos; at = spec.find("\"type\": null", at + 1))
+    ++count;
+  return count;
+}
+
+// The package is what the entry says it is: compiled for the entry's device, with the role's inputs and outputs,
+// its constants in the entry's precision (a bf16 package holds bfloat16 constants, an fp32 one none).
+void check_package(Loader& loader, const Entry& entry, const std::string& graph) {
+  auto metadata = loader.get_metadata();
+  std::string device = metadata.count("AOTI_DEVICE_KEY") ? metadata["AOTI_DEVICE_KEY"] : "(none)";
+  std::vector<std::string> spec = loader.get_call_spec();
+  size_t inputs = spec.size() == 2 ? spec_leaves(spec[0]) : 0, outputs = spec.size() == 2 ? spec_leaves(spec[1]) : 0;
+  bool bf16 = false;
+  for (const auto& [name, dtype] : loader.get_runner()->getConstantNamesToDtypes())
+    bf16 = bf16 || dtype == static_cast<int32_t>(at::kBFloat16);
+  auto [want_in, want_out] = ROLE_IO.at(graph);
+  if (device != entry.target || inputs != want_in || outputs != want_out || bf16 != (entry.precision == "bf16"))
+    throw Error(ErrorKind::checkpoint,
+                entry.files.at(graph) + " is not the " + graph + " graph " + entry.key + " says it is.",
+                "compiled for " + device + ", " + std::to_string(inputs) + " inputs, " + std::to_string(outputs) +
+                    " outputs, " + (bf16 ? "bfloat16" : "no bfloat16") + " constants",
+                "compiled for " + entry.target + ", " + std::to_string(want_in) + " inputs, " +
+                    std::to_string(want_out) + " outputs, " + (entry.precision == "bf16" ? "bfloat16" : "no bfloat16") +
+                    " constants",
+                "rebuild the entry (pid-sdk export FOLDER --format aoti); never edit a manifest by hand");
+}
+
 }  // namespace
 
 struct Decoder::Impl {
@@ -118,7 +152,16 @@ struct Decoder::Impl {
     verify_entry(folder, entry);
     c10::DeviceIndex index = device.is_cuda() ? device.index() : -1;
     auto load = [&](const std::string& graph) {
-      return std::make_unique<Loader>(inside(folder, entry.files.at(graph)), "model", false, 1, index);
+      std::unique_ptr<Loader> loader;
+      try {
+        loader = std::make_unique<Loader>(inside(folder, entry.files.at(graph)), "model", false, 1, index);
+      } catch (const c10::Error& exc) {  // not a package, or one of another libtorch
+        throw Error(ErrorKind::checkpoint, entry.files.at(graph) + " is not an AOTInductor package this libtorch loads.",
+                    std::string(exc.what_without_backtrace()).substr(0, 200), "a .pt2 written by pid-sdk export",
+                    "rebuild the entry (pid-sdk export FOLDER --format aoti) with torch " + TORCH_RELEASE);
+      }
+      check_package(*loader, entry, graph);
+      return loader;
     };
     GraphSet set{load("text"), load("adapter"), load("denoiser")};
     return open.emplace(entry.key, std::move(set)).first->second;
@@ -231,6 +274,10 @@ void Decoder::decode(const float* latent, const std::vector<int64_t>& shape, con
     at::Tensor step_sigma = at::full({batch}, float(s), at::TensorOptions().dtype(at::kFloat).device(device));
     at::Tensor v = g.denoiser->run({x, step_sigma, tokens, latent_features[0], latent_features[1]})[0];
     ++calls;
+    if (!v.sizes().equals(x.sizes()))  // a package of another size would be read past its end below
+      throw Error(ErrorKind::checkpoint, "The denoiser of " + entry.key + " returned another shape than its input.",
+                  format_shape(v.sizes().vec()), format_shape(x.sizes().vec()),
+                  "rebuild the entry (pid-sdk export FOLDER --format aoti)");
     if (!at::isfinite(v).all().item<bool>())
       throw Error(ErrorKind::numerics, "The decode produced NaN or Inf values.",
                   "first non-finite network output at call " + std::to_string(calls), "a finite image",

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "pid_sdk.h"
@@ -55,6 +56,13 @@ static char *numbered(const char *path, int64_t index) { /* out.png -> out-1.png
   return name;
 }
 
+/* Whether two paths name one file (through links and different spellings); a path that does not exist yet is
+ * no file. */
+static int same_file(const char *a, const char *b) {
+  struct stat sa, sb;
+  return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 int main(int argc, char **argv) {
   if (argc < 4) {
     fprintf(stderr, "usage: %s FOLDER LATENT.safetensors OUT.png [--seed N] [--device cpu|cuda] "
@@ -81,6 +89,11 @@ int main(int argc, char **argv) {
       fprintf(stderr, "error: %s takes a number, received '%s'\n  fix: pass e.g. %s 0\n", argv[i], value, argv[i]);
       return 2;
     }
+  }
+
+  if (same_file(latent_path, out_path)) {  /* the PNG would replace the latent it is decoded from */
+    fprintf(stderr, "error: the output %s is the latent file itself\n  fix: pass another output path\n", out_path);
+    return 2;
   }
 
   int64_t shape[4], out_hw[2];
