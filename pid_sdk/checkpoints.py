@@ -6,22 +6,31 @@ built on the meta device and the tensors are assigned (never copied), and the lo
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import math
 import os
 import pickle
+import pickletools
 import re
 import shutil
+import struct
 import tempfile
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from torch import Tensor, nn
 
-from pid_sdk.config import ADAPTER_V1, ADAPTER_V1PT5, OFFICIAL_PRESETS, PIXELDIT, PRESETS, PiDConfig, get_preset
+from pid_sdk.config import (ADAPTER_V1, ADAPTER_V1PT5, OFFICIAL_PRESETS, PIXELDIT, PRESETS, SIZES_2K, SIZES_4K,
+                            PiDConfig, get_preset)
 from pid_sdk.errors import CheckpointError, UnsafeCheckpointError
+from pid_sdk.files import (MAX_JSON_BYTES, check_digest, digest, inside, is_folder, open_in_folder, open_regular,
+                           read_json, sha256_of)
+from pid_sdk.inputs import check_flag
 from pid_sdk.model import build_model
 
 MODEL_FILE = "model.safetensors"
@@ -29,6 +38,10 @@ MANIFEST_FILE = "manifest.json"
 ARTEFACT_FORMAT = "pid-sdk-model"
 ARTEFACT_VERSION = 1
 
+# What torch.load raises on damaged bytes (the zip reader's, the unpickler's and the storage reader's own errors,
+# found by fuzzing: tests/test_fuzz.py); anything else is a bug of ours and surfaces as one.
+DAMAGED_PICKLE = (pickle.UnpicklingError, RuntimeError, EOFError, UnicodeDecodeError, ValueError, IndexError, KeyError,
+                  struct.error, AssertionError, OSError)
 _SKIP_PREFIXES = ("net_ema.", "fake_score.", "discriminator.", "_repa_projector.", "lq_proj.lq_aux_rgb_head.")
 _STRIP_PREFIXES = ("model.diffusion_model.", "net.", "core.", "module.")
 _SPLIT_ADALN = re.compile(r"^(pixel_blocks\.\d+)\.adaLN_modulation_(msa|mlp)(?:\.0)?\.(weight|bias)$")
@@ -48,9 +61,8 @@ class LoadedModel:
 def read_file(path: str | Path, *, trust_pickle: bool = False, what: str = "checkpoint") -> dict:
     """Raw mapping from a .pth/.pt/.ckpt/.bin or .safetensors file, loaded without running untrusted code."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"No {what} at {path}" + (" (it is a folder)." if path.is_dir() else "."),
-                              fix="check the path")
+    with open_regular(path, what=what):  # a folder, FIFO or device is refused before a byte is read
+        pass
     if path.stat().st_size == 0:
         raise CheckpointError(f"The {what} {path} is empty (0 bytes).", expected=f"a {what} file",
                               fix="download or convert it again")
@@ -62,15 +74,18 @@ def read_file(path: str | Path, *, trust_pickle: bool = False, what: str = "chec
 def read_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
+    from safetensors import SafetensorError
+
     try:
         return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for truncated headers and data
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"Cannot read {path} as safetensors: it is truncated or corrupt.",
                               received=f"{path.stat().st_size} bytes ({exc})", expected="a complete safetensors file",
                               fix="download or convert it again") from None
 
 
 def _read_pickle(path: Path, trust_pickle: bool) -> dict:
+    trust_pickle = check_flag("trust_pickle", trust_pickle)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -79,23 +94,46 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # legacy non-zip format
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):  # the weights-only unpickler met bytes, not a class it refuses
+        if not wellformed_pickle(path):  # the weights-only unpickler met bytes, not a class it refuses
             raise _corrupt(path, exc) from None
         if not trust_pickle:
+            refused = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line),
+                           str(exc).splitlines()[0] if str(exc) else "")
             raise UnsafeCheckpointError(
                 f"{path} holds Python objects that can only be loaded by running code from the file.",
-                received=next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line),
-                              "")[:300],
-                expected="plain tensors (loadable with torch.load(weights_only=True))",
+                received=refused[:300], expected="plain tensors (loadable with torch.load(weights_only=True))",
                 fix="only if you trust the file's origin: pass trust_pickle=True (CLI: --trust-pickle); "
                 "better, convert it once with `pid-sdk convert --trust-pickle` and use the safetensors artefact",
             ) from None
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as full:
-            raise _corrupt(path, full) from None
-    except Exception as exc:  # the unpickler fails on corrupt bytes with many error types
+        except Exception as full:  # noqa: BLE001 (the file's own code ran, with consent: any error is the file's)
+            raise CheckpointError(f"{path} needs its own code to load, and running it failed.",
+                                  received=f"{type(full).__name__}: {str(full)[:200]}",
+                                  fix="load it where the modules it names are installed, and convert it there once "
+                                      "(pid-sdk convert --trust-pickle)") from None
+    except DAMAGED_PICKLE as exc:
         raise _corrupt(path, exc) from None
+
+
+def wellformed_pickle(path: Path, limit: int = 64 << 20) -> bool:
+    """Whether the file's (first) pickle is a complete, valid opcode stream: a pickle the weights-only unpickler
+    refuses for its classes needs code; one whose opcodes do not even parse is damaged."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                if archive.getinfo(name).file_size > limit:
+                    return False
+                data = archive.read(name)
+        else:
+            with open_regular(path, what="checkpoint") as f:
+                data = f.read(limit)
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+        return True
+    except (ValueError, StopIteration, zipfile.BadZipFile, OSError, KeyError, EOFError):
+        return False
 
 
 def _corrupt(path: Path, exc: Exception) -> CheckpointError:
@@ -109,9 +147,13 @@ def _corrupt(path: Path, exc: Exception) -> CheckpointError:
 def canonical_state_dict(raw: dict) -> tuple[dict[str, Tensor], str, list[str]]:
     """Official key names from any supported layout. Returns (state dict, detected source, dropped keys)."""
     source = "safetensors"
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"The file holds a {type(raw).__name__}, not a state dict of named tensors.",
+                              received=type(raw).__name__, expected="a dict of tensor names to tensors",
+                              fix="pass a PiD checkpoint (model_ema_bf16.pth), a safetensors repack or an SDK artefact")
     if isinstance(raw.get("state_dict"), dict):
         raw, source = raw["state_dict"], "original-pixeldit"
-    tensors = {k: v for k, v in raw.items() if isinstance(v, Tensor)}
+    tensors = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if any(k.startswith("net.") for k in tensors):
         source = "official-pid"
     out, dropped, split = {}, [], {}
@@ -128,7 +170,13 @@ def canonical_state_dict(raw: dict) -> tuple[dict[str, Tensor], str, list[str]]:
             out[key] = value
     pixel_hidden = out["pixel_embedder.proj.weight"].shape[0] if "pixel_embedder.proj.weight" in out else 16
     for (block, kind), halves in split.items():
-        out[f"{block}.adaLN_modulation.0.{kind}"] = _merge_adaln(halves, block, pixel_hidden)
+        try:
+            out[f"{block}.adaLN_modulation.0.{kind}"] = _merge_adaln(halves, block, pixel_hidden)
+        except RuntimeError:  # halves whose sizes are not 3 chunks of the pixel width
+            raise CheckpointError(f"{block}.adaLN_modulation_msa / _mlp have shapes no PiT block has.",
+                                  received={h: tuple(t.shape) for h, t in halves.items()},
+                                  expected=f"[pixels x 3 x {pixel_hidden}, ...] each",
+                                  fix="use a complete, unmodified checkpoint") from None
     return out, source, dropped
 
 
@@ -170,12 +218,9 @@ def infer_config(sd: dict[str, Tensor], hint: str = "", source: str = "") -> PiD
         raise CheckpointError("This file is not a PiD or PixelDiT checkpoint.", received=f"keys like {sample}",
                               expected="keys such as s_embedder.proj.weight, patch_blocks.0.attn.qkv_x.weight",
                               fix="pass an official PiD / PixelDiT checkpoint, a safetensors repack or an SDK artefact")
-    try:
-        backbone = _infer_backbone(sd)
-        adapter, version, space = _infer_adapter(sd, backbone)
-    except (KeyError, IndexError) as exc:
-        raise CheckpointError("The checkpoint is missing tensors every PiD variant has.", received=f"no {exc}",
-                              fix="the file is incomplete or of another model; use the official file") from None
+    check_read_shapes(sd)
+    backbone = _infer_backbone(sd)
+    adapter, version, space = _infer_adapter(sd, backbone)
     if adapter is None:
         ntk = source == "official-pid" or "2kto4k" in hint.lower()
         backbone = replace(backbone, rope_mode="ntk" if ntk else "plain", rope_ref=2048 if ntk else 1024)
@@ -183,12 +228,38 @@ def infer_config(sd: dict[str, Tensor], hint: str = "", source: str = "") -> PiD
         ref = 2048 if version == "v1.5" else 1024
         backbone = replace(backbone, rope_mode="ntk", rope_ref=ref)
         space = _space_from_hint(hint) or space
-    cfg = PiDConfig("custom", backbone, adapter, space, "read from checkpoint shapes")
+    sizes = SIZES_4K if version == "v1.5" or "2kto4k" in hint.lower() else SIZES_2K
+    cfg = PiDConfig("custom", backbone, adapter, space, "read from checkpoint shapes", sizes)
     return _name_after_preset(cfg, hint)
 
 
+# The tensors the configuration is read from, with their ranks: each is checked (present, that rank, no empty
+# dimension) before a shape of it is used, so a damaged repack is a CheckpointError naming the key.
+READ_SHAPES = {"s_embedder.proj.weight": 2, "patch_blocks.0.mlp_x.w1.weight": 2,
+               "patch_blocks.0.attn.q_norm_x.weight": 1, "pixel_embedder.proj.weight": 2,
+               "pixel_blocks.0.compress_to_attn.weight": 2, "pixel_blocks.0.attn.q_norm.weight": 1,
+               "pixel_blocks.0.mlp.fc1.weight": 2, "y_embedder.proj.weight": 2, "y_pos_embedding": 3}
+ADAPTER_READ_SHAPES = {"lq_proj.latent_proj.0.weight": 4, "lq_proj.gate_modules.0.content_proj.weight": 2}
+
+
+def check_read_shapes(sd: dict[str, Tensor]) -> None:
+    wanted = {**READ_SHAPES, **(ADAPTER_READ_SHAPES if "lq_proj.latent_proj.0.weight" in sd else {})}
+    missing = [k for k in wanted if k not in sd]
+    if missing:
+        raise CheckpointError("The checkpoint is missing tensors every PiD variant has.", received=f"no {missing[:4]}",
+                              fix="the file is incomplete or of another model; use the official file")
+    bad = {k: tuple(sd[k].shape) for k, rank in wanted.items() if sd[k].dim() != rank or 0 in sd[k].shape}
+    if bad:
+        key, shape = next(iter(bad.items()))
+        raise CheckpointError(f"The checkpoint's {key} has a shape no PiD model has.", received=f"shape {list(shape)}",
+                              expected=f"{wanted[key]} non-empty dimensions",
+                              fix="use a complete, unmodified checkpoint (a repack may have cut or flattened it)")
+
+
 def _count(sd: dict, prefix: str) -> int:
-    idx = {int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix)}
+    """Blocks of a family: one more than the highest numeric index (a stray key like patch_blocks.foo is left to
+    the strict load, which names it)."""
+    idx = {int(part) for k in sd if k.startswith(prefix) and (part := k[len(prefix):].split(".")[0]).isdigit()}
     return max(idx) + 1 if idx else 0
 
 
@@ -229,7 +300,13 @@ def _infer_adapter(sd: dict[str, Tensor], backbone):
     base = ADAPTER_V1PT5 if version == "v1.5" else ADAPTER_V1
     channels, factor, sr, unpatchify, space = _LATENTS_BY_CHANNELS.get((version, conv_in), (conv_in, 8, 4, 1, None))
     gates = _count(sd, "lq_proj.output_heads.")
-    interval = next(i for i in range(1, backbone.patch_depth + 1) if math.ceil(backbone.patch_depth / i) == gates)
+    interval = next((i for i in range(1, backbone.patch_depth + 1) if math.ceil(backbone.patch_depth / i) == gates),
+                    None)
+    if interval is None:
+        raise CheckpointError("The checkpoint's gates do not fit its blocks.",
+                              received=f"{gates} lq_proj.output_heads for {backbone.patch_depth} patch blocks",
+                              expected="ceil(patch blocks / interval) gates for some interval",
+                              fix="use a complete, unmodified checkpoint")
     width = sd["lq_proj.gate_modules.0.content_proj.weight"].shape[0]
     adapter = replace(
         base,
@@ -298,6 +375,12 @@ def load_state_dict_strict(cfg: PiDConfig, sd: dict[str, Tensor]) -> nn.Module:
         model = build_model(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     missing, unexpected, wrong = key_report(expected, sd)
+    not_float = sorted(k for k, v in sd.items() if k in expected and not v.is_floating_point())
+    if not_float:
+        raise CheckpointError(f"The weights hold tensors that are not floating point: {not_float[0]}.",
+                              received=f"{len(not_float)} tensors, e.g. {not_float[0]}: {sd[not_float[0]].dtype}",
+                              expected="float32, bfloat16 or float16 weights",
+                              fix="use a complete, unmodified checkpoint")
     if missing or unexpected or wrong:
         name, score = best_preset(sd)
         raise CheckpointError(
@@ -337,7 +420,7 @@ def load_checkpoint(path: str | Path, *, preset: str | None = None, trust_pickle
     """Any supported file or artefact folder -> a strictly loaded model and its configuration. An artefact's
     weights are checked against its manifest's sha256 (`verify=False`: the explicit opt-out)."""
     path = Path(path)
-    if path.is_dir():
+    if is_folder(path, what="model"):
         return load_artefact(path, verify=verify)
     sd, source, dropped = canonical_state_dict(read_file(path, trust_pickle=trust_pickle))
     hint = f"{path.parent.name}/{path.name}"  # official files sit in a folder named after the experiment
@@ -366,12 +449,10 @@ def save_safetensors(tensors: dict[str, Tensor], path: str | Path, metadata: dic
     usual_permissions(path)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a regular file (pid_sdk.files: a FIFO or device is refused, never read)."""
+    with open_regular(path, what="file") as f:
+        return sha256_of(f)
 
 
 def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtype: torch.dtype = torch.bfloat16,
@@ -403,6 +484,7 @@ def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtyp
             "sha256": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
             "pid_sdk_version": __version__,
         }
+        manifest["manifest_sha256"] = digest(manifest)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if replacing:  # the old artefact steps aside only for the rename
             old = out_dir.rename(out_dir.with_name(tmp.name + "-old"))
@@ -422,48 +504,71 @@ def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtyp
     return out_dir
 
 
-def read_manifest(folder: str | Path) -> dict:
+class ArtefactSchema(BaseModel):
+    """The artefact's manifest.json, typed before use (pydantic, strict: see runtime/manifest.py)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    format: Literal["pid-sdk-model"]
+    format_version: Literal[1]
+    preset: Annotated[str, StringConstraints(max_length=128)]
+    config: dict
+    latent_space: Annotated[str, StringConstraints(max_length=64)] | None
+    source: Annotated[str, StringConstraints(max_length=16384)]
+    dtype: Literal["bfloat16", "float32", "float16"]
+    parameters: Annotated[int, Field(ge=0, le=10**12)]
+    sha256: dict[Literal["model.safetensors"], Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]]
+    pid_sdk_version: Annotated[str, StringConstraints(max_length=32)]
+    manifest_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+def read_artefact_manifest(folder: str | Path, *, verify: bool = True) -> dict:
+    """An artefact's manifest: a regular file inside the folder, read within bounds, typed against its schema and
+    checked against its digest (`verify=False`: the explicit opt-out)."""
+    from pydantic import ValidationError
+
     folder = Path(folder)
     path = folder / MANIFEST_FILE
-    if not path.exists():
+    fix = "convert the model again (pid-sdk convert)"
+    if not os.path.lexists(path):
         raise CheckpointError(f"{folder} is not a pid-sdk model folder: it has no {MANIFEST_FILE}.",
                               fix="point to a folder written by `pid-sdk convert`, or to a checkpoint file")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON.", received=str(exc)[:200],
-                              fix="convert the model again") from None
+    with open_in_folder(folder, MANIFEST_FILE, what="model manifest", max_bytes=MAX_JSON_BYTES) as f:
+        manifest = read_json(f, what=f"model manifest {path}", fix=fix)
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path} is not a pid-sdk manifest.", received=f"a JSON {type(manifest).__name__}",
-                              expected=f"a JSON object of format {ARTEFACT_FORMAT}", fix="convert the model again")
+                              expected=f"a JSON object of format {ARTEFACT_FORMAT}", fix=fix)
     if manifest.get("format") != ARTEFACT_FORMAT or manifest.get("format_version") != ARTEFACT_VERSION:
         raise CheckpointError(f"{path} is not a supported pid-sdk manifest.",
                               received=f"format={manifest.get('format')} version={manifest.get('format_version')}",
                               expected=f"format={ARTEFACT_FORMAT} version={ARTEFACT_VERSION}",
                               fix="convert the model again with this pid-sdk version")
+    try:
+        ArtefactSchema.model_validate(manifest)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        raise CheckpointError(f"{path} is damaged: {'.'.join(map(str, error['loc']))}: {error['msg']}."[:300],
+                              received=f"{exc.error_count()} problems", expected="a manifest written by pid-sdk "
+                              "convert", fix=fix) from None
+    check_digest(manifest, path, verify, fix)
     return manifest
 
 
 def load_artefact(folder: str | Path, *, verify: bool = True) -> LoadedModel:
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    weights = folder / MODEL_FILE
-    if not weights.exists():
+    manifest = read_artefact_manifest(folder, verify=verify)
+    if not os.path.lexists(folder / MODEL_FILE):
         raise CheckpointError(f"{folder} has a manifest but no {MODEL_FILE}.", fix="convert the model again")
-    hashes = manifest.get("sha256")
-    want = hashes.get(MODEL_FILE) if isinstance(hashes, dict) else None
-    if verify and not (isinstance(want, str) and len(want) == 64):
-        raise CheckpointError(f"The manifest of {folder} has no sha256 for {MODEL_FILE}.", received=repr(hashes)[:120],
+    weights = inside(folder, MODEL_FILE, what="weights file")  # a link out of the folder is refused
+    want = manifest["sha256"].get(MODEL_FILE)
+    if verify and want is None:
+        raise CheckpointError(f"The manifest of {folder} has no sha256 for {MODEL_FILE}.",
+                              received=repr(manifest["sha256"])[:120],
                               expected=f'"sha256": {{"{MODEL_FILE}": 64 hex digits}}',
                               fix="convert the model again (pid-sdk convert), or pass verify=False (CLI: --no-verify) "
                                   "to load unverified weights")
-    if verify and (digest := sha256_file(weights)) != want:
+    if verify and (got := sha256_file(weights)) != want:
         raise CheckpointError(f"{weights} does not match the sha256 in its manifest (modified or truncated).",
-                              received=digest, expected=want, fix="convert the model again")
-    if not isinstance(manifest.get("config"), dict):
-        raise CheckpointError(f"The manifest of {folder} has no model configuration.",
-                              received=repr(manifest.get("config"))[:80], expected='"config": {...}',
-                              fix="convert the model again")
+                              received=got, expected=want, fix="convert the model again")
     cfg = PiDConfig.from_dict(manifest["config"])
     sd = read_safetensors(weights)
     return LoadedModel(load_state_dict_strict(cfg, sd), cfg, "artefact", str(folder), [], manifest)

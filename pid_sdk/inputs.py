@@ -23,27 +23,30 @@ MAX_OUTPUT_SIDE = 8192  # twice the largest official resolution; raise Decoder.m
 MAX_PIXELS = 4 * 4096 * 4096  # output pixels of one decode call, all images of the batch together
 MAX_LATENT_ABS = 1e4  # raw VAE latents and encoder features stay within a few hundred
 MAX_STEPS = 1000
+MAX_COMPARE_STEPS = 50  # parity runs reference and candidate once per step: the teacher's count at most
 MAX_SEED = 2**63 - 1
 MAX_GUIDANCE = 100.0
 
 
+MAX_ARRAY_ELEMENTS = 1 << 28  # what a numpy array may hold before it is copied (byte order, strides): 1 GiB of fp32
+
+
 def as_float_tensor(value, name: str) -> Tensor:
-    """The caller's tensor or array as a float32 CPU tensor, refused on its metadata alone when it cannot be one.
+    """The caller's tensor or array as a float CPU-or-GPU tensor, refused on its metadata alone when it cannot be
+    one; a numpy array in another byte order or with negative strides is copied to native order first (bounded).
     Call `check_latent_shape` (or another shape check) on the result's shape before touching its values."""
     if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "fiucb" or value.dtype.kind in "iub":
-            kind = {"c": "complex", "O": "Python-object", "V": "structured", "U": "string", "S": "bytes"}.get(
-                value.dtype.kind, "integer or boolean")
-            raise InputError(f"{name} has a {kind} dtype.", received=str(value.dtype),
-                             expected="float16, float32 or float64",
-                             fix=f"pass the {name} as the model produced it (real floating point), e.g. x.astype("
-                                 "'float32')" if kind != "complex" else f"pass the real part: {name}.real")
+        value = _native_array(value, name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # read-only arrays: never written, copied before use
             value = torch.from_numpy(value)
     if not isinstance(value, Tensor):
         raise InputError(f"{name} must be a tensor.", received=type(value).__name__,
                          expected="torch.Tensor or numpy.ndarray", fix=f"torch.as_tensor({name}, dtype=torch.float32)")
+    if value.is_nested or value.layout != torch.strided:
+        kind = "nested" if value.is_nested else f"{str(value.layout).removeprefix('torch.')} (sparse)"
+        raise InputError(f"{name} is a {kind} tensor.", received=f"layout {kind}", expected="a dense tensor",
+                         fix=f"pass {name}.to_dense()" if not value.is_nested else "pass one dense tensor per latent")
     if value.is_complex():
         raise InputError(f"{name} has a complex dtype.", received=str(value.dtype),
                          expected="float16, bfloat16, float32 or float64", fix=f"pass the real part: {name}.real")
@@ -55,6 +58,29 @@ def as_float_tensor(value, name: str) -> Tensor:
         raise InputError(f"{name} is on the meta device: it has a shape but no values.", received=str(value.device),
                          expected="a tensor with data (cpu or cuda)", fix="pass the real tensor the LDM produced")
     return value.detach()
+
+
+def _native_array(value: np.ndarray, name: str) -> np.ndarray:
+    """A float array torch can take without a copy, or a bounded copy in native byte order and positive strides."""
+    kind = value.dtype.kind
+    if kind != "f" or value.dtype.fields:
+        what = {"c": "complex", "O": "Python-object", "V": "structured", "U": "string", "S": "bytes"}.get(
+            kind, "integer or boolean")
+        raise InputError(f"{name} has a {what} dtype.", received=str(value.dtype),
+                         expected="float16, float32 or float64",
+                         fix=f"pass the {name} as the model produced it (real floating point), e.g. x.astype("
+                             "'float32')" if what != "complex" else f"pass the real part: {name}.real")
+    if value.dtype.itemsize > 8:
+        raise InputError(f"{name} has a {value.dtype} dtype (long double), which torch has no type for.",
+                         received=str(value.dtype), expected="float16, float32 or float64",
+                         fix=f"pass {name}.astype('float32')")
+    swapped = not value.dtype.isnative
+    if not swapped and all(stride >= 0 for stride in value.strides):
+        return value
+    if value.size > MAX_ARRAY_ELEMENTS:  # judged before the copy: a broadcast view may claim any size
+        raise InputError(f"{name} is too large to convert.", received=f"shape {value.shape}",
+                         expected=f"at most {MAX_ARRAY_ELEMENTS:,} values", fix="pass the latent the LDM produced")
+    return np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("=") if swapped else value.dtype)
 
 
 def check_latent_shape(shape: tuple[int, ...], space: LatentSpace, sr_scale: int, max_side: int,
@@ -168,12 +194,26 @@ def check_sigma(latent_sigma, batch: int, space: LatentSpace) -> Tensor:
                          expected=expected, fix=fix)
     try:
         sigma = torch.as_tensor(latent_sigma, dtype=torch.float32).reshape(-1)
-    except (TypeError, ValueError, RuntimeError):
+    except (TypeError, ValueError, RuntimeError, OverflowError):  # 10**400 overflows the conversion
         raise InputError("latent_sigma must be a number.", received=repr(latent_sigma)[:80], expected=expected,
                          fix=fix) from None
     if sigma.numel() not in (1, batch) or not torch.isfinite(sigma).all() or (sigma < 0).any() or (sigma > upper).any():
         raise InputError("latent_sigma is out of range.", received=repr(latent_sigma)[:80], expected=expected, fix=fix)
     return sigma.expand(batch).clone()
+
+
+def check_flag(name: str, value) -> bool:
+    """A yes / no argument: only a real boolean counts (a string "no" is truthy, and consent must mean yes)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be True or False.", received=repr(value)[:80], expected="a bool",
+                         fix=f"pass {name}=True or {name}=False")
+    return bool(value)
+
+
+def check_callback(name: str, value) -> None:
+    if value is not None and not callable(value):
+        raise InputError(f"{name} must be a function or None.", received=repr(value)[:80],
+                         expected=f"a callable {name}(step, steps)", fix=f"pass {name}=None or a function")
 
 
 def check_int(name: str, value, low: int, high: int, example: str) -> int:

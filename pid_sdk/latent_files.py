@@ -9,26 +9,30 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
-from pid_sdk.errors import InputError, PiDError
+from pid_sdk.errors import InputError
+from pid_sdk.files import open_regular
 
 MAX_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any latent batch a decode can take (see inputs.MAX_PIXELS)
+MAX_FILE_BYTES = 8 * MAX_ELEMENTS + (100 << 20)  # float64 values and a header
 SUFFIXES = (".safetensors", ".npy", ".pt", ".pth")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 SAVE_HINT = "save it with safetensors.torch.save_file({'latent': z}, path)"
+# What the format readers raise on damaged bytes (their parsers' own errors, found by fuzzing: tests/test_fuzz.py);
+# anything else is a bug of ours and surfaces as one.
+DAMAGED = (SafetensorError, ValueError, OSError, EOFError, TokenError, SyntaxError)
 
 
 def read_latent_file(path: str | Path, *, trust_pickle: bool = False, what: str = "latent") -> torch.Tensor:
     """The one tensor of the file (the one named `latent` where there are several)."""
     p = Path(path)
-    if p.is_dir():
-        raise InputError(f"The {what} path {p} is a folder, not a file.", received=str(p),
-                         expected=f"a {', '.join(SUFFIXES)} file", fix="pass the file inside it")
-    if not p.is_file():
-        raise InputError(f"No {what} file at {p}.", received=str(p), fix="check the path")
+    with open_regular(p, what=f"{what} file", max_bytes=MAX_FILE_BYTES, error=InputError):
+        pass  # a folder, FIFO or device is refused here, before any reader opens it
     if p.suffix.lower() not in SUFFIXES:
         image = p.suffix.lower() in IMAGE_SUFFIXES
         raise InputError(f"Unsupported {what} file type.", received=p.suffix or "(no suffix)",
@@ -38,9 +42,7 @@ def read_latent_file(path: str | Path, *, trust_pickle: bool = False, what: str 
     reader = {".safetensors": _safetensors, ".npy": _npy}.get(p.suffix.lower(), _pickle)
     try:
         value = reader(p, what) if reader is not _pickle else _pickle(p, what, trust_pickle)
-    except PiDError:
-        raise
-    except Exception as exc:
+    except DAMAGED as exc:
         raise InputError(f"Cannot read the {what} file {p}: it is truncated or corrupt.",
                          received=f"{type(exc).__name__}: {exc}"[:300],
                          expected="a complete .safetensors / .pt / .npy file holding one tensor",
@@ -113,6 +115,9 @@ def _single_tensor(value, path: Path, what: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{path} does not hold a tensor.", received=type(value).__name__, expected="a tensor",
                          fix=SAVE_HINT)
+    if value.is_nested or value.layout != torch.strided:
+        raise InputError(f"{path} holds a sparse or nested tensor.", received=str(value.layout),
+                         expected="a dense tensor", fix="save the dense tensor: torch.save({'latent': z.to_dense()}, path)")
     _check_meta(path, what, "tensor", str(value.dtype), tuple(value.shape),
                 value.is_floating_point() and not value.is_complex())
     return value

@@ -7,6 +7,7 @@ functions; docs/errors.md is its rendering, checked by tests/test_errors.py so t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -57,6 +58,8 @@ case("latent", "NaN values")(lambda t, d: d.decode(torch.full(Z, float("nan"))))
 case("latent", "a finite 1e30")(lambda t, d: d.decode(torch.full(Z, 1e30)))
 case("latent", "an SDXL latent to a FLUX.1 model")(lambda t, d: d.decode(z(1, 4, 2, 2), latent_space="sdxl"))
 case("latent", "an unknown latent space")(lambda t, d: d.decode(z(), latent_space="sd9"))
+case("latent", "a sparse tensor")(lambda t, d: d.decode(torch.randn(Z).to_sparse()))
+case("latent", "a nested tensor")(lambda t, d: d.decode(torch.nested.nested_tensor([torch.zeros(16, 2, 2)], layout=torch.jagged)))
 
 # --- decode arguments --------------------------------------------------------------------------------------------
 case("argument", "steps=0")(lambda t, d: d.decode(z(), steps=0))
@@ -81,6 +84,8 @@ case("argument", "prompt= without a text encoder")(lambda t, d: d.decode(z(), pr
 case("argument", "prompt= and text_embeddings= together")(
     lambda t, d: d.decode(z(), prompt="a cat", text_embeddings=z(1, 5, 32)))
 case("argument", "the teacher sampler without a negative embedding")(lambda t, d: d.decode(z(), sampler="teacher"))
+case("argument", 'normalized="no"')(lambda t, d: d.decode(z(), normalized="no"))
+case("argument", "on_step=5")(lambda t, d: d.decode(z(), on_step=5))
 
 # --- loading -------------------------------------------------------------------------------------------------------
 case("load", "Decoder.load() with nothing")(lambda t, d: pid_sdk.Decoder.load())
@@ -96,7 +101,30 @@ case("load", "random bytes as a .pth")(
     lambda t, d: pid_sdk.Decoder.load(_write(t / "r.pth", np.random.default_rng(0).bytes(4096))))
 case("load", "a pickle that runs code")(lambda t, d: pid_sdk.Decoder.load(_code_pickle(t)))
 case("load", "the bare PixelDiT backbone")(lambda t, d: pid_sdk.Decoder.load(preset="tiny-pixeldit-1.3b"))
+case("load", 'trust_pickle="no" (a truthy string is not consent)')(
+    lambda t, d: pid_sdk.Decoder.load(_code_pickle(t), trust_pickle="no"))
+case("load", 'verify="yes"')(lambda t, d: pid_sdk.Decoder.load(_artefact(t), verify="yes"))
+case("load", 'speed=["fast"]')(lambda t, d: pid_sdk.Decoder.load(_artefact(t), speed=["fast"]))
+case("load", "text_encoder=42")(lambda t, d: pid_sdk.Decoder.load(_artefact(t), text_encoder=42))
+case("checkpoint", "a repack with a [0]-shaped tensor")(
+    lambda t, d: _repack(t, lambda sd: {**sd, "s_embedder.proj.weight": torch.zeros(0)}))
+case("checkpoint", "a repack missing the pixel blocks")(
+    lambda t, d: _repack(t, lambda sd: {k: v for k, v in sd.items() if not k.startswith("pixel_blocks.")}))
+case("checkpoint", "a repack with an extra key")(lambda t, d: _repack(t, lambda sd: {**sd, "patch_blocks.foo": z(2)}))
+case("checkpoint", "a repack with an int64 norm weight")(lambda t, d: _repack(
+    t, lambda sd: {**sd, "patch_blocks.0.attn.q_norm_x.weight": torch.ones(16, dtype=torch.int64)}))
+case("checkpoint", "a .pth holding a list")(lambda t, d: (torch.save([z()], t / "m.pth"),
+                                                          pid_sdk.Decoder.load(t / "m.pth")))
 case("artefact", "a manifest that is a JSON list")(lambda t, d: _edit_artefact(t, lambda m: [m]))
+case("artefact", "a manifest edited by hand (rope_theta)")(lambda t, d: _edit_artefact(t, lambda m: {
+    **m, "config": {**m["config"], "backbone": {**m["config"]["backbone"], "rope_theta": 20000.0}}}, seal=False))
+case("artefact", "a manifest without its digest")(lambda t, d: _edit_artefact(
+    t, lambda m: {k: v for k, v in m.items() if k != "manifest_sha256"}, seal=False))
+case("artefact", "a manifest nested 200000 deep")(lambda t, d: (
+    (_artefact(t) / "manifest.json").write_text("[" * 200000 + "]" * 200000), pid_sdk.Decoder.load(_artefact(t))))
+case("artefact", "weights linked to /dev/zero")(lambda t, d: (
+    (_artefact(t) / "model.safetensors").unlink(), (_artefact(t) / "model.safetensors").symlink_to("/dev/zero"),
+    pid_sdk.Decoder.load(_artefact(t))))
 case("artefact", "a manifest without its config")(lambda t, d: _edit_artefact(t, lambda m: {**m, "config": None}))
 case("artefact", "patch_depth 10**7 in the config")(lambda t, d: _edit_artefact(t, lambda m: {
     **m, "config": {**m["config"], "backbone": {**m["config"]["backbone"], "patch_depth": 10**7}}}))
@@ -107,6 +135,10 @@ case("artefact", "edited weights")(lambda t, d: _tamper_artefact(t))
 # --- latent files ------------------------------------------------------------------------------------------------
 case("file", "a folder as the latent file")(lambda t, d: _read(t))
 case("file", "a latent file that does not exist")(lambda t, d: _read(t / "nope.safetensors"))
+case("file", "a FIFO as the latent file")(lambda t, d: (os.mkfifo(t / "fifo.safetensors"),
+                                                     _read(t / "fifo.safetensors")))
+case("file", "a device as the latent file")(lambda t, d: _read(Path("/dev/zero")))
+case("file", "a path longer than the system takes")(lambda t, d: _read(t / ("x" * 5000 + ".safetensors")))
 case("file", "an image instead of a latent")(lambda t, d: _read(_write(t / "photo.jpg", b"\xff\xd8")))
 case("file", "an unknown suffix")(lambda t, d: _read(_write(t / "z.bin", b"x")))
 case("file", "a .npy whose header claims more than the file holds")(lambda t, d: _read(_lying_npy(t)))
@@ -132,6 +164,11 @@ case("output", "--batch-size 0")(lambda t, d: _cli_decode(t, t / "o.png", "--bat
 case("engines", "a manifest path leading out of the folder")(lambda t, d: _engine_manifest(t, weights="../x"))
 case("engines", "a truncated engine manifest")(lambda t, d: _engine_manifest(t, truncate=True))
 case("engines", "an engine entry with a 10**18-element tensor")(lambda t, d: _engine_manifest(t, huge_io=True))
+case("engines", "text and adapter graphs swapped, hashes and digest made right")(
+    lambda t, d: _lying_engines(t, lambda e: e["files"].update(text=e["files"]["adapter"], adapter=e["files"]["text"])))
+case("engines", "an fp8 label over fp32 graphs, digest made right")(
+    lambda t, d: _lying_engines(t, lambda e: e.update(precision="fp8-fp32")))
+case("engines", "a graph that is a symbolic link out of the folder")(lambda t, d: _linked_out_engines(t))
 case("engines", "an unknown backend")(lambda t, d: pid_sdk.Decoder.load(_engine_dir(t), backend="openvino"))
 case("engines", "export --size 0x0")(lambda t, d: _cli("export", str(t / "set"), "--preset", "tiny", "--size", "0x0"))
 case("engines", "export --size 100000x100000")(
@@ -204,9 +241,17 @@ def _artefact(t: Path) -> Path:
     return out
 
 
-def _edit_artefact(t: Path, change):
+def _sealed(manifest):
+    """An edited manifest given the right digest again (what an attacker can also do): the checks behind it."""
+    from pid_sdk.files import digest
+
+    return {**manifest, "manifest_sha256": digest(manifest)} if isinstance(manifest, dict) else manifest
+
+
+def _edit_artefact(t: Path, change, seal: bool = True):
     path = _artefact(t) / "manifest.json"
-    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    edited = change(json.loads(path.read_text()))
+    path.write_text(json.dumps(_sealed(edited) if seal else edited))
     return pid_sdk.Decoder.load(_artefact(t))
 
 
@@ -242,7 +287,7 @@ def _engine_dir(t: Path) -> Path:
     manifest = {"format": FORMAT, "format_version": VERSION, "preset": "tiny",
                 "config": pid_sdk.get_preset("tiny").to_dict(), "model_sha256": "0" * 64,
                 "weights": "weights.safetensors", "entries": []}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(_sealed(manifest)))
     return folder
 
 
@@ -256,9 +301,52 @@ def _engine_manifest(t: Path, weights: str | None = None, truncate: bool = False
         data["entries"] = [{"backend": "tensorrt", "bucket": [64, 64], "batch": 1, "precision": "bf16",
                             "files": {g: f"h100/{g}.plan" for g in ("text", "adapter", "denoiser")}, "sha256": {},
                             "io": {g: io for g in ("text", "adapter", "denoiser")}}]
-    text = json.dumps(data)
+    text = json.dumps(_sealed(data))
     (folder / "manifest.json").write_text(text[:100] if truncate else text)
     return pid_sdk.Decoder.load(folder)
+
+
+_EXPORTED: list[Path] = []  # the tiny preset's 64x64 ONNX graphs, exported once per process
+
+
+def _exported(t: Path) -> Path:
+    import shutil
+
+    from export.export_folder import export_engine_set
+    from pid_sdk.buckets import Bucket
+
+    if not _EXPORTED:
+        _EXPORTED.append(Path(tempfile.mkdtemp(prefix="pid-catalogue-")) / "engines")
+        export_engine_set(_EXPORTED[0], preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
+    return Path(shutil.copytree(_EXPORTED[0], t / "engines"))
+
+
+def _lying_engines(t: Path, change):
+    """A real engine folder whose first entry's labels are edited, its digest made right again."""
+    folder = _exported(t)
+    data = json.loads((folder / "manifest.json").read_text())
+    change(data["entries"][0])
+    (folder / "manifest.json").write_text(json.dumps(_sealed(data)))
+    return pid_sdk.Decoder.load(folder, backend="onnxruntime").decode(z(), seed=0)
+
+
+def _linked_out_engines(t: Path):
+    folder = _exported(t)
+    rel = json.loads((folder / "manifest.json").read_text())["entries"][0]["files"]["text"]
+    (t / "outside.onnx").write_bytes((folder / rel).read_bytes())
+    (folder / rel).unlink()
+    (folder / rel).symlink_to(t / "outside.onnx")
+    return pid_sdk.Decoder.load(folder, backend="onnxruntime").decode(z(), seed=0)
+
+
+def _repack(t: Path, edit):
+    from safetensors.torch import save_file
+
+    from pid_sdk.checkpoints import load_checkpoint
+
+    model = pid_sdk.build_model(pid_sdk.get_preset("tiny"))
+    save_file(edit({k: v.contiguous() for k, v in model.state_dict().items()}), str(t / "repack.safetensors"))
+    return load_checkpoint(t / "repack.safetensors")
 
 
 def _matrix(t: Path):

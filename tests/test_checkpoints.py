@@ -1,6 +1,7 @@
 """Every supported checkpoint layout loads strictly and gives back the same network."""
 
 import argparse
+import hashlib
 import json
 
 import pytest
@@ -116,10 +117,30 @@ def test_artefact_file_format_is_pinned(tmp_path):
     out = save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a")
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.safetensors"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {"format", "format_version", "preset", "config", "latent_space", "source", "dtype", "parameters",
-            "sha256", "pid_sdk_version"} <= set(manifest)
+    assert set(manifest) == {"format", "format_version", "preset", "config", "latent_space", "source", "dtype",
+                             "parameters", "sha256", "pid_sdk_version", "manifest_sha256"}
     assert manifest["format"] == "pid-sdk-model" and manifest["format_version"] == 1
-    assert set(manifest["config"]) == {"name", "backbone", "adapter", "latent_space", "description"}
+    assert set(manifest["config"]) == {"name", "backbone", "adapter", "latent_space", "description", "trained_sizes"}
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}  # the digest: sha256 of canonical JSON
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert manifest["manifest_sha256"] == hashlib.sha256(canonical).hexdigest()
+
+
+def test_an_edited_artefact_manifest_is_refused_unless_unverified(tmp_path):
+    from pid_sdk.errors import CheckpointError
+
+    out = save_artefact(reference("tiny"), PRESETS["tiny"], tmp_path / "a")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["config"]["backbone"]["rope_theta"] = 20000.0  # a valid value, not the one the weights were made with
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="was edited after it was written") as err:
+        load_checkpoint(out)
+    assert "never edit a manifest by hand" in err.value.fix
+    assert load_checkpoint(out, verify=False).config.backbone.rope_theta == 20000.0  # the caller's explicit choice
+    del manifest["manifest_sha256"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="has no digest"):
+        load_checkpoint(out)
 
 
 def test_an_artefact_has_the_permissions_of_any_new_file(tmp_path):
@@ -266,3 +287,60 @@ def test_meta_build_assigns_the_file_tensors_without_copy():
     model = load_state_dict_strict(PRESETS["tiny"], sd)
     params = dict(model.named_parameters())
     assert all(params[k].data_ptr() == v.data_ptr() for k, v in sd.items())
+
+
+# --- hostile and careless checkpoints (issue 41): a CheckpointError naming the key, before anything is built ------
+@pytest.mark.parametrize("edit,match", [
+    (lambda sd: {**sd, "s_embedder.proj.weight": torch.zeros(0)}, "s_embedder.proj.weight has a shape no PiD"),
+    (lambda sd: {**sd, "y_pos_embedding": sd["y_pos_embedding"].flatten()}, "y_pos_embedding has a shape no PiD"),
+    (lambda sd: {k: v for k, v in sd.items() if not k.startswith("pixel_blocks.")}, "missing tensors every PiD"),
+    (lambda sd: {**sd, "patch_blocks.foo.bar": torch.ones(2)}, "unexpected 1: patch_blocks.foo.bar"),
+    (lambda sd: {**sd, "patch_blocks.0.attn.q_norm_x.weight": torch.ones(16, dtype=torch.int64)},
+     "not floating point: patch_blocks.0.attn.q_norm_x.weight"),
+    (lambda sd: {k: v for k, v in sd.items() if not k.startswith("lq_proj.output_heads.")}, "gates do not fit"),
+])
+def test_damaged_repacks_name_the_key(tmp_path, edit, match):
+    path = tmp_path / "repack.safetensors"
+    save_file(edit(reference("tiny").state_dict()), str(path))
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content,kind", [([torch.zeros(3)], "list"), (torch.zeros(3), "Tensor"),
+                                           ({1: torch.zeros(3)}, "no tensors")])
+def test_a_pth_that_is_not_a_state_dict(tmp_path, content, kind):
+    torch.save(content, tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match=kind if kind != "no tensors" else "not a PiD or PixelDiT"):
+        load_checkpoint(tmp_path / "m.pth")
+
+
+def test_a_pickle_that_needs_code_is_unsafe_not_corrupt_and_loads_only_with_true(tmp_path):
+    import pickle
+
+    from pid_sdk.checkpoints import read_file
+
+    marker = tmp_path / "ran"
+    (tmp_path / "p0.pth").write_bytes(pickle.dumps({"a": OpensAFile(str(marker))}, protocol=0))  # a plain pickle
+    torch.save({"a": OpensAFile(str(marker))}, tmp_path / "zip.pth")
+    for name in ("p0.pth", "zip.pth"):
+        with pytest.raises(UnsafeCheckpointError, match="can only be loaded by running code"):
+            read_file(tmp_path / name)
+        assert not marker.exists()
+    assert read_file(tmp_path / "zip.pth", trust_pickle=True) and marker.exists()  # consent, and only consent
+    torch.save({"a": Fails()}, tmp_path / "fails.pth")
+    with pytest.raises(CheckpointError, match="needs its own code to load, and running it failed") as err:
+        read_file(tmp_path / "fails.pth", trust_pickle=True)
+    assert "corrupt" not in str(err.value)
+
+
+class OpensAFile:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class Fails:
+    def __reduce__(self):
+        return (int, ("not a number",))

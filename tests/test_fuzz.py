@@ -2,7 +2,10 @@
 arguments. The property: every call ends in a finite result or a PiDError; never another exception, never a file
 left behind, never a jump of the process's peak memory.
 
-CI runs the bounded profile (PID_SDK_FUZZ unset: 40 examples per test, under a minute in all); a longer run:
+The property tests run in a child process of their own (test_fuzz_runs_in_a_fresh_process), so the peak memory
+they are held to is theirs: a process's peak resident set only ever rises, and other tests in the same process
+would hide a jump. CI runs the bounded profile (PID_SDK_FUZZ unset: 40 examples per test, about a minute in all);
+a longer run:
     PID_SDK_FUZZ=long .venv/bin/python -m pytest tests/test_fuzz.py      # 3000 examples a test
     PID_SDK_FUZZ=500 .venv/bin/python -m pytest tests/test_fuzz.py       # or any number
 """
@@ -13,6 +16,8 @@ import math
 import os
 import resource
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -33,17 +38,37 @@ settings.register_profile("long", max_examples=int(LONG) if LONG.isdigit() else 
 settings.load_profile("long" if LONG else "ci")
 
 PEAK_GROWTH_KIB = 3 << 20  # what the whole fuzz module may add to the process's peak resident set
+CHILD = os.environ.get("PID_SDK_FUZZ_CHILD") == "1"
 
 
 def peak_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def test_fuzz_runs_in_a_fresh_process():
+    """The property tests below, run by a child pytest whose peak memory starts at its imports."""
+    if CHILD:
+        pytest.skip("this is the child")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         env={**os.environ, "PID_SDK_FUZZ_CHILD": "1"}, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout, run.stdout[-3000:]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def bounded_memory():
+    if not CHILD:
+        yield
+        return
     start = peak_kib()
     yield
     assert peak_kib() - start < PEAK_GROWTH_KIB, f"peak memory grew by {(peak_kib() - start) >> 10} MiB"
+
+
+@pytest.fixture(autouse=True)
+def only_in_the_child(request):
+    if not CHILD and request.node.name != "test_fuzz_runs_in_a_fresh_process":
+        pytest.skip("runs in a fresh process: test_fuzz_runs_in_a_fresh_process")
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +160,94 @@ def test_latent_files_through_the_cli(tmp_path_factory, file):
     code = main(["decode", str(path), "--preset", "tiny", "-o", str(out / "o.png"), "--quiet", "--steps", "1"])
     assert code in (0, 2)
     written = sorted(p.name for p in out.iterdir())
-    assert written == (["o.png"] if code == 0 else []) or (code == 0 and all(n.startswith("o_") for n in written))
+    assert written == (["o.png"] if code == 0 else []) or (code == 0 and len(written) > 1
+                                                           and all(n.startswith("o_") for n in written))
     shutil.rmtree(work)
+
+
+FILE_KINDS = ("regular", "fifo", "folder", "device link", "link out", "dangling link", "link loop", "long name")
+
+
+def make_path(work, kind: str, data: bytes, name: str = "z.safetensors"):
+    """A path of the given kind where a file is expected: the reader must judge it by what it is."""
+    path = work / ("x" * 5000 if kind == "long name" else name)
+    if kind == "regular":
+        path.write_bytes(data)
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "link loop":
+        path.symlink_to(path)
+    elif kind != "long name":
+        outside = work.parent / f"outside-{work.name}-{name}"
+        outside.write_bytes(data)
+        path.symlink_to({"device link": "/dev/zero", "link out": outside,
+                         "dangling link": work / "nothing"}[kind])
+    return path
+
+
+@given(kind=st.sampled_from(FILE_KINDS), data=st.sampled_from([b"", valid_file(".safetensors")]))
+def test_file_kinds_through_the_cli(tmp_path_factory, kind, data):
+    """A latent path of every kind: a file's bytes or a refusal (exit 2), never a hang on a FIFO or a device."""
+    work = tmp_path_factory.mktemp("kinds")
+    path = make_path(work, kind, data)
+    out = work.parent / f"out-{work.name}.png"
+    code = main(["decode", str(path), "--preset", "tiny", "-o", str(out), "--quiet", "--steps", "1"])
+    assert code == (0 if kind in ("regular", "link out") and data else 2), kind
+    assert out.exists() == (code == 0)
+
+
+@given(member=st.sampled_from(["manifest.json", "model.safetensors"]),
+       kind=st.sampled_from([k for k in FILE_KINDS if k not in ("regular", "long name")]))
+def test_artefact_members_of_every_kind(artefact, tmp_path_factory, member, kind):
+    """An artefact whose manifest or weights is not a regular file inside it: a PiDError, promptly."""
+    folder = tmp_path_factory.mktemp("member") / "art"
+    shutil.copytree(artefact, folder)
+    data = (folder / member).read_bytes()
+    (folder / member).unlink()
+    make_path(folder, kind, data, name=member)
+    with pytest.raises(PiDError) as e:
+        pid_sdk.Decoder.load(folder)
+    assert e.value.fix
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------------
+@st.composite
+def edited_state_dicts(draw, sd: dict) -> dict:
+    """A tiny model's state dict with a few keys dropped, added, reshaped or retyped."""
+    sd = dict(sd)
+    for _ in range(draw(st.integers(1, 3))):
+        key = draw(st.sampled_from(sorted(sd)))
+        op = draw(st.sampled_from(["drop", "add", "flatten", "empty", "transpose", "dtype", "scalar"]))
+        if op == "drop":
+            sd.pop(key, None)
+        elif op == "add":
+            sd[key.rsplit(".", 1)[0] + "." + draw(st.sampled_from(["foo", "weight", "bias", "0"]))] = torch.ones(2)
+        elif key in sd:
+            t = sd[key]
+            sd[key] = {"flatten": lambda: t.flatten(), "empty": lambda: torch.zeros(0),
+                       "transpose": lambda: t.T.contiguous() if t.ndim == 2 else t[None],
+                       "dtype": lambda: t.to(draw(st.sampled_from([torch.int64, torch.bool, torch.float16]))),
+                       "scalar": lambda: torch.tensor(1.0)}[op]()
+    return sd
+
+
+@given(data=st.data())
+def test_checkpoint_shape_edits(tmp_path_factory, data):
+    """A safetensors repack or .pth with edited keys, shapes or dtypes: a CheckpointError before anything is built,
+    or a model whose decode is finite."""
+    from safetensors.torch import save_file
+
+    from pid_sdk.checkpoints import load_checkpoint
+
+    sd = {k: v.contiguous() for k, v in pid_sdk.build_model(pid_sdk.get_preset("tiny")).state_dict().items()}
+    edited = data.draw(edited_state_dicts(sd))
+    path = tmp_path_factory.mktemp("ckpt") / data.draw(st.sampled_from(["m.safetensors", "m.pth"]))
+    save_file(edited, str(path)) if path.suffix == ".safetensors" else torch.save(edited, path)
+    model = finite_or_pid_error(lambda: load_checkpoint(path))
+    if model is not None:
+        finite_or_pid_error(lambda: pid_sdk.Decoder.load(path).decode(torch.zeros(1, 16, 2, 2), steps=1))
 
 
 # --- manifests -----------------------------------------------------------------------------------------------------
@@ -184,7 +295,12 @@ def test_artefact_manifests(artefact, data):
     path = artefact / "manifest.json"
     original = path.read_text()
     try:
-        path.write_text(json.dumps(data.draw(mutated_json(json.loads(original)))))
+        mutated = data.draw(mutated_json(json.loads(original)))
+        if data.draw(st.booleans()):  # an edit that keeps the digest right: the checks behind it must hold
+            from conftest import sealed
+
+            mutated = sealed(mutated)
+        path.write_text(json.dumps(mutated))
         dec = finite_or_pid_error(lambda: pid_sdk.Decoder.load(artefact))
         if dec is not None:
             finite_or_pid_error(lambda: dec.decode(torch.zeros(1, 16, 2, 2), steps=1))
@@ -198,9 +314,56 @@ def test_engine_manifests(tiny_engine_folder, tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("fuzz-engines") / "set"
     shutil.copytree(tiny_engine_folder, folder)
     original = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps(data.draw(mutated_json(original))))
+    mutated = data.draw(mutated_json(original))
+    if data.draw(st.booleans()):  # an edit that keeps the digest right: the checks behind it must hold
+        from conftest import sealed
+
+        mutated = sealed(mutated)
+    (folder / "manifest.json").write_text(json.dumps(mutated))
     backend = data.draw(st.sampled_from(["auto", "onnxruntime", "pytorch"]))
     dec = finite_or_pid_error(lambda: pid_sdk.Decoder.load(folder, backend=backend))
+    if dec is not None:
+        finite_or_pid_error(lambda: dec.decode(torch.zeros(1, 16, 2, 2), steps=1))
+    shutil.rmtree(folder.parent)
+
+
+def swap(files: dict, a: str, b: str) -> None:
+    files[a], files[b] = files[b], files[a]
+
+
+@st.composite
+def label_edits(draw):
+    """One label of an entry, edited to another value the schema accepts."""
+    roles = st.sampled_from(["text", "adapter", "denoiser"])
+    sides = st.sampled_from([32, 64, 96, 128])
+    return draw(st.sampled_from([
+        lambda e: swap(e["files"], *draw(st.permutations(["text", "adapter", "denoiser"]))[:2]),
+        lambda e: e.update(precision=draw(st.sampled_from(["bf16", "fp16", "fp8", "fp8-fp32"]))),
+        lambda e: e.update(bucket=[draw(sides), draw(sides)]),
+        lambda e: e["io"][draw(roles)]["inputs"][0]["shape"].__setitem__(-1, draw(st.sampled_from([1, 2, 7, 64]))),
+        lambda e: e["io"][draw(roles)]["inputs"][0].update(dtype=draw(st.sampled_from(["float16", "int64"]))),
+        lambda e: e.update(attention_dtype=draw(st.sampled_from(["fp16", "fp8", "fp8-mha"]))),
+        lambda e: e.update(batch=draw(st.integers(2, 4))),
+        lambda e: e.update(backend="aoti", target="cpu", torch_version=torch.__version__.split("+")[0]),
+    ]))
+
+
+@given(edits=st.lists(label_edits(), min_size=1, max_size=2))
+def test_engine_label_edits_that_keep_every_hash(tiny_engine_folder, tmp_path_factory, edits):
+    """Labels of a real entry edited and the digest made right again: verify fails, and the decode refuses (a
+    PiDError) or runs what the files really are; never a raw runtime error."""
+    pytest.importorskip("onnxruntime")
+    from conftest import sealed
+
+    folder = tmp_path_factory.mktemp("labels") / "set"
+    shutil.copytree(tiny_engine_folder, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    for edit in edits:
+        edit(data["entries"][0])
+    (folder / "manifest.json").write_text(json.dumps(sealed(data)))
+    unchanged = json.loads((tiny_engine_folder / "manifest.json").read_text())["entries"] == data["entries"]
+    assert main(["verify", str(folder)]) == (0 if unchanged else 2), data["entries"][0]
+    dec = finite_or_pid_error(lambda: pid_sdk.Decoder.load(folder, backend="onnxruntime"))
     if dec is not None:
         finite_or_pid_error(lambda: dec.decode(torch.zeros(1, 16, 2, 2), steps=1))
     shutil.rmtree(folder.parent)
@@ -213,7 +376,7 @@ anything = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.fl
 
 @st.composite
 def latents(draw):
-    kind = draw(st.sampled_from(["good", "shape", "values", "type", "view", "dtype"]))
+    kind = draw(st.sampled_from(["good", "shape", "values", "type", "view", "dtype", "layout"]))
     if kind == "good":
         return torch.randn(draw(st.integers(1, 2)), 16, draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     if kind == "shape":
@@ -222,6 +385,13 @@ def latents(draw):
         return torch.full((1, 16, 2, 2), draw(st.floats(width=32)))
     if kind == "view":
         return torch.zeros(1, 16, 1, 1).expand(1, 16, draw(st.sampled_from([1, 7, 10**5])), 10**5)
+    if kind == "layout":
+        z = torch.randn(1, 16, 2, 2)
+        return draw(st.sampled_from([lambda: z.to_sparse(), lambda: z.to_sparse(2),
+                                     lambda: torch.nested.nested_tensor([z[0]], layout=torch.jagged),
+                                     lambda: torch.zeros(1, 16, 2, 2, device="meta"),
+                                     lambda: z.numpy().astype(">f4"), lambda: z.numpy()[:, :, ::-1, ::-1],
+                                     lambda: z.numpy().astype(np.longdouble)]))()
     if kind == "dtype":
         return torch.zeros(1, 16, 2, 2, dtype=draw(st.sampled_from([torch.int8, torch.bool, torch.complex64,
                                                                       torch.float16, torch.bfloat16])))

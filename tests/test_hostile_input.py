@@ -147,8 +147,8 @@ def artefact(tmp_path):
 
 @pytest.mark.parametrize("edit,match", [
     (lambda d: [d], "not a pid-sdk manifest"),
-    (lambda d: {k: v for k, v in d.items() if k != "config"}, "no model configuration"),
-    (lambda d: {**d, "sha256": ["x"]}, "no sha256"),
+    (lambda d: {k: v for k, v in d.items() if k != "config"}, "damaged: config: Field required"),
+    (lambda d: {**d, "sha256": ["x"]}, "damaged: sha256: Input should be a valid dictionary"),
     (lambda d: {**d, "config": {**d["config"], "backbone": {**d["config"]["backbone"], "patch_depth": 10**7}}},
      "patch_depth must be a number in"),
     (lambda d: {**d, "config": {**d["config"], "backbone": {**d["config"]["backbone"], "hidden_size": "big"}}},
@@ -157,8 +157,12 @@ def artefact(tmp_path):
      "could not be read"),
 ])
 def test_artefact_manifests_are_validated_before_building(artefact, edit, match):
+    """Edits sealed again with a right digest (what an attacker can do): the schema and the configuration's own
+    bounds refuse them before anything is built."""
+    from conftest import sealed
+
     path = artefact / "manifest.json"
-    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    path.write_text(json.dumps(sealed(edit(json.loads(path.read_text())))))
     with pytest.raises(PiDError, match=match):
         pid_sdk.Decoder.load(artefact)
 
@@ -180,7 +184,7 @@ def test_engine_manifests_are_validated(tiny_engine_folder, tmp_path):
             pid_sdk.Decoder.load(f)
         assert "re-export" in str(err.value)
     (f / "manifest.json").write_text(json.dumps(data)[:200])  # truncated: still named an engine folder
-    with pytest.raises(CheckpointError, match="damaged") as err:
+    with pytest.raises(CheckpointError, match="not valid JSON") as err:
         pid_sdk.Decoder.load(f)
     assert "re-export the engine set" in str(err.value) and "convert" not in str(err.value)
 
@@ -197,8 +201,8 @@ def test_random_bytes_are_corrupt_not_a_pickle_to_trust(tmp_path):
 
 # --- 6, 7. no partial files, destinations checked first ----------------------------------------------------------
 def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
-    import export.engine_set as engine_set
-    from export.engine_set import export_engine_set
+    import export.export_folder as engine_set
+    from export.export_folder import export_engine_set
     from pid_sdk.buckets import Bucket
 
     def fails(*args, **kwargs):
@@ -211,9 +215,9 @@ def test_a_failed_export_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_a_failed_export_into_an_existing_folder_leaves_it_as_it_was(tiny_engine_folder, tmp_path, monkeypatch):
-    import export.engine_set as engine_set
+    import export.export_folder as engine_set
     from conftest import copy_folder
-    from export.engine_set import export_engine_set
+    from export.export_folder import export_engine_set
     from pid_sdk.buckets import Bucket
 
     f = copy_folder(tiny_engine_folder, tmp_path)
@@ -246,7 +250,9 @@ def test_unwritable_destinations_are_refused_before_decoding(tmp_path, capsys, m
         out.mkdir()
     monkeypatch.setattr(decoder.Decoder, "decode", lambda *a, **k: pytest.fail("decoded before checking"))
     code, err = cli(capsys, "decode", latent, "--preset", "tiny", "-o", out, "--quiet")
-    assert code == 2 and "fix:" in err
+    expected = {"under_a_file": "is a file, not a folder", "proc": "Cannot write /proc/o.png",
+                "folder": f"The output {out} is a folder", "missing": "does not exist"}[where]
+    assert code == 2 and expected in err and "fix:" in err
 
 
 # --- 8. messages -------------------------------------------------------------------------------------------------
@@ -255,7 +261,7 @@ def test_cli_messages_give_a_fix(tmp_path, capsys):
     save_file({"a": torch.zeros(1, 16, 2, 2), "b": torch.zeros(1, 16, 2, 2)}, str(latent))
     for args, text in [
         (["decode", latent, "--preset", "tiny", "-o", tmp_path / "o.png"], "holds 2 tensors"),
-        (["decode", tmp_path, "--preset", "tiny", "-o", tmp_path / "o.png"], "is a folder, not a file"),
+        (["decode", tmp_path, "--preset", "tiny", "-o", tmp_path / "o.png"], "is a folder, not a regular file"),
         (["decode", latent, "--preset", "tiny", "-o", tmp_path / "o.jpg"], "must be a .png"),
         (["decode", latent, "--preset", "tiny", "-o", tmp_path / "o.png", "--steps", "0"], "--steps must be"),
         (["decode", latent, "--preset", "tiny", "-o", tmp_path / "o.png", "--batch-size", "0"], "--batch-size must"),

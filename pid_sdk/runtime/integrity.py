@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pid_sdk.errors import PiDError
-from pid_sdk.runtime.manifest import Entry, read_manifest, verify_files, verify_weights
+from pid_sdk.runtime.manifest import Entry, read_engine_manifest, verify_files, verify_weights
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Check:
 def verify_folder(folder: str | Path) -> list[Check]:
     """One check for the shared weights and one per entry; a manifest that cannot be read raises its PiDError."""
     folder = Path(folder)
-    manifest = read_manifest(folder)  # paths confined here, before any file is opened
+    manifest = read_engine_manifest(folder)  # paths confined here, before any file is opened
     checks = [_check("weights", lambda: f"{verify_weights(folder, manifest).name} sha256 matches")]
     for entry in manifest.entries:
         checks.append(_check(entry.key, lambda e=entry: _verify_entry(folder, e)))
@@ -42,15 +42,19 @@ def _check(subject: str, run) -> Check:
 
 
 def _verify_entry(folder: Path, entry: Entry) -> str:
+    from pid_sdk.runtime.signatures import check_entry
+
     verify_files(folder, entry)
+    check_entry(folder, entry)  # labels against each other; graphs and packages against their files
     if entry.backend == "onnx":
-        return f"{len(entry.sha256)} files, sha256 match" + _external_data(folder, entry)
+        external = _external_data(folder, entry)
+        return f"{len(entry.sha256)} files, sha256 match, graphs are what the entry says" + external
     if entry.backend == "aoti":
         from pid_sdk.runtime.selection import DeviceInfo, aoti_runs_on
 
         runs, why = aoti_runs_on(entry, DeviceInfo.detect())
         verdict = "runnable here" if runs else f"not runnable here: {why}"
-        return f"{len(entry.sha256)} packages, sha256 match, {verdict}"
+        return f"{len(entry.sha256)} packages, sha256 match, packages are what the entry says, {verdict}"
     return f"{len(entry.sha256)} plans, sha256 match, " + "; ".join(
         _plan_verdict(folder, entry, rel) for rel in sorted(entry.files.values()))
 
@@ -74,10 +78,10 @@ def _plan_verdict(folder: Path, entry: Entry, rel: str) -> str:
         head = f.read(4096)
     try:
         trt = __import__(entry.backend)
-    except Exception:
+    except (ImportError, OSError):  # absent, or present without its libraries
         trt = None
-    problems = plan_diagnostics(trt, trt.Runtime(_quiet_logger(trt)), head) if trt else []
-    if "MALFORMED_ENGINE" in problems:
+    problems = plan_diagnostics(trt, trt.Runtime(_quiet_logger(trt)), head) if trt else None
+    if problems and "MALFORMED_ENGINE" in problems:
         raise CheckpointError(f"{entry.backend} says {rel} of {entry.key} is malformed.", received=problems,
                               fix="rebuild the entry (pid-sdk build)")
     check_plan(head, path, entry, entry.trt_version or "")  # library and version agree with the manifest
@@ -86,8 +90,19 @@ def _plan_verdict(folder: Path, entry: Entry, rel: str) -> str:
         return f"{Path(rel).name} {header[0]} {'.'.join(map(str, header[1]))} (library not installed here)"
     # Without a GPU the library judges only the header's form; on a GPU, what keeps a plan off this GPU (another
     # compute capability, driver) is reported, not failed: a folder holds plans for several GPUs.
-    judged = "valid here" if not problems else f"well-formed; not runnable here: {', '.join(problems)}"
+    judged = ("valid here" if problems == [] else f"well-formed; not runnable here: {', '.join(problems)}"
+              if problems else _unjudged(entry))
     return f"{Path(rel).name} {header[0]} {'.'.join(map(str, header[1]))}, {judged}"
+
+
+def _unjudged(entry: Entry) -> str:
+    """What verify says of a well-formed plan the installed library cannot judge on this machine."""
+    import torch
+
+    if not torch.cuda.is_available():
+        family = "an RTX GPU" if entry.backend == "tensorrt_rtx" else "a GPU"
+        return f"well-formed; needs {family} of sm {', '.join(map(str, entry.sm))} to run"
+    return "well-formed (the library cannot judge it before loading)"
 
 
 def _quiet_logger(trt):

@@ -17,15 +17,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pid_sdk.checkpoints import sha256_file, usual_permissions
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from pid_sdk.checkpoints import usual_permissions
 from pid_sdk.config import PiDConfig
 from pid_sdk.errors import CheckpointError, InputError
+from pid_sdk.files import MAX_JSON_BYTES, check_digest, digest, inside, open_in_folder, read_json, sha256_of
 
 MANIFEST = "manifest.json"
 FORMAT = "pid-sdk-engines"
 VERSION = 1
 GRAPHS = ("text", "adapter", "denoiser")
-BACKENDS = ("onnx", "tensorrt", "tensorrt_rtx", "aoti")
+ENTRY_BACKENDS = ("onnx", "tensorrt", "tensorrt_rtx", "aoti")
 
 
 @dataclass(frozen=True)
@@ -56,55 +61,108 @@ class Entry:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Entry":
-        """An entry read from a manifest, its types and sizes checked: a hand-edited shape must not make the
-        runtime allocate an arbitrary buffer."""
-        d = dict(d)
-        d["bucket"], d["sm"] = tuple(d["bucket"]), tuple(d.get("sm", ()))
-        entry = cls(**d)
-        problems = _entry_problems(entry)
-        if problems:
-            raise ValueError("; ".join(problems)[:300])
-        return entry
+        """An entry read from a manifest, every field typed and bounded by its schema (`EntrySchema`) first: a
+        hand-edited shape must not make the runtime allocate an arbitrary buffer, a label must be one the SDK
+        writes."""
+        checked = EntrySchema.model_validate(d).model_dump()
+        checked["bucket"], checked["sm"] = tuple(checked["bucket"]), tuple(checked["sm"])
+        return cls(**checked)
 
     def input_shape(self, graph: str, name: str) -> tuple[int, ...]:
         return tuple(next(t["shape"] for t in self.io[graph]["inputs"] if t["name"] == name))
 
     @property
+    def variant(self) -> str:
+        """The precision, and the attention's dtype where it differs: "bf16", "bf16-attn-fp16". Two variants of
+        one size are two entries with their own graphs (the rtx5090 and the h100 builds of one folder)."""
+        return self.precision + (f"-attn-{self.attention_dtype}" if self.attention_dtype else "")
+
+    @property
     def key(self) -> str:
-        return f"{self.backend}:{self.target or '-'}:{self.bucket[0]}x{self.bucket[1]}:b{self.batch}:{self.precision}"
+        return f"{self.backend}:{self.target or '-'}:{self.bucket[0]}x{self.bucket[1]}:b{self.batch}:{self.variant}"
 
 
 MAX_SIDE = 65536
 MAX_TENSOR_ELEMENTS = 1 << 32
+# The schema every manifest is typed against before an Entry is built (pydantic, strict: "1" is not 1, 1.0 is not
+# 1, true is not 1; no field the SDK does not write). Why pydantic: the server's query models are pydantic already
+# (FastAPI), one library types both, and its errors name the field and the value that broke it.
+STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+RelPath = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+Hex64 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Release = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+){1,3}([+.][0-9A-Za-z.]+)?$", max_length=64)]
+Dim = Annotated[int, Field(ge=1, le=MAX_SIDE * 64)]
+Graph = Literal["text", "adapter", "denoiser"]
+PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "fp8-fp32")
+TENSOR_DTYPES = ("float", "float16", "bfloat16", "float8e4m3fn", "int64", "int32", "bool")
 
 
-def _entry_problems(e: Entry) -> list[str]:
-    def ints(values, low, high) -> bool:
-        return all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in values)
+class TensorSchema(BaseModel):
+    model_config = STRICT
+    name: Name
+    shape: Annotated[list[Dim], Field(min_length=1, max_length=8)]
+    dtype: Literal[TENSOR_DTYPES]
 
-    def strings(mapping) -> bool:
-        return isinstance(mapping, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())
+    @model_validator(mode="after")
+    def _bounded(self) -> "TensorSchema":
+        if math.prod(self.shape) > MAX_TENSOR_ELEMENTS:
+            raise ValueError(f"{self.name} has {math.prod(self.shape):,} elements (at most {MAX_TENSOR_ELEMENTS:,})")
+        return self
 
-    problems = []
-    if e.backend not in BACKENDS:
-        problems.append(f"backend {e.backend!r} is not one of {BACKENDS}")
-    if len(e.bucket) != 2 or not ints(e.bucket, 1, MAX_SIDE) or not ints([e.batch], 1, 1024):
-        problems.append(f"bucket {e.bucket!r} / batch {e.batch!r} out of range")
-    if not strings(e.files) or set(e.files) != set(GRAPHS) or not strings(e.sha256):
-        problems.append(f"files must map {GRAPHS} to paths, sha256 paths to hex digests")
-    if not isinstance(e.precision, str) or not ints(e.sm, 0, 1000):
-        problems.append("precision must be a string, sm a list of compute capabilities")
-    if not all(isinstance(v, bool) for v in (e.stripped, e.version_compatible)):
-        problems.append("stripped and version_compatible must be true or false")
-    try:
-        for graph in GRAPHS:
-            for t in e.io[graph]["inputs"] + e.io[graph]["outputs"]:
-                named = isinstance(t["name"], str) and isinstance(t["dtype"], str)
-                if not (named and ints(t["shape"], 0, MAX_SIDE * 64) and math.prod(t["shape"]) <= MAX_TENSOR_ELEMENTS):
-                    problems.append(f"io tensor {t.get('name')!r} of {graph}: bad name, dtype or shape")
-    except (KeyError, TypeError, AttributeError):
-        problems.append(f"io must give each of {GRAPHS} its inputs and outputs (name, shape, dtype)")
-    return problems
+
+class GraphIOSchema(BaseModel):
+    model_config = STRICT
+    inputs: Annotated[list[TensorSchema], Field(min_length=1, max_length=16)]
+    outputs: Annotated[list[TensorSchema], Field(min_length=1, max_length=16)]
+
+
+class EntrySchema(BaseModel):
+    model_config = STRICT
+    backend: Literal[ENTRY_BACKENDS]
+    bucket: Annotated[list[Annotated[int, Field(ge=1, le=MAX_SIDE)]], Field(min_length=2, max_length=2)]
+    batch: Annotated[int, Field(ge=1, le=1024)]
+    precision: Literal[PRECISIONS]
+    files: dict[Graph, RelPath]
+    sha256: Annotated[dict[RelPath, Hex64], Field(max_length=64)]
+    io: dict[Graph, GraphIOSchema]
+    target: Name | None = None
+    sm: Annotated[list[Annotated[int, Field(ge=0, le=1000)]], Field(max_length=8)] = []
+    trt_version: Release | None = None
+    hardware_compatibility: Literal["none", "ampere_plus", "same_compute_capability"] = "none"
+    stripped: bool = False
+    version_compatible: bool = False
+    source: Name | None = None
+    attention_dtype: Literal["fp16", "fp8", "fp8-mha"] | None = None
+    torch_version: Release | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EntrySchema":
+        from pid_sdk.runtime.selection import TARGETS
+
+        if set(self.files) != set(GRAPHS) or set(self.io) != set(GRAPHS):
+            raise ValueError(f"files and io must name each of {GRAPHS}")
+        targets = {"onnx": (None,), "aoti": ("cpu", "cuda")}.get(self.backend) or \
+            tuple(t for t, (b, _) in TARGETS.items() if b == self.backend)
+        if self.target not in targets:
+            raise ValueError(f"a {self.backend} entry's target is one of {targets}, not {self.target!r}")
+        if self.backend == "aoti" and self.torch_version is None:
+            raise ValueError("an aoti entry records the torch release that compiled it")
+        if self.backend in ("tensorrt", "tensorrt_rtx") and (self.trt_version is None or not self.sm):
+            raise ValueError("a plan entry records its library version and compute capabilities")
+        return self
+
+
+class ManifestSchema(BaseModel):
+    model_config = STRICT
+    format: Literal[FORMAT]
+    format_version: Literal[VERSION]
+    preset: Name
+    config: dict
+    model_sha256: Hex64 | None
+    weights: RelPath | None
+    entries: Annotated[list[EntrySchema], Field(max_length=4096)]
+    manifest_sha256: Hex64 | None = None
 
 
 @dataclass
@@ -124,41 +182,48 @@ class Manifest:
 
 
 def is_engine_dir(path: str | Path) -> bool:
-    p = Path(path) / MANIFEST
-    if not p.is_file():
-        return False
+    """Whether `path` is a folder whose regular manifest.json says it holds engines (or says so, damaged: the
+    error then says re-export). A manifest that is a FIFO, a device or a link out of the folder is not opened."""
     try:
-        data = json.loads(p.read_text())
-        return isinstance(data, dict) and data.get("format") == FORMAT
-    except (OSError, ValueError):  # damaged: still an engine folder if it says so, so the error says "re-export"
-        with p.open("rb") as f:
+        with open_in_folder(path, MANIFEST, what="engine manifest", max_bytes=MAX_JSON_BYTES) as f:
             return f'"{FORMAT}"'.encode() in f.read(4096)
+    except (CheckpointError, OSError):
+        return False
 
 
-def read_manifest(folder: str | Path) -> Manifest:
-    """The folder's manifest, every path in it checked to stay inside the folder before anything is opened."""
+def read_engine_manifest(folder: str | Path, *, verify: bool = True) -> Manifest:
+    """The folder's manifest: a regular file inside the folder, read within bounds, typed against its schema,
+    checked against its digest (`verify=False`: the explicit opt-out), and every path it names confined to the
+    folder before anything is opened."""
     path = Path(folder) / MANIFEST
-    if not path.is_file():
+    fix = "re-export the engine set (pid-sdk export)"
+    if not os.path.lexists(path):
         raise CheckpointError(f"{folder} has no engine manifest ({MANIFEST}).",
                               fix="export graphs into it with `pid-sdk export` first")
+    with open_in_folder(folder, MANIFEST, what="engine manifest", max_bytes=MAX_JSON_BYTES) as f:
+        data = read_json(f, what=f"engine manifest {path}", fix=fix)
+    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != VERSION:
+        got = (f"format={data.get('format')} version={data.get('format_version')}" if isinstance(data, dict)
+               else type(data).__name__)
+        raise CheckpointError(f"{path} is not a pid-sdk engine manifest of a supported version.",
+                              received=str(got)[:200], expected=f"format={FORMAT} version={VERSION}", fix=fix)
     try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("format_version") != VERSION:
-            got = (f"format={data.get('format')} version={data.get('format_version')}" if isinstance(data, dict)
-                   else type(data).__name__)
-            raise CheckpointError(f"{path} is not a pid-sdk engine manifest of a supported version.",
-                                  received=str(got)[:200], expected=f"format={FORMAT} version={VERSION}",
-                                  fix="re-export the engine set (pid-sdk export)")
-        if not isinstance(data["config"], dict) or not isinstance(data["entries"], list):
-            raise TypeError("config must be an object and entries a list")
-        manifest = Manifest(PiDConfig.from_dict(data["config"]), data["model_sha256"],
-                            [Entry.from_dict(e) for e in data["entries"]], data.get("weights"))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(f"{path} is damaged.", received=f"{type(exc).__name__}: {exc}"[:200],
-                              fix="re-export the engine set (pid-sdk export)") from None
+        schema = ManifestSchema.model_validate(data)
+    except ValidationError as exc:
+        raise CheckpointError(f"{path} is damaged: {_first_error(exc)}.", received=f"{exc.error_count()} problems",
+                              expected="a manifest written by pid-sdk export / build", fix=fix) from None
+    check_digest(data, path, verify, fix)
+    manifest = Manifest(PiDConfig.from_dict(schema.config), schema.model_sha256,
+                        [Entry.from_dict(e) for e in data["entries"]], schema.weights)
     for rel in manifest_paths(manifest):
         inside(folder, rel)
     return manifest
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(map(str, error["loc"])) or "the top level"
+    return f"{where}: {error['msg']}"[:200]
 
 
 def manifest_paths(manifest: Manifest) -> list[str]:
@@ -169,26 +234,14 @@ def manifest_paths(manifest: Manifest) -> list[str]:
     return paths
 
 
-def inside(folder: str | Path, rel: object) -> Path:
-    """`folder / rel`, refused unless it stays inside the folder: no absolute path, no `..`, no link leading out."""
-    root = Path(folder).resolve()
-    bad = not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts
-    if not bad:
-        path = root / rel
-        bad = not path.resolve().is_relative_to(root)
-    if bad:
-        raise CheckpointError(f"The manifest of {folder} names a file outside its folder.", received=repr(rel)[:200],
-                              expected="a relative path inside the engine folder (no absolute path, no '..', "
-                                       "no symbolic link leading out)",
-                              fix="rebuild the folder with pid-sdk export / build; never edit paths by hand")
-    return path
-
-
 def write_manifest(folder: str | Path, manifest: Manifest) -> None:
+    """manifest.json with its digest, written through a temporary file and renamed into place."""
     folder = Path(folder)
+    data = manifest.to_dict()
+    data["manifest_sha256"] = digest(data)
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=folder)
     with os.fdopen(fd, "w") as f:
-        json.dump(manifest.to_dict(), f, indent=2)
+        json.dump(data, f, indent=2)
         f.write("\n")
     usual_permissions(tmp)
     os.replace(tmp, folder / MANIFEST)
@@ -207,16 +260,17 @@ def verify_files(folder: str | Path, entry: Entry, *, verify: bool = True) -> No
 
 
 def verify_file(folder: str | Path, rel: str, want: str | None, *, what: str) -> Path:
-    """`folder / rel` after checking it stays inside, exists and (unless `want` is None) matches its sha256."""
+    """`folder / rel` after checking it stays inside, exists, is a regular file and (unless `want` is None)
+    matches its sha256."""
     path = inside(folder, rel)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CheckpointError(f"{what} is missing.", received=str(path),
                               fix="rebuild it (pid-sdk export / pid-sdk build)")
-    if want is not None:
-        digest = sha256_file(path)
-        if digest != want:
-            raise CheckpointError(f"{what} does not match the manifest's sha256 (modified, truncated or replaced).",
-                                  received=digest, expected=want, fix="rebuild it (pid-sdk export / pid-sdk build)")
+    with open_in_folder(folder, rel, what=what) as f:  # a FIFO, device or folder is refused, not read
+        got = sha256_of(f) if want is not None else None
+    if got != want:
+        raise CheckpointError(f"{what} does not match the manifest's sha256 (modified, truncated or replaced).",
+                              received=got, expected=want, fix="rebuild it (pid-sdk export / pid-sdk build)")
     return path
 
 
