@@ -1,10 +1,12 @@
-"""`pid-sdk serve`: the decoder as a Ray Serve application (optional extra `serve`; Ray is imported lazily).
+"""`pid-sdk serve`: the decoder as a Ray Serve application with a FastAPI ingress (optional extra `serve`).
 
     GET  /healthz                                  200 once this replica's model is loaded
     POST /v1/decode?latent_space=&seed=&latent_sigma=&steps=   body: a latent file -> 200 image/png
 
-Requests of the same output size and options that arrive together are decoded as one batch (`@serve.batch`), each
-with its own seed, so a batched request returns what it would alone (to float rounding); bad input is a 400 with
+The query is a typed model (`DecodeQuery`): every field checked for kind and range, an unknown parameter refused,
+before the body is read. Requests of the same output size and options that arrive together are decoded as one batch
+(`@serve.batch`), each with its own seed, so a batched request returns what it would alone (to float rounding); a
+request that fails in a batch fails alone (its batch-mates are decoded again without it). Bad input is a 400 with
 the PiDError's fields, an oversized body a 413, a full replica queue a 503 with Retry-After.
 """
 
@@ -16,10 +18,17 @@ import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from pid_sdk.errors import InputError, PiDError
+from pid_sdk.inputs import MAX_SEED, MAX_STEPS
 
 MAGIC_SUFFIXES = ((b"\x93NUMPY", ".npy"), (b"PK\x03\x04", ".pt"))  # anything else is read as safetensors
 
@@ -38,6 +47,18 @@ class ServeOptions:
     num_gpus: float | None = None  # per replica; None: 1 where a GPU exists, else 0
     autoscaling: dict | None = None  # Ray Serve's autoscaling_config, passed through
     address: str | None = None  # an existing Ray cluster; None starts a local instance
+    threads: int | None = None  # CPU threads per replica (torch); None: the command's share of the machine
+
+
+class DecodeQuery(BaseModel):
+    """The query of POST /v1/decode: each field typed and bounded, nothing else accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latent_space: str | None = Field(None, max_length=32, description="the LDM's latent space (default: the model's)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    latent_sigma: float = Field(0.0, ge=0, allow_inf_nan=False, description="noise level of a partial capture")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="network calls (default: the sampler's, 4)")
 
 
 @dataclass(frozen=True)
@@ -54,80 +75,112 @@ class DecodeRequest:
         return (size, tuple(self.latent.shape[1:]), self.latent_space, self.latent_sigma, self.steps)
 
 
+class _TooLarge(Exception):
+    def __init__(self, size: int, limit: int):
+        super().__init__("The request body is too large.")
+        self.size, self.limit = size, limit
+
+
+app = FastAPI(title="pid-sdk", description="The PiD pixel diffusion decoder over HTTP")
+
+
+def error_response(status: int, error: str, received=None, expected=None, fix: str | None = None, headers=None):
+    return JSONResponse({"error": error, "received": _jsonable(received), "expected": _jsonable(expected),
+                         "fix": fix}, status_code=status, headers=headers)
+
+
+@app.exception_handler(PiDError)
+async def _pid_error(_request: Request, exc: PiDError):
+    return error_response(400, exc.what, exc.received, exc.expected, exc.fix)
+
+
+@app.exception_handler(RequestValidationError)
+async def _bad_query(_request: Request, exc: RequestValidationError):
+    problems = [f"{'.'.join(map(str, e['loc'][1:])) or e['loc'][0]}: {e['msg']}" for e in exc.errors()]
+    fields = ", ".join(f"{name}=" for name in DecodeQuery.model_fields)
+    return error_response(400, "Bad query parameter.", "; ".join(problems)[:300], f"only {fields} (all optional)",
+                          "fix or drop the parameter named above (docs/serving.md)")
+
+
+@app.exception_handler(_TooLarge)
+async def _too_large(_request: Request, exc: _TooLarge):
+    return error_response(413, str(exc), exc.size, f"<= {exc.limit} bytes", "send one latent per request")
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(_request: Request, exc: HTTPException):
+    return error_response(exc.status_code, str(exc.detail), fix="POST /v1/decode or GET /healthz")
+
+
 class DecoderServer:
     """One replica: a loaded Decoder, a bounded queue, and a batched decode."""
 
     def __init__(self, options: dict):
+        import torch
+
         from pid_sdk.decoder import Decoder
 
         self.options = ServeOptions(**options)
+        if self.options.threads:  # Ray starts replicas with one thread: the command's share, as a CLI decode has
+            torch.set_num_threads(self.options.threads)
         self.decoder = Decoder.load(self.options.model, backend=self.options.backend)
         self.pending = 0
         self.decode_batch.set_max_batch_size(self.options.max_batch)
         self.decode_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000)
 
-    async def __call__(self, request):
-        from starlette.responses import JSONResponse, Response
+    @app.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok", "model": self.options.model, "backend": self.decoder.backend_name}
 
-        if request.url.path.rstrip("/").endswith("/healthz"):
-            return JSONResponse({"status": "ok", "model": self.options.model, "backend": self.decoder.backend_name})
-        if not request.url.path.rstrip("/").endswith("/v1/decode") or request.method != "POST":
-            return JSONResponse({"error": "not found", "fix": "POST /v1/decode or GET /healthz"}, status_code=404)
+    @app.post("/v1/decode")
+    async def decode(self, request: Request, query: Annotated[DecodeQuery, Query()]):
         if self.pending >= self.options.max_queue:
-            return JSONResponse({"error": "the decoder's queue is full", "received": self.pending,
-                                 "fix": "retry after a second, or add replicas"}, status_code=503,
-                                headers={"Retry-After": "1"})
+            return error_response(503, "the decoder's queue is full", self.pending, fix="retry after a second, "
+                                  "or add replicas", headers={"Retry-After": "1"})
         self.pending += 1
         try:
-            body = await _read_body(request, self.options.max_body_bytes)
-            item = self._parse(body, request.query_params)
-            png, batch = await self.decode_batch(item)
+            body = await read_body(request, self.options.max_body_bytes)
+            result = await self.decode_batch(self._parse(body, query))
+            if isinstance(result, PiDError):
+                raise result
+            png, batch = result
             return Response(png, media_type="image/png", headers={"X-PiD-Batch-Size": str(batch)})
-        except _TooLarge as exc:
-            return JSONResponse({"error": str(exc), "received": exc.size, "expected": f"<= {exc.limit} bytes",
-                                 "fix": "send one latent per request"}, status_code=413)
-        except PiDError as exc:
-            return JSONResponse({"error": exc.what, "received": _jsonable(exc.received),
-                                 "expected": _jsonable(exc.expected), "fix": exc.fix}, status_code=400)
         finally:
             self.pending -= 1
 
-    def _parse(self, body: bytes, params) -> DecodeRequest:
-        from pid_sdk.latent_files import read_latent_file
-
-        suffix = next((s for magic, s in MAGIC_SUFFIXES if body.startswith(magic)), ".safetensors")
-        with tempfile.TemporaryDirectory(prefix="pid-serve-") as tmp:
-            path = Path(tmp) / f"latent{suffix}"
-            path.write_bytes(body)
-            try:
-                latent = read_latent_file(path)  # weights_only, checked from its metadata before it is read
-            except PiDError as exc:  # the temporary file's name means nothing to the client
-                raise InputError(*(str(v).replace(str(path), "the request body").replace(path.name, "the body")
-                                   if v is not None else None for v in (exc.what,)),
-                                 received=exc.received, expected=exc.expected, fix=exc.fix) from None
-        latent = latent[None] if latent.ndim == 3 else latent
-        item = DecodeRequest(latent, params.get("latent_space") or None, _param(params, "seed", int, 0),
-                             _param(params, "latent_sigma", float, 0.0), _param(params, "steps", int, 4))
+    def _parse(self, body: bytes, query: DecodeQuery) -> DecodeRequest:
+        latent = read_latent_body(body)
         if latent.ndim != 4 or latent.shape[0] != 1:
             raise InputError("A request decodes one latent.", received=f"shape {tuple(latent.shape)}",
                              expected="[C, h, w] or [1, C, h, w]", fix="send one request per latent")
-        self.decoder.check(latent, latent_space=item.latent_space, latent_sigma=item.latent_sigma)
-        return item
+        self.decoder.check(latent, latent_space=query.latent_space, latent_sigma=query.latent_sigma)
+        steps = query.steps or self.decoder.default_steps("sde")
+        return DecodeRequest(latent, query.latent_space, query.seed, query.latent_sigma, steps)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def decode_batch(self, items: list[DecodeRequest]) -> list[tuple[bytes, int]]:
+    async def decode_batch(self, items: list[DecodeRequest]) -> list:
         """Split what arrived together by output size and options; decode each group as one batch, each item
-        with its own seed."""
+        with its own seed. Each item's answer is (png, batch size) or the PiDError that refused it."""
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(item.batch_key(self.decoder), []).append(i)
         out: list = [None] * len(items)
         for indices in groups.values():
-            group = [items[i] for i in indices]
-            pngs = await asyncio.get_running_loop().run_in_executor(None, self._decode_group, group)
-            for i, png in zip(indices, pngs):
-                out[i] = (png, len(indices))
+            answers = await asyncio.get_running_loop().run_in_executor(None, self._decode_isolated,
+                                                                       [items[i] for i in indices])
+            for i, answer in zip(indices, answers):
+                out[i] = answer
         return out
+
+    def _decode_isolated(self, group: list[DecodeRequest]) -> list:
+        """The group's answers; where the batched decode is refused, each item alone, so a request that fails
+        fails by itself."""
+        try:
+            return [(png, len(group)) for png in self._decode_group(group)]
+        except PiDError as exc:
+            if len(group) == 1:
+                return [exc]
+        return [answer for item in group for answer in self._decode_isolated([item])]
 
     def _decode_group(self, group: list[DecodeRequest]) -> list[bytes]:
         import torch
@@ -139,16 +192,21 @@ class DecoderServer:
         return [_png(image) for image in images]
 
 
-class _TooLarge(Exception):
-    def __init__(self, size: int, limit: int):
-        super().__init__("The request body is too large.")
-        self.size, self.limit = size, limit
+@serve.ingress(app)
+class HttpDecoderServer(DecoderServer):
+    """DecoderServer behind the FastAPI app: the routes above, bound to the replica (at import, in every process
+    that runs one)."""
 
 
-async def _read_body(request, limit: int) -> bytes:
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > limit:
-        raise _TooLarge(declared, limit)
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit` (a declared Content-Length over it: before reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit() or len(declared.strip()) > 19:
+            raise InputError("The Content-Length header is not a byte count.", received=declared[:40],
+                             expected="a non-negative integer", fix="send the body's length in bytes (or no header)")
+        if int(declared) > limit:
+            raise _TooLarge(int(declared), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -158,15 +216,20 @@ async def _read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _param(params, name: str, kind, default):
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise InputError(f"The query parameter {name} is not a {kind.__name__}.", received=raw[:40],
-                         expected=f"{name}={default}", fix=f"pass ?{name}={default}") from None
+def read_latent_body(body: bytes):
+    """A latent file sent as the body, read as `pid-sdk decode` reads files (recognised by its first bytes)."""
+    from pid_sdk.latent_files import read_latent_file
+
+    suffix = next((s for magic, s in MAGIC_SUFFIXES if body.startswith(magic)), ".safetensors")
+    with tempfile.TemporaryDirectory(prefix="pid-serve-") as tmp:
+        path = Path(tmp) / f"latent{suffix}"
+        path.write_bytes(body)
+        try:
+            latent = read_latent_file(path)  # weights_only, checked from its metadata before it is read
+        except PiDError as exc:  # the temporary file's name means nothing to the client
+            raise type(exc)(exc.what.replace(str(path), "the request body").replace(path.name, "the body"),
+                            received=exc.received, expected=exc.expected, fix=exc.fix) from None
+    return latent[None] if latent.ndim == 3 else latent
 
 
 def _jsonable(value):
@@ -184,14 +247,23 @@ def _png(image) -> bytes:
 
 
 def build_app(options: ServeOptions):
-    """The Ray Serve application: one deployment of `replicas` DecoderServer replicas."""
+    """The Ray Serve application: one deployment of `replicas` DecoderServer replicas behind the FastAPI app."""
     import torch
 
     gpus = options.num_gpus if options.num_gpus is not None else (1 if torch.cuda.is_available() else 0)
     scaling = {"autoscaling_config": options.autoscaling} if options.autoscaling else {"num_replicas": options.replicas}
-    deployment = serve.deployment(DecoderServer, name="pid-decoder", ray_actor_options={"num_gpus": gpus},
-                                  max_ongoing_requests=options.max_queue + 1, **scaling)
+    deployment = serve.deployment(HttpDecoderServer, name="pid-decoder",
+                                  ray_actor_options={"num_gpus": gpus}, max_ongoing_requests=options.max_queue + 1,
+                                  **scaling)
     return deployment.bind(asdict(options))
+
+
+def replica_threads(options: ServeOptions) -> int:
+    """CPU threads per replica: this machine's torch threads shared among the replicas it may run."""
+    import torch
+
+    replicas = (options.autoscaling or {}).get("max_replicas", options.replicas)
+    return max(1, torch.get_num_threads() // max(1, int(replicas)))
 
 
 def run_server(options: ServeOptions, log=print) -> None:
@@ -199,11 +271,13 @@ def run_server(options: ServeOptions, log=print) -> None:
     application down, and the Ray instance too when this command started it."""
     import signal
     import threading
+    from dataclasses import replace
 
     import ray
 
     stop = threading.Event()
     owns_ray = options.address is None and not ray.is_initialized()
+    options = replace(options, threads=options.threads or replica_threads(options))
     ray.init(address=options.address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs handlers of its own
         signal.signal(sig, lambda *_: stop.set())

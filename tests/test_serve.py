@@ -3,6 +3,7 @@
 import concurrent.futures
 import io
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -40,22 +41,47 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen([str(exe), "serve", str(pid_sdk.DEMO_MODEL), "--port", str(port), "--max-batch", "8",
                              "--batch-wait-ms", "100", "--max-queue", str(MAX_QUEUE), "--max-body-mb", "0.1"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    while "Ctrl-C stops" not in log.read_text() and proc.poll() is None and time.time() < deadline:
-        time.sleep(1)  # the command says when it serves
-    assert proc.poll() is None and "Ctrl-C stops" in log.read_text(), log.read_text()
-    yield f"http://127.0.0.1:{port}", proc, log
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while not ("Ctrl-C stops" in log.read_text() and healthy(url)) and proc.poll() is None \
+                and time.time() < deadline:
+            time.sleep(1)  # the command says when it serves; the health route says the replica answers
+        assert proc.poll() is None and "Ctrl-C stops" in log.read_text() and healthy(url), log.read_text()
+        yield url, proc, log
+    finally:
+        stop(proc)
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, as a user stops it; then the whole session (Ray's processes with it) if it does not stop, so no
+    daemon outlives the tests."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
+    try:
         proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def post(url: str, body: bytes, query: str = "") -> tuple[int, dict, bytes]:
     req = urllib.request.Request(f"{url}/v1/decode{query}", data=body, method="POST",
                                  headers={"Content-Type": "application/octet-stream"})
     try:
-        with urllib.request.urlopen(req, timeout=300) as r:
+        with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
@@ -65,13 +91,19 @@ def latent(side: int, seed: int) -> bytes:
     return save({"latent": torch.randn(1, 16, side, side, generator=torch.Generator().manual_seed(seed))})
 
 
+def pickled(tensor: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"latent": tensor}, buffer)
+    return buffer.getvalue()
+
+
 def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 
 def test_health_and_the_sample_decodes_as_the_cli_does(server, tmp_path):
     url, _, _ = server
-    with urllib.request.urlopen(f"{url}/healthz") as r:
+    with urllib.request.urlopen(f"{url}/healthz", timeout=60) as r:
         assert r.status == 200 and json.loads(r.read())["status"] == "ok"
     status, headers, png = post(url, SAMPLE.read_bytes(), "?seed=0&steps=4&latent_sigma=0&latent_space=flux1")
     assert status == 200 and headers["content-type"] == "image/png"
@@ -102,13 +134,65 @@ def test_concurrent_requests_of_two_sizes_are_batched_by_size(server):
 def test_bad_input_is_400_with_the_errors_fields_and_the_server_keeps_serving(server):
     url, _, _ = server
     for body, query in [(b"garbage", ""), (latent(2, 0), "?seed=-1"), (latent(2, 0), "?latent_space=sd9"),
-                        (latent(2, 0), "?steps=abc"), (save({"latent": torch.full((1, 16, 2, 2), float("nan"))}), "")]:
+                        (latent(2, 0), "?steps=abc"), (save({"latent": torch.full((1, 16, 2, 2), float("nan"))}), ""),
+                        (pickled(torch.randn(1, 16, 2, 2).to_sparse()), "")]:
         status, _, data = post(url, body, query)
         error = json.loads(data)
         assert status == 400 and {"error", "received", "fix"} <= set(error) and error["fix"], (query, error)
     status, _, data = post(url, b"\0" * (200 << 10))
     assert status == 413 and "too large" in json.loads(data)["error"]
     assert post(url, latent(2, 1))[0] == 200
+
+
+def test_unknown_query_parameters_and_a_bad_content_length_are_400(server):
+    url, _, _ = server
+    status, _, data = post(url, latent(2, 0), "?seed=1&colour=red")
+    error = json.loads(data)
+    assert status == 400 and "colour" in error["received"] and "seed=" in error["expected"] and error["fix"]
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"POST /v1/decode HTTP/1.1\r\nHost: x\r\nContent-Length: twelve\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.split(b"\r\n")[0].split()[1] == b"400", answer[:300]
+    assert post(url, latent(2, 1))[0] == 200
+
+
+def test_bad_requests_in_a_batch_fail_alone(server):
+    """Requests that arrive together: the bad ones (a seed out of range, steps 0) are refused with 400 before they
+    join a batch, the good ones are decoded as they would be alone."""
+    url, _, _ = server
+    queries = [f"?seed={i}" if i % 3 else ("?seed=-5" if i % 2 else "?steps=0") for i in range(9)]
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        answers = list(pool.map(lambda i: post(url, latent(2, i), queries[i]), range(9)))
+    assert [a[0] for a in answers] == [400 if i % 3 == 0 else 200 for i in range(9)]
+    alone = pid_sdk.Decoder.load(pid_sdk.DEMO_MODEL)
+    for i in (1, 2, 4):
+        z = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(i))
+        assert np.abs(pixels(answers[i][2]) - alone.decode(z, seed=i, output="numpy")[0].astype(int)).max() <= 1
+
+
+def test_a_request_that_fails_inside_a_batch_fails_alone(monkeypatch):
+    """What passes every check can still fail in the decode (a NaN image): the batch is decoded again item by item,
+    and only the failing request gets the error."""
+    from pid_sdk.errors import NumericsError
+    from pid_sdk.serve import DecodeRequest, DecoderServer
+
+    server = DecoderServer({"model": str(pid_sdk.DEMO_MODEL)})
+    real = server.decoder.decode
+
+    def nan_for_seed_13(z, **kwargs):
+        if 13 in kwargs["seed"]:
+            raise NumericsError("simulated NaN image")
+        return real(z, **kwargs)
+
+    monkeypatch.setattr(server.decoder, "decode", nan_for_seed_13)
+    group = [DecodeRequest(torch.randn(1, 16, 2, 2), None, seed, 0.0, 1) for seed in (3, 13, 5)]
+    answers = server._decode_isolated(group)
+    assert isinstance(answers[1], NumericsError)
+    assert [type(a).__name__ for a in answers] == ["tuple", "NumericsError", "tuple"]
+    assert answers[0][1] == answers[2][1] == 1  # decoded alone after the batch failed
 
 
 def test_a_full_queue_answers_503_with_retry_after(server):
@@ -128,3 +212,29 @@ def test_sigterm_stops_the_server_cleanly(server):
     assert "pid-sdk serve: stopped" in log.read_text()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/healthz", timeout=5)
+
+
+def test_the_serve_flags_make_the_ray_configuration(monkeypatch, capsys):
+    """--replicas, --num-gpus, --autoscaling, --max-queue, --backend, --address as the CLI passes them on, and the
+    Ray Serve deployment they make (no cluster started)."""
+    import pid_sdk.serve as serve_module
+    from pid_sdk.cli import main
+    from pid_sdk.serve import build_app, replica_threads
+
+    seen = []
+    monkeypatch.setattr(serve_module, "run_server", seen.append)
+    assert main(["serve", str(pid_sdk.DEMO_MODEL), "--replicas", "3", "--num-gpus", "0.5", "--max-queue", "7",
+                 "--backend", "pytorch", "--address", "ray://head:10001", "--port", "8123"]) == 0
+    options = seen[-1]
+    assert (options.replicas, options.num_gpus, options.max_queue, options.backend, options.address, options.port) == \
+        (3, 0.5, 7, "pytorch", "ray://head:10001", 8123)
+    deployment = build_app(options)._bound_deployment
+    assert deployment.num_replicas == 3 and deployment.ray_actor_options["num_gpus"] == 0.5
+    assert deployment.max_ongoing_requests == 8 and deployment.init_args[0]["backend"] == "pytorch"
+    assert main(["serve", str(pid_sdk.DEMO_MODEL), "--autoscaling", '{"min_replicas": 1, "max_replicas": 4}']) == 0
+    scaled = build_app(seen[-1])._bound_deployment._deployment_config.autoscaling_config
+    assert (scaled.min_replicas, scaled.max_replicas) == (1, 4)
+    assert replica_threads(seen[-1]) == max(1, torch.get_num_threads() // 4)  # threads shared by the most replicas
+    for bad in (["--autoscaling", "[1]"], ["--max-body-mb", "-1"], ["--replicas", "0"], ["--port", "70000"]):
+        assert main(["serve", str(pid_sdk.DEMO_MODEL), *bad]) == 2, bad
+    assert "error:" in capsys.readouterr().err
