@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernel_time import time_by_kind  # noqa: E402
 
 from pid_sdk.model.split_attention import split_joint_attention  # noqa: E402
-from pid_sdk.runtime.attention import BACKENDS, attention_context, lse_kernel, profiled_events  # noqa: E402
+from pid_sdk.runtime.attention import SDPA_KERNELS, attention_context, lse_kernel, profiled_events  # noqa: E402
 from pid_sdk.runtime.fp8_attention import fp8_attention_supported, fp8_sdpa  # noqa: E402
 
 TEXT = 300  # text tokens of the joint attention (txt_max_length)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
     side = 256 if args.tiny else args.size
-    kernels = ["flash"] if args.device == "cpu" else [k for k in BACKENDS if k != "math"]
+    kernels = ["flash"] if args.device == "cpu" else [k for k in SDPA_KERNELS if k != "math"]
     fp8_ok, fp8_why = fp8_attention_supported(torch.device(args.device))
     print(f"FP8 attention (cuDNN): {'measured' if fp8_ok else fp8_why}", flush=True)
     rows = []

@@ -22,11 +22,11 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from quality import HELD_OUT, TAE, load_decoder, reference_and_latent  # noqa: E402
+from quality import HELD_OUT, load_decoder, reference_and_latent  # noqa: E402
 
 from pid_sdk.compare import compare  # noqa: E402
 from pid_sdk.sampling import STUDENT_SIGMAS  # noqa: E402
-from pid_sdk.tae import TinyAutoencoder  # noqa: E402
+from pid_sdk.tae import SHARED_TAE_DIR, TinyAutoencoder  # noqa: E402
 
 
 def psnr(image: Tensor, reference: Tensor) -> float:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sigmas", type=float, nargs="+", default=[s for s in STUDENT_SIGMAS if s > 0])
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    decoder, tae, result = load_decoder(args.model), TinyAutoencoder(TAE, "taef1"), {}
+    decoder, tae, result = load_decoder(args.model), TinyAutoencoder(SHARED_TAE_DIR, "taef1"), {}
     print("| image | " + " | ".join(f"sigma {s}" for s in args.sigmas) + " |")
     print("|---|" + "---|" * len(args.sigmas))
     for name in args.images:

@@ -77,7 +77,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder) if args.folder else Path(tmp) / "demo"
         if not folder.exists():
-            from export.engine_set import export_engine_set
+            from export.export_folder import export_engine_set
             from pid_sdk.buckets import Bucket
 
             export_engine_set(folder, model=pid_sdk.DEMO_MODEL, sizes=[Bucket(512, 512)], format="aoti")

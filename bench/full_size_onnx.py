@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--out", help="write the results as JSON")
     args = parser.parse_args()
-    from export.engine_set import export_engine_set
+    from export.export_folder import export_engine_set
     from pid_sdk.buckets import Bucket
     from pid_sdk.compare import compare_folder, summary
 

@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import TAE, crop_and_encode, load_decoder, taef1_image, to_uint8  # noqa: E402
+from quality import crop_and_encode, load_decoder, taef1_image, to_uint8  # noqa: E402
 
 from pid_sdk.errors import InputError  # noqa: E402
-from pid_sdk.tae import TinyAutoencoder  # noqa: E402
+from pid_sdk.tae import SHARED_TAE_DIR, TinyAutoencoder  # noqa: E402
 from training.data import DEMO_HELD_OUT, MORE_SOURCES, folder_images, package_images, source_images  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
     args = p.parse_args(argv)
-    dec, tae = load_decoder(args.model), TinyAutoencoder(TAE, "taef1")
+    dec, tae = load_decoder(args.model), TinyAutoencoder(SHARED_TAE_DIR, "taef1")
     rows = []
     for group, spec in (("seen", args.seen), ("unseen", args.unseen)):
         try:

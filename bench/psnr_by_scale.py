@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 from denoise_by_sigma import psnr  # noqa: E402
-from quality import HELD_OUT, TAE, load_decoder, reference_and_latent, taef1_image  # noqa: E402
+from quality import HELD_OUT, load_decoder, reference_and_latent, taef1_image  # noqa: E402
 
-from pid_sdk.tae import TinyAutoencoder  # noqa: E402
+from pid_sdk.tae import SHARED_TAE_DIR, TinyAutoencoder  # noqa: E402
 
 
 def bicubic_x4(tae: TinyAutoencoder, latent: Tensor) -> Tensor:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=8, help="decodes averaged for the posterior-mean row")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    decoder, tae, result = load_decoder(args.model), TinyAutoencoder(TAE, "taef1"), {}
+    decoder, tae, result = load_decoder(args.model), TinyAutoencoder(SHARED_TAE_DIR, "taef1"), {}
     print("| image | method | " + " | ".join(f"1/{f}" for f in args.factors) + " |")
     print("|---|---|" + "---|" * len(args.factors))
     for name in args.images:

@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 
 import pid_sdk  # noqa: E402
 from pid_sdk.checkpoints import LoadedModel  # noqa: E402
-from pid_sdk.tae import TinyAutoencoder  # noqa: E402
+from pid_sdk.tae import SHARED_TAE_DIR, TinyAutoencoder  # noqa: E402
 from training.data import DEMO_HELD_OUT, centre_crop, downsample, named_image, to_tensor  # noqa: E402
 from training.trainer import is_run_folder, load_run_ema  # noqa: E402
 
-TAE = ROOT.parent / "shared" / "data" / "tae"
+
 # Real photographs outside the demo's training pool: chelsea (held out on purpose), grey or small ones the pool skips
 HELD_OUT = DEMO_HELD_OUT + ("opencv-doc.messi5", "opencv-doc.butterfly", "skimage.camera")
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dec = load_decoder(args.model)
-    tae = TinyAutoencoder(TAE, "taef1")
+    tae = TinyAutoencoder(SHARED_TAE_DIR, "taef1")
     rows, tiles = [], []
     for name in args.images:
         hr, latent = reference_and_latent(name, tae, args.size)

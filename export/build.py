@@ -18,7 +18,7 @@ import torch
 from export.onnx_export import ATTENTION_COMPUTE
 from pid_sdk.checkpoints import sha256_file, usual_permissions
 from pid_sdk.errors import ConfigError, PiDError
-from pid_sdk.runtime.manifest import Entry, read_manifest, verify_files, write_manifest
+from pid_sdk.runtime.manifest import Entry, read_engine_manifest, verify_files, write_manifest
 from pid_sdk.runtime.selection import TARGETS, covers
 from pid_sdk.runtime.tensorrt_backend import plan_header
 
@@ -73,7 +73,7 @@ def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int
     `attention_dtype`: only graph sets exported with it ("native": without --attention-dtype); None: any."""
     trt, backend, sms = prepare_target(target, options)
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_engine_manifest(folder)
     sources = [e for e in manifest.entries if e.backend == "onnx" and (not sizes or e.bucket in sizes)
                and (batch is None or e.batch == batch) and (not precisions or e.precision in precisions)
                and (attention_dtype is None or (e.attention_dtype or "native") == attention_dtype)]
@@ -114,21 +114,36 @@ class MatrixResult:
     unexported: list[str]  # (target, size, precision) that could be built here but have no ONNX graph set
 
 
+def matrix_sizes(matrix: dict, manifest) -> list[tuple[int, int]]:
+    """The matrix's buckets for the folder's preset; for a model it does not list (the demo, a fine-tune), the
+    sizes exported into the folder."""
+    from pid_sdk.buckets import Bucket
+
+    listed = matrix.get("presets", {}).get(manifest.config.name, {}).get("buckets")
+    if listed:
+        return [(b.height, b.width) for b in map(Bucket.parse, listed)]
+    return sorted({e.bucket for e in manifest.entries if e.backend == "onnx"})
+
+
+def matrix_variants(matrix: dict) -> list[tuple[str, str | None]]:
+    """Every (graph precision, attention dtype) the matrix's targets build from: what `pid-sdk export --matrix`
+    exports (None: attention in the graph's precision)."""
+    wanted = {(p, spec.get("attention_dtype")) for spec in matrix["targets"].values() for p in spec["precisions"]}
+    return sorted(wanted, key=lambda v: (v[0], v[1] or ""))
+
+
 def build_matrix(folder: str | Path, matrix: dict, *, options: BuildOptions = BuildOptions(),
                  log=print) -> MatrixResult:
     """Every target of the matrix that this machine can build, with the matrix's precisions, attention dtype and
-    the buckets of the folder's preset; the targets that need another host are reported, not failed."""
-    from pid_sdk.buckets import Bucket
-    from pid_sdk.runtime.engine_set import skip_reason
+    sizes (`matrix_sizes`); the targets that need another host are reported, not failed."""
+    from pid_sdk.runtime.open_folder import skip_reason
 
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    preset = manifest.config.name
-    if preset not in matrix.get("presets", {}):
-        raise ConfigError(f"The build matrix has no buckets for the folder's preset {preset}.",
-                          received=preset, expected=sorted(matrix.get("presets", {})),
-                          fix=f"add {preset} to its presets")
-    sizes = [(b.height, b.width) for b in map(Bucket.parse, matrix["presets"][preset]["buckets"])]
+    manifest = read_engine_manifest(folder)
+    sizes = matrix_sizes(matrix, manifest)
+    if not sizes:
+        raise ConfigError(f"{folder} has no ONNX graph sets, and the build matrix lists no sizes for "
+                          f"{manifest.config.name}.", fix=f"pid-sdk export {folder} --matrix MATRIX --size HxW")
     result = MatrixResult([], [], [])
     for target, spec in matrix["targets"].items():
         try:

@@ -5,19 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.build import BuildOptions, build_engines, build_matrix, load_matrix
-from export.engine_set import export_engine_set
-from pid_sdk.buckets import Bucket, default_buckets
+from export.build import BuildOptions, build_engines, build_matrix, load_matrix, matrix_variants
+from export.export_folder import export_engine_set
+from pid_sdk.buckets import Bucket
 from pid_sdk.errors import InputError
 
 
 def export(args) -> int:
-    name = args.preset or (args.model and Path(args.model).name) or ""
-    sizes = [Bucket.parse(s) for s in args.size] if args.size else list(default_buckets(name))
+    sizes = [Bucket.parse(s) for s in args.size] if args.size else None  # None: the model's trained sizes
+    variants = None
+    if args.matrix:  # every (precision, attention) the matrix's targets build from
+        if args.precision or args.attention_dtype:
+            raise InputError("--matrix chooses the precisions and attention dtypes itself.",
+                             received=f"--precision {args.precision} --attention-dtype {args.attention_dtype}",
+                             fix="drop --precision / --attention-dtype, or drop --matrix")
+        variants = matrix_variants(load_matrix(Path(args.matrix)))
     manifest = export_engine_set(args.folder, model=args.model, preset=args.preset, seed=args.seed, sizes=sizes,
                                  batch=args.batch, precisions=args.precision or ["fp32"],
-                                 attention_dtype=args.attention_dtype, trust_pickle=args.trust_pickle,
-                                 calib_samples=args.calib_samples, format=args.format, device=args.device)
+                                 attention_dtype=args.attention_dtype, variants=variants,
+                                 trust_pickle=args.trust_pickle, calib_samples=args.calib_samples,
+                                 format=args.format, device=args.device)
     print(f"{args.folder}: {len(manifest.entries)} entries ({manifest.config.name})")
     return 0
 

@@ -81,7 +81,8 @@ def export_graph_set(model: nn.Module, cfg: PiDConfig, bucket: Bucket, folder: P
 
         apply_fp8_attention(model, attention_scales, mha=attention_dtype == "fp8-mha")
     model.set_attention_dtype(ATTENTION_COMPUTE[attention_dtype] if attention_dtype else None)
-    rel_dir = Path("onnx") / f"{bucket.name}-b{batch}-{precision}"
+    variant = precision + (f"-attn-{attention_dtype}" if attention_dtype else "")  # as Entry.variant
+    rel_dir = Path("onnx") / f"{bucket.name}-b{batch}-{variant}"
     (folder / rel_dir).mkdir(parents=True, exist_ok=True)
     inputs = example_inputs(cfg, bucket, batch)
     files, hashes, io_spec = {}, {}, {}

@@ -34,10 +34,7 @@ class Bucket:
         return self.height // step, self.width // step
 
 
-# (height, width): square, 4:3, 3:4, 7:4, 4:7 at about 4.2 megapixels, and twice each side for 2k->4k models.
-BUCKETS_2K = tuple(Bucket(h, w) for h, w in [(2048, 2048), (2304, 1728), (1728, 2304), (2688, 1536), (1536, 2688)])
-BUCKETS_4K = tuple(Bucket(2 * b.height, 2 * b.width) for b in BUCKETS_2K)
-
-
-def default_buckets(preset: str) -> tuple[Bucket, ...]:
-    return BUCKETS_4K if "2kto4k" in preset else BUCKETS_2K
+def trained_buckets(cfg) -> tuple[Bucket, ...]:
+    """The output sizes the model's weights were trained at (`PiDConfig.trained_sizes`): what export and compare
+    do by default, and the windows of a windowed decode."""
+    return tuple(Bucket(h, w) for h, w in cfg.trained_sizes)

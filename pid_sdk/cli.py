@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 
 from pid_sdk.errors import ConfigError, InputError, PiDError
 from pid_sdk.runtime.speed import SPEEDS
+from pid_sdk.tae import SHARED_TAE_DIR
 
 MAX_FILE_LATENTS = 1024  # images one `pid-sdk decode` writes
-TAE_DIR = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tae")
+OPTION_EXAMPLES = (("--batch-wait-ms", "10"), ("--max-body-mb", "64"), ("--num-gpus", "1"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,10 +59,10 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "seed": (("--seed",), dict(type=int, default=0)),
     "preset": (("--preset",), dict(help="a preset with seeded random weights")),
     "engine-sizes": (("--size",), dict(action="append", help="output HEIGHTxWIDTH (repeatable; default: export the "
-                                      "preset's buckets, build and compare every exported size)")),
+                                      "sizes the model was trained at, build and compare every exported size)")),
     "data": (("--data",), dict(help="folder of images (default: the photographs that ship inside packages)")),
     "tae": (("--tae",), dict(default="taef1", help="latent encoder: a tiny autoencoder of shared/data/tae")),
-    "tae-dir": (("--tae-dir",), dict(default=TAE_DIR)),
+    "tae-dir": (("--tae-dir",), dict(default=str(SHARED_TAE_DIR))),
     "crop-size": (("--size",), dict(type=int, default=512, help="square crop side (output pixels)")),
     "buckets": (("--buckets",), dict(nargs="+", metavar="HxW", help="aspect buckets instead of --size, e.g. "
                                      "512x512 384x640 640x384 (images go to the nearest)")),
@@ -120,8 +122,11 @@ def _decode_arguments(sub) -> None:
     p.add_argument("--latent-space", help="flux1, sd3, sdxl, flux2, qwenimage, dinov2, siglip (default: the model's)")
     p.add_argument("--latent-sigma", type=float, default=0.0, help="noise level of a partially denoised capture")
     p.add_argument("--raw", action="store_true", help="the latent is a raw VAE latent, not normalised")
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--steps", type=int, help="network calls (default: 4 for the sde / ode student samplers, 50 for the "
+                   "teacher)")
     p.add_argument("--sampler", choices=["sde", "ode", "teacher"], default="sde")
+    p.add_argument("--guidance", type=float, default=5.0, help="the teacher's text guidance (1: none; other values "
+                   "need --text-encoder for the negative prompt)")
     p.add_argument("--prompt", help="caption (needs --text-encoder)")
     p.add_argument("--text-encoder", help="local folder of Gemma-2-2B-it")
     p.add_argument("--text-embeddings", help="file with [L, 2304] or [B, L, 2304] embeddings")
@@ -155,6 +160,8 @@ def _export_arguments(sub) -> None:
                    "(bindings/) and backend='aoti'")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="the device AOTInductor packages are compiled for (cuda: on a CUDA host)")
+    p.add_argument("--matrix", help="export every precision and attention dtype a build matrix's targets build from "
+                   "(engines/matrix.json), for `pid-sdk build --matrix`")
     _add(p, "trust-pickle")
     p.set_defaults(run="export.commands:export")
 
@@ -259,10 +266,10 @@ def _verify_arguments(sub) -> None:
 # --- info -----------------------------------------------------------------------------------------------------
 def _info(args) -> int:
     from pid_sdk.config import PRESETS, get_preset
-    from pid_sdk.runtime.manifest import is_engine_dir, read_manifest
+    from pid_sdk.runtime.manifest import is_engine_dir, read_engine_manifest
 
     if args.presets:
-        from pid_sdk.checkpoints import read_manifest as read_artefact_manifest
+        from pid_sdk.checkpoints import read_artefact_manifest
         from pid_sdk.config import DEMO_MODEL
 
         for name, cfg in PRESETS.items():
@@ -273,7 +280,7 @@ def _info(args) -> int:
     if args.preset:
         cfg, params, source = get_preset(args.preset), None, "preset"
     elif args.model and is_engine_dir(args.model):
-        manifest = read_manifest(args.model)
+        manifest = read_engine_manifest(args.model)
         print(describe(manifest.config, None, f"engine folder {args.model}"))
         for e in manifest.entries:
             extra = {"onnx": "", "aoti": f" torch {e.torch_version}"}.get(e.backend,
@@ -335,6 +342,9 @@ def _convert(args) -> int:
 # --- compare / verify ----------------------------------------------------------------------------------------
 def _compare(args) -> int:
     from pid_sdk.compare import compare_folder, summary
+    from pid_sdk.inputs import MAX_COMPARE_STEPS, check_int
+
+    check_int("--steps", args.steps, 1, MAX_COMPARE_STEPS, "4 (default), or 1, 2, 3, ...")
 
     results = compare_folder(args.folder, args.backend, sizes=args.size, steps=args.steps, seed=args.seed,
                              verify=not args.no_verify)
@@ -352,9 +362,12 @@ def _serve(args) -> int:
 
     for name, high in (("port", 65535), ("replicas", 1024), ("max_batch", 256), ("max_queue", 100000)):
         check_int(f"--{name.replace('_', '-')}", getattr(args, name), 1, high, "1, 2, 3, ...")
-    if args.batch_wait_ms < 0 or args.max_body_mb <= 0 or (args.num_gpus is not None and args.num_gpus < 0):
-        raise InputError("--batch-wait-ms, --max-body-mb and --num-gpus must be positive.",
-                         received=(args.batch_wait_ms, args.max_body_mb, args.num_gpus), fix="e.g. --batch-wait-ms 10")
+    for flag, value, low, high in (("--batch-wait-ms", args.batch_wait_ms, 0, 60_000),
+                                   ("--max-body-mb", args.max_body_mb, 1e-3, 4096),
+                                   ("--num-gpus", 1 if args.num_gpus is None else args.num_gpus, 0, 64)):
+        if not (math.isfinite(value) and low <= value <= high):  # nan passes every comparison but this one
+            raise InputError(f"{flag} is out of range.", received=value, expected=f"a number in [{low}, {high}]",
+                             fix=f"e.g. {flag} {dict(OPTION_EXAMPLES)[flag]}")
     try:
         autoscaling = json.loads(args.autoscaling) if args.autoscaling else None
         assert autoscaling is None or isinstance(autoscaling, dict)
@@ -377,10 +390,10 @@ def _check_model(path: str) -> None:
     """What the replicas will load, checked in this process on the CPU (no GPU memory taken from the replicas):
     an engine folder's manifest and paths, or a model's weights and configuration."""
     from pid_sdk.checkpoints import load_checkpoint
-    from pid_sdk.runtime.manifest import is_engine_dir, read_manifest
+    from pid_sdk.runtime.manifest import is_engine_dir, read_engine_manifest
 
     if is_engine_dir(path):
-        read_manifest(path)
+        read_engine_manifest(path)
     else:
         load_checkpoint(path)
 
@@ -400,7 +413,7 @@ def _verify(args) -> int:
 def _decode(args) -> int:
     from pid_sdk.decoder import Decoder
     from pid_sdk.image_files import check_destination, write_png_atomic
-    from pid_sdk.inputs import MAX_STEPS, check_int, check_seed
+    from pid_sdk.inputs import MAX_STEPS, check_guidance, check_int, check_seed
     from pid_sdk.latent_files import read_latent_file
 
     out = Path(args.output)
@@ -409,38 +422,57 @@ def _decode(args) -> int:
                          fix=f"pass -o {out.with_suffix('.png')}")
     check_destination(out)
     check_int("--batch-size", args.batch_size, 1, MAX_FILE_LATENTS, "1 (default), 2, 4, ...")  # before the bar opens
-    check_int("--steps", args.steps, 1, MAX_STEPS, "4 (default), or 1, 2, 3, ...")
+    if args.steps is not None:
+        check_int("--steps", args.steps, 1, MAX_STEPS, "4 (default), or 1, 2, 3, ...")
     check_seed(args.seed)
+    check_guidance(args.guidance)
     if args.prompt is not None and not args.text_encoder:
         raise InputError("--prompt needs a text encoder.", received=args.prompt,
                          expected="--text-encoder PATH (a local Gemma-2-2B-it folder)",
                          fix="pass --text-encoder, or --text-embeddings FILE instead of --prompt")
     latents = read_latent_file(args.latent, trust_pickle=args.trust_pickle)
     latents = latents[None] if latents.ndim == 3 else latents
+    count = len(latents) if latents.ndim == 4 else 1  # another rank is refused by the decoder's check below
+    if count > MAX_FILE_LATENTS:  # a broadcast view makes any count cost nothing to send
+        raise InputError(f"The latent file holds {count:,} latents.", received=f"shape {tuple(latents.shape)}",
+                         expected=f"at most {MAX_FILE_LATENTS} latents a command",
+                         fix="split the file, or decode through the API in a loop")
+    check_seed([args.seed + i for i in range(count)], count)  # seed + index, for every latent
     text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
     dec = Decoder.load(args.model, preset=args.preset, device=args.device, precision=args.precision,
                        trust_pickle=args.trust_pickle, text_encoder=args.text_encoder, speed=args.speed,
                        verify=not args.no_verify)
-    if latents.ndim == 4 and len(latents) > MAX_FILE_LATENTS:  # a broadcast view makes any count cost nothing to send
-        raise InputError(f"The latent file holds {len(latents):,} latents.", received=f"shape {tuple(latents.shape)}",
-                         expected=f"at most {MAX_FILE_LATENTS} latents a command",
-                         fix="split the file, or decode through the API in a loop")
     size = args.batch_size
-    chunks = [latents[i:i + size] for i in range(0, len(latents), size)] if latents.ndim == 4 else [latents]
+    starts = range(0, count, size) if latents.ndim == 4 else [0]
+    chunks = [latents[i:i + size] if latents.ndim == 4 else latents for i in starts]
     for chunk in chunks:  # every chunk refused or accepted before the first one is decoded
         dec.check(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
-    images = []
-    with _progress(len(latents), args.steps, args.quiet) as bar:
-        for i, chunk in enumerate(chunks):
-            images.extend(dec.decode(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma,
-                                     prompt=args.prompt, text_embeddings=text, steps=args.steps,
-                                     seed=args.seed + i * size, sampler=args.sampler, normalized=not args.raw,
-                                     output="pil", on_step=lambda i, n, k=len(chunk): bar.update(k)))  # noqa: B008
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
-    for image, path in zip(images, paths):
-        write_png_atomic(image, path)
-        print(f"wrote {path} ({image.width}x{image.height})")
+    paths = output_paths(out, count)
+    steps = args.steps or dec.default_steps(args.sampler)
+    with _progress(count, steps, args.quiet) as bar:
+        for start, chunk in zip(starts, chunks):
+            # one seed per latent (seed + its index in the file): an image does not depend on --batch-size
+            images = dec.decode(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma,
+                                prompt=args.prompt, text_embeddings=_rows(text, start, len(chunk), count),
+                                steps=steps, seed=[args.seed + start + i for i in range(len(chunk))],
+                                sampler=args.sampler, guidance=args.guidance, normalized=not args.raw, output="pil",
+                                on_step=lambda i, n, k=len(chunk): bar.update(k))  # noqa: B008
+            for image, path in zip(images, paths[start:]):  # written as each chunk finishes
+                write_png_atomic(image, path)
+                bar.write(f"wrote {path} ({image.width}x{image.height})", file=sys.stdout)
     return 0
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    """NAME.png for one image, NAME_0.png, NAME_1.png, ... for a batch."""
+    return [out] if count == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
+
+
+def _rows(text, start: int, count: int, total: int):
+    """The text embeddings of one chunk: its own rows where the file holds one embedding per latent."""
+    if text is None or text.ndim != 3 or text.shape[0] != total or total == 1:
+        return text
+    return text[start:start + count]
 
 
 def _progress(batch: int, steps: int, quiet: bool):

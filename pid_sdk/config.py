@@ -79,15 +79,23 @@ class AdapterConfig:
     unpatchify_factor: int = 1
 
 
+# Output sizes (height, width) of the official checkpoints' training: square, 4:3, 3:4, 7:4, 4:7 at about 4.2
+# megapixels, and twice each side for the 2k->4k models.
+SIZES_2K = ((2048, 2048), (2304, 1728), (1728, 2304), (2688, 1536), (1536, 2688))
+SIZES_4K = tuple((2 * h, 2 * w) for h, w in SIZES_2K)
+
+
 @dataclass(frozen=True)
 class PiDConfig:
-    """A whole network: the backbone, and the adapter unless it is the bare PixelDiT."""
+    """A whole network: the backbone, and the adapter unless it is the bare PixelDiT; and the output sizes its
+    weights were trained at (the sizes export and compare default to, and windowed decoding's windows)."""
 
     name: str
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     adapter: AdapterConfig | None = None
     latent_space: str | None = None
     description: str = ""
+    trained_sizes: tuple[tuple[int, int], ...] = SIZES_2K
 
     def __post_init__(self) -> None:
         validate(self)
@@ -107,6 +115,8 @@ class PiDConfig:
             backbone = BackboneConfig(**data["backbone"])
             adapter = AdapterConfig(**data["adapter"]) if data.get("adapter") else None
             rest = {k: v for k, v in data.items() if k not in ("backbone", "adapter")}
+            if "trained_sizes" in rest:  # JSON lists -> the tuples a frozen config holds
+                rest["trained_sizes"] = tuple(tuple(size) for size in rest["trained_sizes"])
             return cls(backbone=backbone, adapter=adapter, **rest)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ConfigError(
@@ -147,6 +157,14 @@ def _field_problems(section: object) -> list[str]:
     return problems
 
 
+def _sizes_ok(sizes: object) -> bool:
+    def side(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= 65536
+
+    return (isinstance(sizes, tuple) and 1 <= len(sizes) <= 16
+            and all(isinstance(s, tuple) and len(s) == 2 and all(map(side, s)) for s in sizes))
+
+
 def validate(cfg: PiDConfig) -> None:
     b, a = cfg.backbone, cfg.adapter
     if not isinstance(b, BackboneConfig) or not (a is None or isinstance(a, AdapterConfig)):
@@ -156,6 +174,9 @@ def validate(cfg: PiDConfig) -> None:
     problems = _field_problems(b) + (_field_problems(a) if a is not None else [])
     if not isinstance(cfg.name, str) or not (cfg.latent_space is None or isinstance(cfg.latent_space, str)):
         problems.append("name and latent_space must be strings")
+    if not _sizes_ok(cfg.trained_sizes):
+        problems.append(f"trained_sizes must be 1 to 16 (height, width) pairs of 16 to 65536 pixels, not "
+                        f"{cfg.trained_sizes!r}"[:120])
     if problems:
         raise ConfigError(f"Invalid model configuration {str(cfg.name)[:40]!r}: {problems[0]}.",
                           received="; ".join(problems)[:400], expected="the values of a PiD model (see BOUNDS)",
@@ -196,14 +217,16 @@ def variant(base: PiDConfig, name: str, latent_space: str, description: str, **a
 
 
 _PID_2K = PiDConfig("pid-2k", NTK_1024, ADAPTER_V1, "flux1", "PiD v1 2k, 4x, 16-channel latents (FLUX.1, SD3)")
-_PID_2KTO4K = variant(_PID_2K, "pid-2kto4k", "sd3", "PiD v1 2k->4k, 4x, SD3")
+_PID_2KTO4K = replace(variant(_PID_2K, "pid-2kto4k", "sd3", "PiD v1 2k->4k, 4x, SD3"), trained_sizes=SIZES_4K)
 _PID_V1PT5 = PiDConfig(
-    "pid-2kto4k-v1.5", NTK_2048, ADAPTER_V1PT5, "flux1", "PiD v1.5 2k->4k, 4x, 16-channel (FLUX.1, Qwen-Image)"
+    "pid-2kto4k-v1.5", NTK_2048, ADAPTER_V1PT5, "flux1", "PiD v1.5 2k->4k, 4x, 16-channel (FLUX.1, Qwen-Image)",
+    SIZES_4K,
 )
 
 _OFFICIAL = [
     PiDConfig("pixeldit-1.3b", PIXELDIT, None, None, "PixelDiT-1300M-1024px text-to-image backbone"),
-    PiDConfig("pixeldit-1.3b-2kto4k", NTK_2048, None, None, "PixelDiT finetuned 2k->4k (NTK RoPE, ref 2048)"),
+    PiDConfig("pixeldit-1.3b-2kto4k", NTK_2048, None, None, "PixelDiT finetuned 2k->4k (NTK RoPE, ref 2048)",
+              SIZES_4K),
     _PID_2K,
     variant(_PID_2K, "pid-2k-flux2", "flux2", "PiD v1 2k, 4x, FLUX.2 (128-channel patchified latent)",
             latent_channels=128, latent_factor=16),
@@ -239,7 +262,7 @@ def tiny(cfg: PiDConfig) -> PiDConfig:
     backbone = replace(TINY_BACKBONE, rope_mode=cfg.backbone.rope_mode, rope_ref=cfg.backbone.rope_ref)
     adapter = None if cfg.adapter is None else replace(cfg.adapter, hidden_dim=32, num_res_blocks=2)
     return replace(cfg, name=f"tiny-{cfg.name}", backbone=backbone, adapter=adapter,
-                   description=f"test-size {cfg.name}, random weights")
+                   description=f"test-size {cfg.name}, random weights", trained_sizes=((64, 64),))
 
 
 PRESETS: dict[str, PiDConfig] = {c.name: c for c in _OFFICIAL}
@@ -255,6 +278,7 @@ PRESETS["demo-flux1"] = replace(
                      rope_mode="plain"),
     adapter=replace(ADAPTER_V1, hidden_dim=64, num_res_blocks=2),
     description="pid-sdk demo decoder: FLUX.1 latents -> 4x, 6.8M parameters, trained on package images",
+    trained_sizes=((256, 256), (384, 384), (512, 512)),  # square crops (docs/training.md)
 )
 # Its trained weights, installed with the package: Decoder.load(pid_sdk.DEMO_MODEL) decodes FLUX.1 latents for real.
 DEMO_MODEL = Path(__file__).resolve().parent / "data" / "demo-flux1"

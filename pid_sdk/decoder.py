@@ -20,6 +20,7 @@ from pid_sdk.runtime.torch_backend import TorchRuntime
 from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
 
 SAMPLERS = ("sde", "ode", "teacher")
+STEPS = {"sde": 4, "ode": 4, "teacher": 50}  # the distilled students' 4 steps; the teacher's own default (spec 6.2)
 OUTPUTS = ("tensor", "numpy", "pil")
 
 
@@ -33,7 +34,7 @@ class Decoder:
                 received=source, expected="a PiD checkpoint (keys lq_proj.*)",
                 fix="load a PiD model (e.g. PiD_res2k_sr4x_official_flux_distill_4step/model_ema_bf16.pth)")
         self.config, self.runtime, self.source = config, runtime, source
-        self.text_encoder = _text_encoder(text_encoder, runtime.device)
+        self.text_encoder = _text_encoder(text_encoder, runtime.device, config.backbone.txt_max_length)
         self.max_output_side = inputs.MAX_OUTPUT_SIDE
         self.max_pixels = inputs.MAX_PIXELS  # output pixels of one call: bounds the memory a request can take
 
@@ -78,8 +79,10 @@ class Decoder:
             raise ConfigError("Decoder.load takes a path.", received=type(path).__name__,
                               expected="a str or pathlib.Path: an engine folder, artefact folder or checkpoint",
                               fix="Decoder.load('path/to/model')")
+        trust_pickle, verify = inputs.check_flag("trust_pickle", trust_pickle), inputs.check_flag("verify", verify)
+        _check_text_encoder(text_encoder)
         if path is not None and is_engine_dir(path):
-            from pid_sdk.runtime.engine_set import open_engine_set
+            from pid_sdk.runtime.open_folder import open_engine_set
 
             if speed is not None:
                 raise ConfigError("speed= sets up the PyTorch backend over a checkpoint, not an engine folder.",
@@ -137,7 +140,7 @@ class Decoder:
         prompt: str | list[str] | None = None,
         text_embeddings: Tensor | None = None,
         negative_embeddings: Tensor | None = None,
-        steps: int = 4,
+        steps: int | None = None,
         seed: int | list[int] | None = None,
         sampler: str = "sde",
         guidance: float = 5.0,
@@ -150,13 +153,16 @@ class Decoder:
 
         `latent_sigma` is the noise level of a partially denoised capture (0 = clean), in the LDM's own frame
         (SDXL: the Euler sigma). `sampler` is "sde" (default) or "ode" for distilled students, "teacher" for
-        the undistilled DPM-Solver++ model with text-only guidance. `seed` may list one seed per latent: each
+        the undistilled DPM-Solver++ model with text-only guidance; `steps` defaults to the sampler's own (4 for
+        the students, 50 for the teacher). `seed` may list one seed per latent: each
         image then draws the noise it would draw alone with that seed, and equals the lone decode up to the float
         rounding of batched matrix products (a few 1e-6).
         """
         inputs.check_choice("sampler", sampler, SAMPLERS)
         inputs.check_choice("output", output, OUTPUTS)
-        steps, guidance = inputs.check_steps(steps), inputs.check_guidance(guidance)
+        inputs.check_callback("on_step", on_step)
+        steps = inputs.check_steps(self.default_steps(sampler) if steps is None else steps)
+        guidance = inputs.check_guidance(guidance)
         space = get_latent_space(latent_space or self._require_space())
         z = self._check_latent(latent, space, normalized, stats)
         seed = inputs.check_seed(seed, z.shape[0])
@@ -183,6 +189,12 @@ class Decoder:
         watch.check(image, self.backend_name)
         return to_output(image.cpu(), output)
 
+    @staticmethod
+    def default_steps(sampler: str) -> int:
+        """The network calls `decode` makes by default with this sampler."""
+        inputs.check_choice("sampler", sampler, SAMPLERS)
+        return STEPS[sampler]
+
     # --- input checks ----------------------------------------------------------------------------------------
     def _require_space(self) -> str:
         if self.latent_space is None:
@@ -193,7 +205,8 @@ class Decoder:
 
     def _check_latent(self, latent, space: LatentSpace, normalized: bool, stats) -> Tensor:
         return inputs.check_latent(latent, space, model_space=self.latent_space, adapter=self.config.adapter,
-                                   normalized=normalized, stats=stats, max_side=self.max_output_side,
+                                   normalized=inputs.check_flag("normalized", normalized), stats=stats,
+                                   max_side=self.max_output_side,
                                    max_pixels=self.max_pixels)
 
     def _text(self, prompt, embeddings, batch: int) -> Tensor:
@@ -258,12 +271,20 @@ def _model_fn(backend):
     return lambda x, sigma: backend.infer({"x": x, "sigma": sigma})["v"]
 
 
-def _text_encoder(spec, device: torch.device):
+def _check_text_encoder(spec) -> None:
+    if spec is not None and not isinstance(spec, (str, Path)) and not callable(getattr(spec, "encode", None)):
+        raise ConfigError("text_encoder must be a folder or an encoder.", received=repr(spec)[:80],
+                          expected="a path to a local Gemma-2-2B-it folder, or an object with encode(prompts)",
+                          fix="text_encoder='path/to/gemma-2-2b-it'")
+
+
+def _text_encoder(spec, device: torch.device, max_length: int):
+    """A text encoder from a folder, producing the model's own text length (official models: 300 tokens)."""
     if spec is None or not isinstance(spec, (str, Path)):
         return spec
     from pid_sdk.text import TextEncoder
 
-    return TextEncoder(spec, device=device)
+    return TextEncoder(spec, device=device, max_length=max_length)
 
 
 class _FiniteWatch:

@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-bash bindings/build.sh  # the C ABI and its sample (tests/test_embedding.py)
+bash bindings/build.sh  # the C ABI and its sample (tests/test_c_abi.py)
 .venv/bin/python -m pytest -q "$@"

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from pid_sdk.tae import SHARED_TAE_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-TAE_DIR = ROOT.parent / "shared" / "data" / "tae"
+TAE_DIR = SHARED_TAE_DIR
 
 
 def pytest_collection_modifyitems(config, items):
@@ -38,12 +40,20 @@ def real_image(name: str = "astronaut", size: int = 64) -> torch.Tensor:
 def tiny_engine_folder(tmp_path_factory) -> Path:
     """The tiny preset exported at 64x64 in fp32 (tests that change it work on `copy_folder` of it)."""
     pytest.importorskip("onnxscript")
-    from export.engine_set import export_engine_set
+    from export.export_folder import export_engine_set
     from pid_sdk.buckets import Bucket
 
     folder = tmp_path_factory.mktemp("tiny-engines")
     export_engine_set(folder, preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
     return folder
+
+
+def sealed(manifest: dict) -> dict:
+    """A manifest edited by a test, given the right digest again: what an attacker who edits one can also do, so
+    the checks behind the digest are reached."""
+    from pid_sdk.files import digest
+
+    return {**manifest, "manifest_sha256": digest(manifest)} if isinstance(manifest, dict) else manifest
 
 
 def copy_folder(folder: Path, tmp_path: Path) -> Path:
@@ -52,3 +62,32 @@ def copy_folder(folder: Path, tmp_path: Path) -> Path:
     out = tmp_path / "copy"
     shutil.copytree(folder, out)
     return out
+
+
+GEMMA_HIDDEN = 32  # the tiny presets' txt_embed_dim
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(tmp_path_factory):
+    """A tiny, randomly initialised Gemma-2 and its tokenizer, built offline (no download): a local text encoder."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
+
+    from pid_sdk.text import DEFAULT_NEGATIVE, instruction_prefix
+
+    path = tmp_path_factory.mktemp("gemma")
+    words = sorted(set((instruction_prefix() + " a cat on a red sofa " + DEFAULT_NEGATIVE).replace(",", " , ").split()))
+    vocab = {"<pad>": 0, "<bos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
+    fast.save_pretrained(path)
+    cfg = Gemma2Config(vocab_size=len(vocab), hidden_size=GEMMA_HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
+                       pad_token_id=0, bos_token_id=1)
+    torch.manual_seed(0)
+    Gemma2ForCausalLM(cfg).save_pretrained(path)
+    return path

@@ -7,10 +7,10 @@ pytest.importorskip("onnxruntime")
 trt = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install 'pid-sdk[rtx]')")
 
 from export.build import BuildError, BuildOptions, build_engines, load_matrix  # noqa: E402
-from export.engine_set import export_engine_set  # noqa: E402
+from export.export_folder import export_engine_set  # noqa: E402
 from pid_sdk.buckets import Bucket  # noqa: E402
 from pid_sdk.errors import CheckpointError, ConfigError  # noqa: E402
-from pid_sdk.runtime.manifest import read_manifest  # noqa: E402
+from pid_sdk.runtime.manifest import read_engine_manifest  # noqa: E402
 from pid_sdk.runtime.selection import DeviceInfo, select_entry  # noqa: E402
 from pid_sdk.runtime.tensorrt_backend import check_plan, plan_header  # noqa: E402
 
@@ -33,7 +33,7 @@ def test_engines_are_built_and_recorded(built):
     assert "--timing-cache does not apply to TensorRT-RTX" in note and not (folder / "timing.cache").exists()
     assert len(built_lines) == 6 and all(line.startswith("built rtx5090/") and "MiB" in line for line in built_lines)
     assert not list(folder.rglob("*.tmp"))
-    manifest = read_manifest(folder)
+    manifest = read_engine_manifest(folder)
     rtx = [e for e in manifest.entries if e.backend == "tensorrt_rtx"]
     assert len(rtx) == 2
     for e in rtx:
@@ -46,7 +46,7 @@ def test_engines_are_built_and_recorded(built):
 
 def test_selection_finds_the_built_engine_for_an_rtx_5090(built):
     folder, _, _ = built
-    manifest = read_manifest(folder)
+    manifest = read_engine_manifest(folder)
     rtx5090 = DeviceInfo(120, tensorrt_rtx=trt.__version__)
     assert select_entry(manifest, str(folder), "tensorrt", (64, 96), 1, rtx5090).precision == "bf16"
     with pytest.raises(ConfigError, match="this GPU is sm 90"):
@@ -74,7 +74,7 @@ def test_attention_outside_fp16_is_refused_before_tensorrt_rtx_can_crash(tmp_pat
 
 def test_tampered_graph_is_refused(tmp_path):
     export_engine_set(tmp_path, preset="tiny", sizes=[Bucket(64, 64)], attention_dtype="fp16", log=lambda *_: None)
-    entry = read_manifest(tmp_path).entries[0]
+    entry = read_engine_manifest(tmp_path).entries[0]
     path = tmp_path / entry.files["adapter"]
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(CheckpointError, match="sha256"):
@@ -112,22 +112,30 @@ def test_full_tensorrt_is_reported_missing_not_faked(tmp_path):
 
 # --- issue 30: builds, headers, bindings, integrity ------------------------------------------------------------
 def test_version_compatible_plans_are_judged_by_one_rule(built):
-    """The header check and selection agree: a version-compatible plan runs on its version or a later one."""
+    """The header check and selection agree: a TensorRT-RTX plan runs on its own release only, whatever its flags;
+    a version-compatible TensorRT plan on its release or a later one of the documented pairs."""
     from dataclasses import replace
 
     from pid_sdk.runtime.selection import runs_on
 
     folder, entries, _ = built
-    entry = replace(entries[0], version_compatible=True)
-    path = folder / entry.files["text"]
+    path = folder / entries[0].files["text"]
     data = path.read_bytes()
     major, minor, patch = data[24:27]
-    later, earlier = f"{major}.{minor + 1}.0", f"{major}.{minor - 1}.0"
-    check_plan(data, path, entry, later)  # the installed library is newer than the plan: runs
-    assert runs_on(entry, DeviceInfo(120, tensorrt_rtx=later))[0]
-    with pytest.raises(CheckpointError, match="same or a later version"):
-        check_plan(data, path, entry, earlier)
-    assert not runs_on(entry, DeviceInfo(120, tensorrt_rtx=earlier))[0]
+    own, later = f"{major}.{minor}.{patch}", f"{major}.{minor + 1}.0"
+    rtx = replace(entries[0], version_compatible=True)
+    check_plan(data, path, rtx, own)
+    assert runs_on(rtx, DeviceInfo(120, tensorrt_rtx=own))[0]
+    with pytest.raises(CheckpointError, match="a later one it is documented to run on"):
+        check_plan(data, path, rtx, later)
+    assert not runs_on(rtx, DeviceInfo(120, tensorrt_rtx=later))[0]
+    trt = replace(entries[0], backend="tensorrt", version_compatible=True, trt_version="10.14.1")
+    tensorrt_plan = b"ftrt" + data[4:24] + bytes([10, 14, 1]) + data[27:]
+    check_plan(tensorrt_plan, path, trt, "10.15.0")  # later, same major: runs
+    assert runs_on(replace(trt, sm=(90,)), DeviceInfo(90, tensorrt="10.15.0"))[0]
+    with pytest.raises(CheckpointError, match="was built by tensorrt 10.14.1"):
+        check_plan(tensorrt_plan, path, trt, "10.13.0")
+    assert not runs_on(replace(trt, sm=(90,)), DeviceInfo(90, tensorrt="10.13.0"))[0]
 
 
 @pytest.mark.parametrize("options,match", [
@@ -192,8 +200,27 @@ def test_matrix_builds_what_this_machine_can_and_reports_the_rest(tmp_path):
     assert len(result.elsewhere) == 1 and result.elsewhere[0].startswith("h100: ")
     assert result.unexported == [f"rtx5090: pid-sdk export {tmp_path} --size 64x128 --precision bf16 "
                                  "--attention-dtype fp16"]
-    with pytest.raises(ConfigError, match="no buckets for the folder's preset tiny"):
-        build_matrix(tmp_path, {"targets": {}, "presets": {"pid-2k": {"buckets": []}}})
+    other = build_matrix(tmp_path, {"targets": {}, "presets": {"pid-2k": {"buckets": ["2048x2048"]}}})
+    assert other.built == other.elsewhere == other.unexported == []  # tiny is not listed: its exported sizes
+
+
+def test_the_whole_build_matrix_exports_and_builds_into_one_folder(tmp_path, capsys):
+    """engines/matrix.json as it ships: rtx5090 with fp16 attention, h100 and gb200 native, bf16 and fp8 each; the
+    export writes all four graph variants, the build makes the RTX plans here and names the hosts the rest needs."""
+    from export.build import MATRIX
+    from pid_sdk.cli import main
+
+    folder = tmp_path / "engines"
+    assert main(["export", str(folder), "--preset", "tiny", "--size", "64x64", "--matrix", str(MATRIX)]) == 0
+    keys = sorted(e.key for e in read_engine_manifest(folder).entries)
+    assert keys == ["onnx:-:64x64:b1:bf16", "onnx:-:64x64:b1:bf16-attn-fp16", "onnx:-:64x64:b1:fp8",
+                    "onnx:-:64x64:b1:fp8-attn-fp16"]
+    capsys.readouterr()
+    assert main(["build", str(folder), "--matrix", str(MATRIX)]) == 0
+    out = capsys.readouterr().out
+    built = sorted(e.key for e in read_engine_manifest(folder).entries if e.backend == "tensorrt_rtx")
+    assert built == ["tensorrt_rtx:rtx5090:64x64:b1:bf16-attn-fp16", "tensorrt_rtx:rtx5090:64x64:b1:fp8-attn-fp16"]
+    assert "needs another host: h100" in out and "needs another host: gb200" in out and "not exported" not in out
 
 
 def test_the_manifests_bindings_are_what_tensorrt_rtx_parses(built):
@@ -204,7 +231,7 @@ def test_the_manifests_bindings_are_what_tensorrt_rtx_parses(built):
     entry = entries[0]
     spec = io_spec(entry)
     logger = trt.Logger(trt.Logger.ERROR)
-    for graph, onnx_rel in read_manifest(folder).entries[0].files.items():
+    for graph, onnx_rel in read_engine_manifest(folder).entries[0].files.items():
         builder = trt.Builder(logger)
         network = builder.create_network(0)
         assert trt.OnnxParser(network, logger).parse_from_file(str(folder / onnx_rel))
@@ -239,11 +266,13 @@ def test_verify_checks_every_file_without_running_anything(built, tmp_path, caps
     out = capsys.readouterr().out
     assert f"tensorrt_rtx {'.'.join(trt.__version__.split('.')[:3])}" in out and "external data confined" in out
     assert "5 of 5 checks passed" in out
-    plan = folder / read_manifest(folder).entries[-1].files["denoiser"]  # a malformed plan, re-hashed by hand
+    plan = folder / read_engine_manifest(folder).entries[-1].files["denoiser"]  # a malformed plan, re-hashed by hand
     plan.write_bytes(b"vtrt" + b"\x00" * 60 + plan.read_bytes()[64:])
     data = json.loads((folder / "manifest.json").read_text())
     data["entries"][-1]["sha256"][str(plan.relative_to(folder))] = sha256_file(plan)
-    (folder / "manifest.json").write_text(json.dumps(data))
+    from conftest import sealed
+
+    (folder / "manifest.json").write_text(json.dumps(sealed(data)))
     assert main(["verify", str(folder)]) == 2
     out = capsys.readouterr().out
-    assert "FAIL tensorrt_rtx:rtx5090:64x96:b1:bf16" in out and ("malformed" in out or "was built by" in out)
+    assert "FAIL tensorrt_rtx:rtx5090:64x96:b1:bf16-attn-fp16" in out and ("malformed" in out or "was built by" in out)

@@ -61,6 +61,60 @@ def test_decode_file_types_and_batches(tmp_path, capsys, suffix):
     assert Image.open(tmp_path / "o_1.png").size == (96, 64)
 
 
+def test_each_latent_of_a_file_has_its_own_seed_whatever_the_batch_size(tmp_path, capsys):
+    """seed + i for the i-th latent: the images do not depend on --batch-size, and equal the API's decode with one
+    seed per latent (a batched matrix product may round one pixel a level differently)."""
+    from pid_sdk import Decoder
+
+    z = torch.randn(3, 16, 2, 2, generator=torch.Generator().manual_seed(0))
+    save_file({"latent": z}, str(tmp_path / "z.safetensors"))
+    images = {}
+    for size in (1, 2, 3):
+        out = tmp_path / f"b{size}" / "o.png"
+        out.parent.mkdir()
+        code, _, err = run(capsys, "decode", tmp_path / "z.safetensors", "--preset", "tiny", "-o", out, "--seed", "7",
+                           "--batch-size", size, "--steps", "2", "--quiet")
+        assert code == 0, err
+        images[size] = np.stack([np.asarray(Image.open(out.with_name(f"o_{i}.png"))) for i in range(3)]).astype(int)
+    api = Decoder.load(preset="tiny").decode(z, seed=[7, 8, 9], steps=2, output="numpy").astype(int)
+    for size, got in images.items():
+        assert np.abs(got - api).max() <= 1, size
+    assert np.abs(images[1][0] - images[1][1]).mean() > 5  # really other noise per latent
+
+
+def test_the_latent_count_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    from pid_sdk.decoder import Decoder
+
+    save_file({"latent": torch.zeros(1, 16, 2, 2).expand(1025, 16, 2, 2).contiguous()}, str(tmp_path / "z.safetensors"))
+    monkeypatch.setattr(Decoder, "load", classmethod(lambda *a, **k: pytest.fail("loaded the model first")))
+    code, _, err = run(capsys, "decode", tmp_path / "z.safetensors", "--preset", "tiny", "-o", tmp_path / "o.png")
+    assert code == 2 and "holds 1,025 latents" in err
+
+
+def test_images_are_written_as_their_chunk_finishes(tmp_path, capsys, monkeypatch):
+    """A long file does not hold every image in memory until the end: a failure in the second chunk leaves the
+    first chunk's images written whole, and nothing of the second."""
+    from pid_sdk.decoder import Decoder
+    from pid_sdk.errors import NumericsError
+
+    real, calls = Decoder.decode, []
+
+    def fails_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            assert (tmp_path / "o_0.png").is_file() and (tmp_path / "o_1.png").is_file()  # written already
+            raise NumericsError("simulated failure of the second chunk")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Decoder, "decode", fails_second)
+    save_file({"latent": torch.randn(4, 16, 2, 2)}, str(tmp_path / "z.safetensors"))
+    code, _, err = run(capsys, "decode", tmp_path / "z.safetensors", "--preset", "tiny", "-o", tmp_path / "o.png",
+                       "--batch-size", "2", "--steps", "1", "--quiet")
+    assert code == 2 and "simulated failure" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o_0.png", "o_1.png", "z.safetensors"]
+    assert Image.open(tmp_path / "o_1.png").size == (64, 64)
+
+
 def test_convert_then_info_then_decode(tmp_path, capsys):
     ckpt = tmp_path / "model_ema_bf16.pth"
     sd = randomize(build_model(PRESETS["tiny-pid-2k"]), 0).state_dict()
@@ -110,7 +164,12 @@ def test_bad_input_is_a_message_exit_2_and_no_png(tmp_path, capsys, case):
     code, stdout, err = run(capsys, *args)
     assert code == 2
     assert err.startswith("error: ") and "Traceback" not in err
-    assert {"image": "decodes latents, not images", "steps": "--steps must be"}.get(case, "") in err
+    expected = {"channels": "wrong number of channels", "nan": "NaN or Inf", "missing": "No latent file",
+                "bad_model": "corrupt, truncated or not a file written by torch.save",
+                "bad_space": "Unknown latent space",
+                "bad_output": "must be a .png file", "truncated": "truncated or corrupt",
+                "image": "decodes latents, not images", "steps": "--steps must be"}[case]
+    assert expected in err and "fix:" in err
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(".*png"))
 
 

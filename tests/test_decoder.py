@@ -75,8 +75,16 @@ def test_early_termination_uses_latent_sigma(tiny):
     z = torch.randn(1, 16, 4, 4)
     clean, noisy = tiny.decode(z, seed=0), tiny.decode(z, seed=0, latent_sigma=0.4)
     assert (clean - noisy).abs().max() > 1e-4
-    per_sample = tiny.decode(torch.cat([z, z]), seed=0, latent_sigma=torch.tensor([0.0, 0.4]))
-    assert per_sample.shape == (2, 3, 128, 128)
+    per_sample = tiny.decode(torch.cat([z, z]), seed=[0, 0], latent_sigma=torch.tensor([0.0, 0.4]))
+    torch.testing.assert_close(per_sample, torch.cat([clean, noisy]), rtol=0, atol=1e-5)  # each item its own sigma
+
+
+def test_each_sampler_runs_its_own_default_step_count(tiny):
+    z = torch.randn(1, 16, 2, 2)
+    for sampler, steps in (("sde", 4), ("ode", 4), ("teacher", 50)):
+        calls = []
+        tiny.decode(z, seed=0, sampler=sampler, guidance=1.0, on_step=lambda i, n: calls.append((i, n)))
+        assert calls == [(i + 1, steps) for i in range(steps)], sampler
 
 
 def test_sdxl_capture_is_converted_from_the_euler_frame():

@@ -1,4 +1,5 @@
-"""The demo's training scripts (training/demo/train_demo.py, training/demo/pack_gpu_data.py), run as a user runs them."""
+"""The demo's training scripts (training/demo/train_demo.py, training/demo/pack_gpu_data.py), run as a user runs
+them."""
 
 import importlib
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import pid_sdk
-from pid_sdk.checkpoints import load_artefact, read_manifest
+from pid_sdk.checkpoints import load_artefact, read_artefact_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "training" / "demo"
@@ -44,7 +45,7 @@ def test_train_demo_refuses_extra_photographs_beside_a_data_folder(tmp_path, ext
 
 def test_train_demo_records_the_growth_of_its_init():
     initial_model = script("train_demo").initial_model
-    depth = read_manifest(pid_sdk.DEMO_MODEL)["config"]["backbone"]["patch_depth"] + 1
+    depth = read_artefact_manifest(pid_sdk.DEMO_MODEL)["config"]["backbone"]["patch_depth"] + 1
     model, record = initial_model(str(pid_sdk.DEMO_MODEL), {"patch_depth": depth})
     assert len(model.patch_blocks) == depth
     assert record.startswith(f"{pid_sdk.DEMO_MODEL} (") and record.endswith(f") grown to patch_depth={depth}")
@@ -97,7 +98,8 @@ def packed_pool(out: Path, suffix: str) -> tuple[dict, list[Path]]:
     return pool, files
 
 
-def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry_limit(monkeypatch, tmp_path, capsys):
+def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry_limit(monkeypatch, tmp_path, capsys,
+                                                                                     tae_dir):
     """The GPU machine trains on exactly these files: they must hold the pool's pixels, and a pack that would not fit
     the device tool beside the working tree is said so."""
     import numpy as np
@@ -105,7 +107,7 @@ def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry
 
     pack_gpu_data = script("pack_gpu_data")
     monkeypatch.setattr(pack_gpu_data, "CARRY_LIMIT", pack_gpu_data.tracked_bytes() + 1)  # any pack is over it
-    assert pack(monkeypatch, tmp_path / "carry") == 0
+    assert pack(monkeypatch, tmp_path / "carry", "--tae-dir", str(tae_dir)) == 0
     assert "carry limit" in capsys.readouterr().err
     pool, files = packed_pool(tmp_path / "carry", "webp")
     for f in files[:3]:
@@ -114,7 +116,7 @@ def test_pack_gpu_data_writes_the_pool_as_lossless_webp_and_warns_over_the_carry
 
 
 def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out_of_range(monkeypatch, tmp_path,
-                                                                                         capsys):
+                                                                                         capsys, tae_dir):
     import numpy as np
     from PIL import Image
 
@@ -122,7 +124,7 @@ def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out
     with pytest.raises(SystemExit) as exit_:
         pack(monkeypatch, out, "--jpeg-quality", "0")
     assert exit_.value.code == 2 and "expected 1 to 100" in capsys.readouterr().err and not out.exists()
-    assert pack(monkeypatch, out, "--jpeg-quality", "97") == 0
+    assert pack(monkeypatch, out, "--jpeg-quality", "97", "--tae-dir", str(tae_dir)) == 0
     pool, files = packed_pool(out, "jpg")
     for f in files[:3]:
         got = np.asarray(Image.open(f).convert("RGB")).astype(np.float64)
@@ -133,8 +135,8 @@ def test_pack_gpu_data_jpeg_quality_writes_close_jpegs_and_refuses_a_quality_out
 @pytest.mark.slow
 def test_gpu_train_demo_script_runs_both_phases_and_returns_weights_in_parts_on_the_cpu(monkeypatch, tmp_path,
                                                                                         tae_dir):
-    """training/demo/gpu_train_demo.sh is what a lent GPU's few minutes run: a broken step there costs the whole stop, so it
-    runs here on the CPU at the smallest scale, on a pack written as for the GPU (pack_gpu_data.py)."""
+    """training/demo/gpu_train_demo.sh is what a lent GPU's few minutes run: a broken step there costs the whole stop,
+    so it runs here on the CPU at the smallest scale, on a pack written as for the GPU (pack_gpu_data.py)."""
     import os
 
     carry = tmp_path / "carry"
@@ -178,7 +180,8 @@ def test_ship_demo_averages_runs_of_one_config_and_refuses_another(tmp_path):
     shipped = load_artefact(tmp_path / "ship").model.state_dict()
     key = next(k for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k]))
     assert torch.equal(shipped[key].float(), ((a[key] + b[key]) / 2).to(torch.bfloat16).float())
-    assert "mean of the EMA weights of 2 runs, after 0 and 0 steps" in read_manifest(tmp_path / "ship")["source"]
+    source = read_artefact_manifest(tmp_path / "ship")["source"]
+    assert "mean of the EMA weights of 2 runs, after 0 and 0 steps" in source
 
     other = replace(tiny, backbone=replace(tiny.backbone, rope_mode="plain"))  # the same keys, another network
     save_run("c", randomize(build_model(other), 0))
@@ -205,14 +208,14 @@ def test_ship_demo_ships_a_distillation_runs_student_with_its_teachers_lineage(t
     assert main(["distill", str(tmp_path / "dmd"), "--teacher", str(tmp_path / "teacher"), "--data",
                  str(tmp_path / "images"), "--tae-dir", str(tae_dir), "--size", "64", "--fake-updates", "1",
                  "--steps", "1"]) == 0
-    source = read_manifest(tmp_path / "dmd" / "student")["source"]
+    source = read_artefact_manifest(tmp_path / "dmd" / "student")["source"]
     assert source.startswith("pid-sdk distill (DMD2) from") and source.endswith("the teacher: the teacher's own chain")
 
     res = run_script("ship_demo.py", tmp_path / "dmd", "--out", tmp_path / "ship")
     assert res.returncode == 0, res.stderr
     student = load_artefact(tmp_path / "dmd" / "student").model.state_dict()
     shipped = load_artefact(tmp_path / "ship")
-    assert read_manifest(tmp_path / "ship")["dtype"] == "bfloat16" and shipped.manifest["source"] == source
+    assert read_artefact_manifest(tmp_path / "ship")["dtype"] == "bfloat16" and shipped.manifest["source"] == source
     assert all(torch.equal(shipped.model.state_dict()[k].float(), v.to(torch.bfloat16).float())
                for k, v in student.items() if v.is_floating_point())
     res = run_script("ship_demo.py", tmp_path / "dmd", tmp_path / "dmd", "--out", tmp_path / "ship2")

@@ -12,13 +12,13 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 import pid_sdk  # noqa: E402
-from export.engine_set import export_engine_set  # noqa: E402
+from export.export_folder import export_engine_set  # noqa: E402
 from export.onnx_export import inspect_graph  # noqa: E402
 from pid_sdk.buckets import Bucket  # noqa: E402
 from pid_sdk.compare import TOLERANCES, compare, run_parity  # noqa: E402
 from pid_sdk.config import PRESETS  # noqa: E402
 from pid_sdk.errors import CheckpointError, ConfigError, PiDError  # noqa: E402
-from pid_sdk.runtime.manifest import Entry, read_manifest, write_manifest  # noqa: E402
+from pid_sdk.runtime.manifest import Entry, read_engine_manifest, write_manifest  # noqa: E402
 from pid_sdk.runtime.selection import DeviceInfo, runs_on, select_entry  # noqa: E402
 from conftest import copy_folder as copy  # noqa: E402
 
@@ -46,7 +46,7 @@ def exported(request, tmp_path_factory):
 def test_graphs_are_static_opset_23_with_one_attention_op_per_attention(exported):
     folder, preset, _ = exported
     cfg = PRESETS[preset]
-    entry = read_manifest(folder).entries[0]
+    entry = read_engine_manifest(folder).entries[0]
     report = {g: inspect_graph(folder / rel) for g, rel in entry.files.items()}
     for g, r in report.items():
         assert r["opset"] == 23 and r["static"] and not r["forbidden"] and not r["custom"] and not r["complex"], g
@@ -55,7 +55,7 @@ def test_graphs_are_static_opset_23_with_one_attention_op_per_attention(exported
 
 
 def test_tensor_names_equal_forward_arguments(exported):
-    entry = read_manifest(exported[0]).entries[0]
+    entry = read_engine_manifest(exported[0]).entries[0]
     names = {g: ([t["name"] for t in io["inputs"]], [t["name"] for t in io["outputs"]]) for g, io in entry.io.items()}
     assert names == {"text": (["text"], ["text_tokens"]),
                      "adapter": (["latent", "latent_sigma"], ["latent_tokens", "gate_offsets"]),
@@ -74,7 +74,7 @@ def test_onnxruntime_matches_pytorch_per_step_and_image(exported):
     latent = torch.randn(1, space.channels, lh, lw, generator=torch.Generator().manual_seed(0))
     report = run_parity(ref, ort, latent, precision="fp32", latent_sigma=0.2)
     assert report.passed, str(report)
-    assert report.image.max_abs <= TOLERANCES["fp32"].max_abs and len(report.steps) == 4
+    assert report.image.max_abs <= TOLERANCES["fp32"].image.max_abs and len(report.steps) == 4
 
 
 def test_pytorch_fallback_is_the_reference(exported):
@@ -108,7 +108,8 @@ def test_info_lists_the_entries_of_an_engine_folder(folder, capsys):
 
 def test_manifest_format_is_pinned(folder):
     data = json.loads((folder / "manifest.json").read_text())
-    assert set(data) == {"format", "format_version", "preset", "config", "model_sha256", "weights", "entries"}
+    assert set(data) == {"format", "format_version", "preset", "config", "model_sha256", "weights", "entries",
+                         "manifest_sha256"}
     assert data["format"] == "pid-sdk-engines" and data["format_version"] == 1
     entry = data["entries"][0]
     assert {"backend", "bucket", "batch", "precision", "files", "sha256", "io", "target", "sm", "trt_version",
@@ -130,7 +131,7 @@ def test_every_file_of_an_engine_folder_is_readable_by_others(folder):
 @pytest.mark.parametrize("damage", ["missing", "truncated", "modified"])
 def test_damaged_graph_files_are_refused(folder, tmp_path, damage):
     f = copy(folder, tmp_path)
-    path = f / read_manifest(f).entries[0].files["denoiser"]
+    path = f / read_engine_manifest(f).entries[0].files["denoiser"]
     if damage == "missing":
         path.unlink()
     elif damage == "truncated":
@@ -163,9 +164,36 @@ def test_exporting_another_model_into_the_folder_is_refused(folder, tmp_path):
         export_engine_set(f, preset="tiny-pid-2kto4k-v1.5", sizes=[Bucket(64, 64)], log=lambda *_: None)
 
 
-def test_auto_falls_back_with_a_reason(folder):
-    with pytest.warns(UserWarning, match="Falling back to onnxruntime: tensorrt"):
-        dec = pid_sdk.Decoder.load(folder)
+def test_exporting_other_weights_of_the_same_model_is_refused(folder, tmp_path):
+    """One folder, one set of weights: its graphs, plans and model_sha256 all describe them."""
+    f = copy(folder, tmp_path)
+    before = (f / "manifest.json").read_text()
+    with pytest.raises(CheckpointError, match="other weights") as err:
+        export_engine_set(f, preset="tiny", seed=1, sizes=[Bucket(64, 96)], log=lambda *_: None)
+    assert "into a new folder" in err.value.fix and "tensors differ" in str(err.value.received)
+    assert (f / "manifest.json").read_text() == before and not list(f.glob(".*export*"))
+    export_engine_set(f, preset="tiny", seed=0, sizes=[Bucket(64, 96)], log=lambda *_: None)  # the same weights
+    assert {e.bucket for e in read_engine_manifest(f).entries} == {(64, 64), (64, 96)}
+
+
+def test_attention_variants_of_one_size_are_entries_of_their_own(folder, tmp_path):
+    f = copy(folder, tmp_path)
+    export_engine_set(f, sizes=[Bucket(64, 64)], attention_dtype="fp16", log=lambda *_: None)
+    entries = read_engine_manifest(f).entries
+    assert sorted(e.key for e in entries) == ["onnx:-:64x64:b1:fp32", "onnx:-:64x64:b1:fp32-attn-fp16"]
+    assert len({e.files["denoiser"] for e in entries}) == 2 and all((f / e.files["denoiser"]).is_file()
+                                                                    for e in entries)
+    chosen = select_entry(read_engine_manifest(f), str(f), "onnxruntime", (64, 64), 1, DeviceInfo(None))
+    assert chosen.attention_dtype is None
+    from pid_sdk.compare import compare_folder
+
+    judged = {r.entry: r.report.image.row for r in compare_folder(f, "onnxruntime", steps=1)}
+    assert judged == {"onnx:-:64x64:b1:fp32": "fp32", "onnx:-:64x64:b1:fp32-attn-fp16": "fp16"}
+
+
+def test_auto_falls_back_with_a_reason(folder, matrix):
+    with pytest.warns(UserWarning, match="Falling back to onnxruntime: tensorrt: TensorRT engines need a CUDA GPU"):
+        dec = pid_sdk.Decoder.load(matrix[0], device_info=DeviceInfo(None))  # TensorRT plans, no GPU here
     assert dec.backend_name == "onnxruntime"
     with pytest.raises(ConfigError, match="no TensorRT engines"):
         pid_sdk.Decoder.load(folder, backend="tensorrt")
@@ -186,14 +214,14 @@ GB200 = DeviceInfo(100, tensorrt="10.13.0.35", name="GB200")
 @pytest.fixture()
 def matrix(folder, tmp_path):
     f = copy(folder, tmp_path)
-    m = read_manifest(f)
+    m = read_engine_manifest(f)
     for e in [engine("h100", (90,), "10.13.0.35"), engine("h100", (90,), "10.13.0.35", precision="fp8"),
               engine("gb200", (100,), "10.13.0.35"),
               engine("rtx5090", (120,), "1.7.1.116", backend="tensorrt_rtx")]:
         plans = {g: f"{e.target}/2048x2048-b1-{e.precision}/{g}.plan" for g in ("text", "adapter", "denoiser")}
         m.add(replace(e, files=plans, io=m.entries[0].io))  # simulated plans: recorded, never opened here
     write_manifest(f, m)
-    return f, read_manifest(f)
+    return f, read_engine_manifest(f)
 
 
 def test_selection_picks_the_gpus_engine_preferring_fp8(matrix):
@@ -226,18 +254,23 @@ def test_no_engine_for_the_bucket_gives_the_build_command(matrix):
 def test_version_compatible_and_hardware_compatible_plans():
     e = engine("h100", (90,), "10.13.0.35", version_compatible=True)
     assert runs_on(e, DeviceInfo(90, tensorrt="10.14.0"))[0] and not runs_on(e, DeviceInfo(90, tensorrt="10.12.0"))[0]
-    assert runs_on(e, DeviceInfo(90, tensorrt="11.0.0"))[0]  # TensorRT: version-compatible plans run on later majors
+    assert runs_on(e, DeviceInfo(90, tensorrt="11.0.0"))[0]  # documented: TensorRT 10 plans on a TensorRT 11 runtime
+    assert not runs_on(e, DeviceInfo(90, tensorrt="12.0.0"))[0]  # no other pair across majors is
+    assert not runs_on(replace(e, version_compatible=False), DeviceInfo(90, tensorrt="10.14.0"))[0]
     amp = engine("any", (80,), "10.13.0.35", hardware_compatibility="ampere_plus")
     assert runs_on(amp, DeviceInfo(120, tensorrt="10.13.0.35"))[0]
     assert not runs_on(amp, DeviceInfo(75, tensorrt="10.13.0.35"))[0]
 
 
-def test_auto_prefers_tensorrt_when_an_engine_runs(matrix):
-    f, _ = matrix
+def test_auto_chooses_tensorrt_first_where_the_device_has_a_plan(matrix):
+    """Selection only (no GPU here runs a plan): on an H100 with TensorRT, auto opens TensorRT without a fallback
+    warning, and the entry it would run for 2048x2048 is the h100 fp8 plan."""
+    f, m = matrix
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback warning: TensorRT is the first choice and it is available
+        warnings.simplefilter("error")
         dec = pid_sdk.Decoder.load(f, device_info=H100)
     assert dec.backend_name == "tensorrt"
+    assert dec.runtime.active.entry_for(2048, 2048, 1).key == "tensorrt:h100:2048x2048:b1:fp8"
 
 
 def test_compare_reports_the_tolerance_that_would_pass():
@@ -255,7 +288,7 @@ def test_external_weights_are_hashed_and_checked(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)  # what a 1.3B model gets: weights beside the graph
     export_engine_set(tmp_path, preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
-    entry = read_manifest(tmp_path).entries[0]
+    entry = read_engine_manifest(tmp_path).entries[0]
     data = [rel for rel in entry.sha256 if rel.endswith(".onnx.data")]
     assert len(data) == 3
     ort = pid_sdk.Decoder.load(tmp_path, backend="onnxruntime")

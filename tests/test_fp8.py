@@ -11,7 +11,7 @@ pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is no
 import onnx  # noqa: E402
 
 import pid_sdk  # noqa: E402
-from export.engine_set import export_engine_set  # noqa: E402
+from export.export_folder import export_engine_set  # noqa: E402
 from export.fp8 import load_scales  # noqa: E402
 from pid_sdk.fp8 import fp8_layers  # noqa: E402
 from pid_sdk.buckets import Bucket  # noqa: E402
@@ -19,7 +19,7 @@ from pid_sdk.compare import run_parity  # noqa: E402
 from pid_sdk.config import PRESETS  # noqa: E402
 from pid_sdk.errors import CheckpointError  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
-from pid_sdk.runtime.manifest import read_manifest  # noqa: E402
+from pid_sdk.runtime.manifest import read_engine_manifest  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_rebuild_reuses_the_scales_without_recalibrating(fp8_set):
 
 def test_graph_has_standard_fp8_qdq_only_around_quantized_linears(fp8_set):
     folder, _ = fp8_set
-    entry = read_manifest(folder).entries[0]
+    entry = read_engine_manifest(folder).entries[0]
     graph = onnx.load(str(folder / entry.files["denoiser"])).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("QuantizeLinear") > 0 and ops.count("QuantizeLinear") == ops.count("DequantizeLinear")
@@ -104,7 +104,7 @@ def test_fp8_attention_rounds_q_k_v_of_every_attention_through_qdq(fp8_attention
     scales = json.loads((folder / "fp8_attention_scales-64x64.json").read_text())["scales"]
     assert sorted(scales) == sorted(attention_modules(build_model(PRESETS["tiny"])))
     assert all(min(s.values()) > 0 for s in scales.values())
-    entry = next(e for e in read_manifest(folder).entries if e.precision == "fp8-fp32")
+    entry = next(e for e in read_engine_manifest(folder).entries if e.precision == "fp8-fp32")
     assert entry.attention_dtype == "fp8"
     graph = onnx.load(str(folder / entry.files["denoiser"])).graph
     made_by = {out: n for n in graph.node for out in n.output}
@@ -165,7 +165,7 @@ def fp8_mha_set(tmp_path_factory):
 def test_fp8_mha_writes_out_the_attention_with_a_quantised_softmax(fp8_mha_set):
     """No `Attention` op: per attention, Q/DQ feeding both MatMuls directly and a Q/DQ of scale 1/448 on the
     Softmax output (the pattern TensorRT fuses into one FP8 MHA kernel)."""
-    entry = next(e for e in read_manifest(fp8_mha_set).entries if e.precision == "fp8")
+    entry = next(e for e in read_engine_manifest(fp8_mha_set).entries if e.precision == "fp8")
     assert entry.attention_dtype == "fp8-mha"
     graph = onnx.load(str(fp8_mha_set / entry.files["denoiser"])).graph
     made_by = {out: n for n in graph.node for out in n.output}

@@ -305,7 +305,8 @@ def test_cuda_training_under_bf16_autocast_learns_and_resumes(tmp_path, objectiv
 
 
 def test_pair_sampler_cuts_crops_on_the_gpu_as_on_the_cpu():
-    """training/demo/train_demo.py --device cuda crops there; the same seed gives the CPU's crops (same positions, flips)."""
+    """training/demo/train_demo.py --device cuda crops there; the same seed gives the CPU's crops (same positions,
+    flips)."""
     import numpy as np
 
     from training.data import PairSampler

@@ -22,7 +22,7 @@ def runnable_target() -> str:
 def test_engines_match_pytorch(tmp_path):
     target = runnable_target()
     from export.build import build_engines
-    from export.engine_set import export_engine_set
+    from export.export_folder import export_engine_set
     from pid_sdk.buckets import Bucket
     from pid_sdk.compare import compare_folder, summary
 

@@ -7,30 +7,9 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from pid_sdk import Decoder  # noqa: E402
-from pid_sdk.text import DEFAULT_NEGATIVE, TextEncoder, instruction_prefix  # noqa: E402
+from pid_sdk.text import TextEncoder, instruction_prefix  # noqa: E402
 
 HIDDEN = 32
-
-
-@pytest.fixture(scope="module")
-def gemma_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("gemma")
-    words = sorted(set((instruction_prefix() + " a cat on a red sofa " + DEFAULT_NEGATIVE).replace(",", " , ").split()))
-    vocab = {"<pad>": 0, "<bos>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>")
-    fast.save_pretrained(path)
-    cfg = Gemma2Config(vocab_size=len(vocab), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024,
-                       pad_token_id=0, bos_token_id=1)
-    torch.manual_seed(0)
-    Gemma2ForCausalLM(cfg).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +40,12 @@ def test_selection_is_bos_plus_last_positions(encoder):
     torch.testing.assert_close(encoder.encode(["a cat"]), want.float())
 
 
-def test_cache_returns_the_same_tensor(encoder):
-    encoder.encode(["a cat"])
-    cached = encoder._cache[("a cat", True)]
-    assert encoder._cached("a cat", True) is cached
+def test_a_cached_prompt_does_not_run_the_model_again(encoder, monkeypatch):
+    first = encoder.encode(["a cat"])
+    monkeypatch.setattr(encoder, "_encode_one", lambda *a: pytest.fail("the model ran for a cached prompt"))
+    torch.testing.assert_close(encoder.encode(["a cat"]), first, rtol=0, atol=0)
+    with pytest.raises(pytest.fail.Exception, match="ran for a cached prompt"):
+        encoder.encode(["a dog"])  # the negative control: a new prompt does run it
 
 
 def test_missing_folder_is_a_config_error(tmp_path):

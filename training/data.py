@@ -109,7 +109,7 @@ def _loaded_or_none(load: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.n
     """The images of one optional source, or none where its package is absent or installed without its data."""
     try:
         return load()
-    except Exception:
+    except (ImportError, OSError):
         return {}
 
 
@@ -170,8 +170,8 @@ WALLPAPER_SOURCES = tuple(  # the demo's pool from the thirteenth stop on (train
     for package in WALLPAPER_PHOTOGRAPHS)
 
 
-# The pool's third part (`training/demo/train_demo.py --more-photographs`, eighteenth stop): photographs the first two leave out,
-# grey ones among them, read as RGB with three equal channels (the held-out skimage.camera is grey too).
+# The pool's third part (`training/demo/train_demo.py --more-photographs`, eighteenth stop): photographs the first
+# two leave out, grey ones among them, read as RGB with three equal channels (the held-out skimage.camera is grey too).
 SKIMAGE_GREY = ("brick", "coins", "grass", "gravel", "moon")
 OPENCV_DOC_GREY = ("basketball1", "basketball2", "box_in_scene")
 LABELME = Path("/usr/share/doc/labelme-examples/examples")  # Debian's labelme-examples: PASCAL VOC and other photos

@@ -11,13 +11,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from pid_sdk.errors import ConfigError
 
-BACKENDS = {
+SDPA_KERNELS = {
     "flash": SDPBackend.FLASH_ATTENTION,
     "cudnn": SDPBackend.CUDNN_ATTENTION,
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-ATTENTION_CHOICES = ("auto", *BACKENDS)
+ATTENTION_CHOICES = ("auto", *SDPA_KERNELS)
 # aten operator of each kernel family, as the profiler names it
 KERNEL_OPS = {
     "_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
@@ -48,7 +48,7 @@ def lse_kernel(name: str, device: torch.device) -> str:
 def attention_context(name: str):
     """Restrict SDPA to one kernel family ("auto": PyTorch's own choice). Fails loudly if that kernel cannot run."""
     check_attention(name)
-    return contextlib.nullcontext() if name == "auto" else sdpa_kernel([BACKENDS[name]])
+    return contextlib.nullcontext() if name == "auto" else sdpa_kernel([SDPA_KERNELS[name]])
 
 
 def profiled_events(fn: Callable[[], object]) -> list:

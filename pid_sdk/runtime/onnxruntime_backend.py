@@ -29,9 +29,25 @@ def import_onnxruntime():
 
 
 def choose_providers(providers: tuple[str, ...] | None = None) -> list[str]:
-    """The requested providers this ONNX Runtime has, in order; the CPU provider when none of them is."""
-    available = import_onnxruntime().get_available_providers()
-    return [p for p in (providers or DEFAULT_PROVIDERS) if p in available] or ["CPUExecutionProvider"]
+    """The requested providers this ONNX Runtime has, in order; the CPU provider when none of them is (with a
+    warning when the caller named them). A name ONNX Runtime does not know is refused."""
+    ort = import_onnxruntime()
+    if providers is not None:
+        if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
+            raise ConfigError("providers= takes a list of ONNX Runtime provider names.", received=repr(providers)[:80],
+                              expected="e.g. ['CUDAExecutionProvider', 'CPUExecutionProvider']",
+                              fix="pass a list (or leave providers out: the fastest available)")
+        unknown = [p for p in providers if p not in ort.get_all_providers()]
+        if unknown:
+            raise ConfigError("ONNX Runtime knows no such execution provider.", received=unknown,
+                              expected=", ".join(ort.get_all_providers()[:8]) + ", ...",
+                              fix="check the spelling, e.g. 'CUDAExecutionProvider'")
+    available = ort.get_available_providers()
+    chosen = [p for p in (providers or DEFAULT_PROVIDERS) if p in available]
+    if not chosen:
+        warnings.warn(f"None of the providers {list(providers)} is available in this ONNX Runtime (it has "
+                      f"{available}): running on CPUExecutionProvider", stacklevel=3)
+    return chosen or ["CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend:

@@ -44,7 +44,7 @@ class DeviceInfo:
 def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
-    except Exception:  # absent, or present without its libraries
+    except (ImportError, OSError):  # absent, or present without its libraries
         return None
 
 
@@ -57,8 +57,9 @@ def runs_on(entry: Entry, device: DeviceInfo) -> tuple[bool, str]:
         return False, f"{entry.backend} is not installed"
     if not covers(entry.backend, entry.sm, entry.hardware_compatibility, device.sm):
         return False, f"built for sm {list(entry.sm)} ({_level(entry)}), this GPU is sm {device.sm}"
-    if not version_runs(entry.trt_version or "", installed, entry.version_compatible):
-        rule = "same or later" if entry.version_compatible else "exactly the same"
+    if not version_runs(entry.trt_version or "", installed, entry.version_compatible, entry.backend):
+        rule = "a later release of the same major, or 8 -> 10, 10 -> 11" if entry.version_compatible \
+            else "exactly the same"
         return False, f"built with {entry.backend} {entry.trt_version}, installed {installed} (needs {rule} version)"
     return True, ""
 
@@ -78,13 +79,25 @@ def _level(entry: Entry) -> str:
     return f"hardware compatibility {entry.hardware_compatibility}"
 
 
-def version_runs(built: str, installed: str, version_compatible: bool) -> bool:
-    """A plan runs on exactly the library version that built it; a version-compatible plan on that version or any
-    later one (TensorRT's documented rule: version-compatible plans run on later releases, never earlier ones)."""
+# NVIDIA's documented version compatibility (TensorRT 11.4 support matrix, "Engine Portability"): a plan built with
+# VERSION_COMPATIBLE (TensorRT 8.6 and later) runs on its own release and later ones of the same major version, and
+# across major versions only 8 -> 10 and 10 -> 11. Every other plan runs on exactly the release that built it.
+VERSION_COMPATIBLE_SINCE = (8, 6, 0)
+ACROSS_MAJORS = {(8, 10), (10, 11)}
+
+
+def version_runs(built: str, installed: str, version_compatible: bool, backend: str = "tensorrt") -> bool:
+    """Whether a plan built by release `built` runs on the installed release (the rule above; TensorRT-RTX plans
+    run on their own release only, whatever their flags). Where the library is installed its own validity check
+    (`get_engine_validity`) has the last word; this rule serves selection and hosts without it."""
     b, have = _release(built), _release(installed)
     if b is None or have is None:
         return False
-    return have >= b if version_compatible else have == b
+    if not version_compatible or backend == "tensorrt_rtx":
+        return have == b
+    if b < VERSION_COMPATIBLE_SINCE or have < b:
+        return False
+    return have[0] == b[0] or (b[0], have[0]) in ACROSS_MAJORS
 
 
 def _release(version: str) -> tuple[int, int, int] | None:
@@ -150,10 +163,12 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
     )
 
 
-def _preference(entry: Entry, order: tuple[str, ...], device: DeviceInfo) -> tuple[bool, int]:
-    """AOTInductor packages of this machine's device first (CUDA ones on a GPU), then the precision order."""
+def _preference(entry: Entry, order: tuple[str, ...], device: DeviceInfo) -> tuple[bool, int, bool]:
+    """AOTInductor packages of this machine's device first (CUDA ones on a GPU), then the precision order, then
+    attention in the graph's own precision before a variant with a reduced-precision attention."""
     other_device = entry.backend == "aoti" and entry.target != aoti_device(device)
-    return other_device, order.index(entry.precision) if entry.precision in order else len(order)
+    rank = order.index(entry.precision) if entry.precision in order else len(order)
+    return other_device, rank, entry.attention_dtype is not None
 
 
 def _runs_here(backend: str, device: DeviceInfo, provider: str) -> str:

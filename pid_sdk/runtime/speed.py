@@ -98,8 +98,8 @@ def get_speed(speed: "Speed | str | None", device: torch.device) -> Speed:
         return Speed().check(device)
     if isinstance(speed, Speed):
         return speed.check(device)
-    if speed not in SPEEDS:
-        raise ConfigError("Unknown speed setting.", received=speed, expected=", ".join(SPEEDS),
+    if not isinstance(speed, str) or speed not in SPEEDS:
+        raise ConfigError("Unknown speed setting.", received=repr(speed)[:80], expected=", ".join(SPEEDS),
                           fix="pass one of these names, or a pid_sdk.Speed(...)")
     chosen = SPEEDS[speed]
     if device.type != "cuda":  # CUDA graphs are a CUDA feature; everything else of the setting still applies

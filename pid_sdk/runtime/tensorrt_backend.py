@@ -1,6 +1,8 @@
-"""TensorRT / TensorRT-RTX backend: check each plan (header, then the library's own validity check), refit stripped
-plans from the ONNX weights, one device-memory arena for the three engines, static I/O buffers bound once, the
-denoiser captured once per entry as a CUDA graph and replayed by every later step of every decode.
+"""TensorRT / TensorRT-RTX backend: check each plan (the library's own validity check; the header where the library
+cannot judge), refit stripped plans from the ONNX weights, one device-memory arena for every engine, static I/O
+buffers bound once, the denoiser captured once per entry as a CUDA graph and replayed by every later step of every
+decode. Each decode keeps its own conditioning (a guided decode runs two, conditional and unconditional, in turn):
+the static buffers hold the conditioning of the decode that runs, swapped in when another one takes its turn.
 
 Written against the documented Python API of both libraries; running it needs a GPU of the plan's family. What
 does not need one (header checks, buffer specs, arena sizing, the capture policy) is tested on the CPU.
@@ -8,6 +10,7 @@ does not need one (header checks, buffer specs, arena sizing, the capture policy
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -43,26 +46,28 @@ def check_plan(data: bytes, path: Path, entry: Entry, installed: str) -> None:
                               expected="a plan written by pid-sdk build", fix="rebuild this engine")
     lib, version = header
     built = ".".join(map(str, version))
-    if lib != entry.backend or not version_runs(built, installed, entry.version_compatible):
-        rule = "the same or a later" if entry.version_compatible else "exactly the same"
+    if lib != entry.backend or not version_runs(built, installed, entry.version_compatible, entry.backend):
+        rule = "the same release or a later one it is documented to run on" if entry.version_compatible \
+            else "exactly the same release"
         raise CheckpointError(f"{path.name} was built by {lib} {built}.",
                               received=f"installed {entry.backend} {installed}",
-                              expected=f"{entry.backend} of {rule} version as {built}",
+                              expected=f"{entry.backend} of {rule} as {built}",
                               fix="rebuild the engine with the installed version (pid-sdk build)")
 
 
-def plan_diagnostics(trt, runtime, data: bytes) -> list[str]:
+def plan_diagnostics(trt, runtime, data: bytes) -> list[str] | None:
     """The library's verdict on a plan from its header alone (`get_engine_validity` over `engine_header_size`
-    bytes): the names of what makes it invalid, or [] when valid. Without a GPU the library cannot judge
-    anything but a malformed header; libraries without the call answer []."""
+    bytes): the names of what makes it invalid, or [] when valid; None where the library cannot judge it (no such
+    call, or no GPU to judge against: it then answers INVALID without a reason), and `check_plan` judges the
+    header instead. Without a GPU the library still recognises a malformed header."""
     check = getattr(runtime, "get_engine_validity", None)
     if check is None:
-        return []
+        return None
     validity, diagnostics = check(data[:getattr(runtime, "engine_header_size", len(data))])
     if validity != trt.EngineValidity.INVALID:
         return []
     names = [n for n, v in trt.EngineInvalidityDiagnostics.__members__.items() if int(diagnostics) & int(v)]
-    return names or ["INVALID"]
+    return names or None
 
 
 def io_spec(entry: Entry) -> dict[str, dict]:
@@ -92,19 +97,22 @@ def check_engine_io(engine, graph: str, entry: Entry) -> None:
 
 class DeviceArena:
     """One block of device memory for every engine of a decoder (they run one at a time on one stream): it grows
-    to the largest engine's need and re-points every registered execution context when it does."""
+    to the largest engine's need and re-points every registered execution context when it does. A CUDA graph
+    captured before it grew recorded the old address: `on_move` of every attachment is called when the block
+    moves, so those graphs are dropped and captured again."""
 
     def __init__(self, device: str = "cuda"):
         self.device = device
         self.buffer: Tensor | None = None
-        self.contexts: list = []
+        self.attached: list[tuple[object, Callable[[], None]]] = []
 
-    def attach(self, context, size: int) -> None:
-        self.contexts.append(context)
+    def attach(self, context, size: int, on_move: Callable[[], None] = lambda: None) -> None:
+        self.attached.append((context, on_move))
         if self.buffer is None or self.buffer.numel() < size:
             self.buffer = torch.empty(size, dtype=torch.uint8, device=self.device)
-            for ctx in self.contexts:
+            for ctx, moved in self.attached:
                 ctx.set_device_memory(self.buffer.data_ptr(), self.buffer.numel())
+                moved()
         else:
             context.set_device_memory(self.buffer.data_ptr(), self.buffer.numel())
 
@@ -131,6 +139,10 @@ class CapturePolicy:
             if ok:
                 self.replay = self.capture()
 
+    def reset(self) -> None:
+        """Drop the capture (the memory it recorded moved): the next call runs eagerly and captures again."""
+        self.replay, self.eager_runs = None, 0
+
 
 class TensorRTBackend:
     name = "tensorrt"
@@ -150,22 +162,24 @@ class TensorRTBackend:
                         for name, t in io_spec(entry).items()}
         self.arena = arena or DeviceArena()
         self.contexts = {}
+        self.denoise = CapturePolicy(lambda: self._run("denoiser"), self._capturable, self._capture)
+        self._owner = None  # a weak reference to the TensorRTStep whose conditioning sits in the static buffers
         for g, engine in self.engines.items():
             check_engine_io(engine, g, entry)
             ctx = engine.create_execution_context(self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-            self.arena.attach(ctx, engine.device_memory_size_v2)
+            self.arena.attach(ctx, engine.device_memory_size_v2, self.denoise.reset)
             for i in range(engine.num_io_tensors):  # static buffers: bound once for the life of the backend
                 name = engine.get_tensor_name(i)
                 ctx.set_tensor_address(name, self.tensors[name].data_ptr())
             self.contexts[g] = ctx
-        self.denoise = CapturePolicy(lambda: self._run("denoiser"), self._capturable, self._capture)
 
     def _load(self, runtime, graph: str, source: Entry | None):
         path = inside(self.folder, self.entry.files[graph])
         data = path.read_bytes()
-        check_plan(data, path, self.entry, self.trt.__version__)
         problems = plan_diagnostics(self.trt, runtime, data)
-        if problems:
+        if problems is None:  # the library cannot judge the plan before deserialising: its header can
+            check_plan(data, path, self.entry, self.trt.__version__)
+        elif problems:
             raise CheckpointError(f"{self.trt.__name__} says {path.name} cannot run on this GPU.",
                                   received=", ".join(problems), expected="a plan valid for this GPU and library",
                                   fix="rebuild the engine here (pid-sdk build --target ...)")
@@ -210,23 +224,49 @@ class TensorRTBackend:
         check_static_inputs(self.entry, text, latent)  # an InputError, not a failed reshape into the buffers
         self.stream.wait_stream(torch.cuda.current_stream())  # the inputs may still be being written there
         with torch.cuda.stream(self.stream):
+            self._evict()
             for name, value in (("text", text), ("latent", latent), ("latent_sigma", latent_sigma)):
                 self.tensors[name].copy_(value.reshape(self.tensors[name].shape), non_blocking=True)
             self._run("text")
             self._run("adapter")
-        return TensorRTStep(self)
+        step = TensorRTStep(self)
+        self._owner = weakref.ref(step)
+        return step
+
+    def load(self, step: "TensorRTStep") -> None:
+        """Put `step`'s conditioning in the static buffers the denoiser reads (on the backend's stream)."""
+        if self._owner is not None and self._owner() is step:
+            return
+        self._evict()
+        for name in SHARED:
+            self.tensors[name].copy_(step.saved[name])
+        self._owner = weakref.ref(step)
+
+    def _evict(self) -> None:
+        """The decode whose conditioning sits in the static buffers keeps a copy before they are overwritten; a
+        decode that has finished (its step object gone) needs none."""
+        owner = self._owner() if self._owner is not None else None
+        if owner is not None:
+            if owner.saved is None:
+                owner.saved = {name: torch.empty_like(self.tensors[name]) for name in SHARED}
+            for name in SHARED:
+                owner.saved[name].copy_(self.tensors[name])
+        self._owner = None
 
 
 class TensorRTStep:
-    """The denoiser for one decode: the conditioning already sits in the backend's static buffers."""
+    """The denoiser for one decode: its conditioning sits in the backend's static buffers, or in `saved` while
+    another decode's does."""
 
     def __init__(self, backend: TensorRTBackend):
         self.backend = backend
+        self.saved: dict[str, Tensor] | None = None
 
     def infer(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
         b, current = self.backend, torch.cuda.current_stream()
         b.stream.wait_stream(current)
         with torch.cuda.stream(b.stream):
+            b.load(self)
             b.tensors["x"].copy_(feeds["x"], non_blocking=True)
             b.tensors["sigma"].fill_(float(feeds["sigma"]))  # a kernel argument: no host-to-device copy, no sync
             b.denoise()

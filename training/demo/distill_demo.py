@@ -25,6 +25,7 @@ from train_demo import encoder_on  # noqa: E402
 from pid_sdk.checkpoints import save_artefact  # noqa: E402
 from pid_sdk.errors import InputError  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
+from pid_sdk.tae import SHARED_TAE_DIR  # noqa: E402
 from training.data import DEMO_HELD_OUT, PairSampler, package_images  # noqa: E402
 from training.distill import DMD2, DistillConfig  # noqa: E402
 from training.trainer import load_run_ema  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> int:
     except InputError as e:
         p.error(str(e))
     sampler = PairSampler(list(photographs.values()),
-                          encoder_on(args.device, str(ROOT.parent / "shared" / "data" / "tae")),
+                          encoder_on(args.device, str(SHARED_TAE_DIR)),
                           buckets=[(s, s) for s in args.sizes], seed=args.seed, device=args.device)
     space = get_latent_space("flux1")
     out = Path(args.out)

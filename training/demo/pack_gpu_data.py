@@ -1,10 +1,10 @@
 """Write the demo's training pool and taef1 into one folder, for a machine without the packages.
 
     python training/demo/pack_gpu_data.py --out build/carry
-    python training/demo/pack_gpu_data.py --wallpapers                 # the pool of 72 (with Debian's wallpaper photographs)
+    python training/demo/pack_gpu_data.py --wallpapers              # the pool of 72 (with Debian's wallpapers)
     python training/demo/pack_gpu_data.py --wallpapers --jpeg-quality 97   # the 72 in a size the device tool carries
     python training/demo/pack_gpu_data.py --wallpapers --more-photographs --jpeg-quality 97   # the pool of 91
-    python training/demo/pack_gpu_data.py --init build/grow8-s2900     # also a model to start from (INIT=build/carry/init)
+    python training/demo/pack_gpu_data.py --init build/grow8-s2900  # also a model to start from (INIT=build/carry/init)
 
 The device machine of training/demo/gpu_train_demo.sh has neither Debian's opencv-doc nor ../shared beside the checkout:
 this folder travels with the command instead (`carry`; 64 MiB at most with the working tree). Images are lossless
@@ -27,13 +27,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from pid_sdk.errors import InputError  # noqa: E402
+from pid_sdk.tae import SHARED_TAE_DIR  # noqa: E402
 from training.data import DEMO_HELD_OUT, package_images  # noqa: E402
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default="build/carry")
-    p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
+    p.add_argument("--tae-dir", default=str(SHARED_TAE_DIR))
     p.add_argument("--init", default=None, help="an SDK artefact to carry as OUT/init (gpu_train_demo.sh INIT=)")
     p.add_argument("--wallpapers", action="store_true", help="add the photographs of Debian's wallpaper packages")
     p.add_argument("--more-photographs", action="store_true", help="add 19 more photographs (training/data.py)")

@@ -4,8 +4,8 @@
 
 Data: the photographs that ship inside packages (training/data.py; `--wallpapers` adds those of Debian's wallpaper
 packages, `--more-photographs` 19 more, from scikit-image, opencv-doc, labelme-examples and libsixel-examples)
-except `chelsea`, which is held out for the sample latent, or `--data FOLDER` (training/demo/pack_gpu_data.py writes that
-pool as a folder for a machine without the packages). Pairs: random square crops at several scales; the latent is
+except `chelsea`, which is held out for the sample latent, or `--data FOLDER` (training/demo/pack_gpu_data.py writes
+that pool as a folder for a machine without the packages). Pairs: random square crops at several scales; the latent is
 the taef1 encoding of the crop downsampled 4x (512x512 -> 128x128 -> 16x16x16). Needs
 ../shared/data/tae beside the repository, or `--tae-dir`.
 """
@@ -29,7 +29,7 @@ from pid_sdk.config import get_preset  # noqa: E402
 from pid_sdk.errors import ConfigError, InputError  # noqa: E402
 from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model  # noqa: E402
-from pid_sdk.tae import TinyAutoencoder  # noqa: E402
+from pid_sdk.tae import SHARED_TAE_DIR, TinyAutoencoder  # noqa: E402
 from training.data import DEMO_HELD_OUT, PairSampler, folder_images, package_images  # noqa: E402
 from training.grow import grow  # noqa: E402
 from training.trainer import TrainConfig, Trainer, parse_pooled_loss, run_config  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> int:
     p.add_argument("--until-step", type=int, default=None, help="stop at this step count even with time left")
     p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast; the taef1 encoder runs there too)")
     p.add_argument("--data", default=None, help="a folder of training images instead of the package photographs")
-    p.add_argument("--tae-dir", default=str(ROOT.parent / "shared" / "data" / "tae"))
+    p.add_argument("--tae-dir", default=str(SHARED_TAE_DIR))
     p.add_argument("--init", default=None, help="start a new run from these weights (an SDK artefact or checkpoint)")
     p.add_argument("--wallpapers", action="store_true",
                    help="add the photographs of Debian's wallpaper packages to the pool (training/data.py)")

@@ -9,10 +9,11 @@ import torch
 from torch import Tensor
 
 from pid_sdk.errors import ConfigError, InputError, PiDError
-from pid_sdk.runtime.manifest import Entry, Manifest, read_manifest, verify_files, verify_weights
-from pid_sdk.runtime.selection import DeviceInfo, aoti_device, build_command, runs_on, select_entry
+from pid_sdk.runtime.manifest import Entry, Manifest, read_engine_manifest, verify_files, verify_weights
+from pid_sdk.runtime.signatures import check_entry
+from pid_sdk.runtime.selection import ENTRY_KINDS, DeviceInfo, aoti_device, build_command, runs_on, select_entry
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "aoti", "pytorch")
+RUNTIME_BACKENDS = ("auto", "tensorrt", "onnxruntime", "aoti", "pytorch")
 FALLBACK_ORDER = ("tensorrt", "onnxruntime", "pytorch")
 
 
@@ -56,6 +57,7 @@ class EngineRuntime:
         entry = self.entry_for(height, width, batch)
         if entry.key not in self._open:
             verify_files(self.folder, entry, verify=self.verify)
+            check_entry(self.folder, entry)  # the files are what the entry says: role, shapes, precision, device
             self._open[entry.key] = self._create(entry)
         return self._open[entry.key]
 
@@ -135,13 +137,14 @@ class FallbackRuntime:
         return self._runtimes[kind]
 
     def backend(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int):
-        reasons = []
+        reasons, fixes = [], []
         for kind in self.kinds[self.kinds.index(self.first):]:
             try:
                 runtime = self._runtime(kind)
                 opened = runtime.open_entry(height, width, latent.shape[0]) if kind != "pytorch" else runtime
             except PiDError as exc:
                 reasons.append(f"{kind}: {skip_reason(exc)}")
+                fixes += [exc.fix] if exc.fix and exc.fix not in fixes else []
                 continue
             if reasons:
                 warnings.warn(f"Falling back to {kind} for a {height}x{width} decode: " + " | ".join(reasons),
@@ -150,7 +153,7 @@ class FallbackRuntime:
             call = opened.prepare if kind != "pytorch" else opened.backend
             return call(text=text, latent=latent, latent_sigma=latent_sigma, height=height, width=width)
         raise ConfigError(f"No backend can decode a {height}x{width} output from this engine set.",
-                          received=" | ".join(reasons), fix="see each backend's reason above")
+                          received=" | ".join(reasons), fix="; or ".join(fixes) or "see each backend's reason above")
 
 
 def skip_reason(exc: PiDError) -> str:
@@ -160,17 +163,22 @@ def skip_reason(exc: PiDError) -> str:
 def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None = None, providers=None, *,
                     verify: bool = True):
     """The runtime for `backend`, or with "auto" one that falls back per decode, warning with each reason."""
-    if backend not in BACKENDS:
-        raise ConfigError("Unknown backend.", received=backend, expected=", ".join(BACKENDS),
+    if backend not in RUNTIME_BACKENDS:
+        raise ConfigError("Unknown backend.", received=backend, expected=", ".join(RUNTIME_BACKENDS),
                           fix="pass backend='auto' (the first that runs here)")
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = read_engine_manifest(folder, verify=verify)
     device = device or DeviceInfo.detect()
 
     def open_kind(kind: str):
         return _open(kind, folder, manifest, device, providers, verify)
 
-    return manifest, FallbackRuntime(open_kind) if backend == "auto" else open_kind(backend)
+    if backend != "auto":
+        return manifest, open_kind(backend)
+    # a backend the folder has no entries for is not one to fall back from (nor to warn about)
+    kinds = tuple(k for k in FALLBACK_ORDER if k == "pytorch" or any(e.backend in ENTRY_KINDS[k]
+                                                                     for e in manifest.entries))
+    return manifest, FallbackRuntime(open_kind, kinds)
 
 
 def _open(kind: str, folder: Path, manifest: Manifest, device: DeviceInfo, providers, verify: bool):

@@ -11,13 +11,14 @@ import torch
 
 from export.aoti_export import check_aoti_options, export_aoti_set
 from export.onnx_export import FP8_ATTENTION, export_graph_set
-from pid_sdk.buckets import Bucket
-from pid_sdk.checkpoints import LoadedModel, load_checkpoint, save_safetensors, sha256_file, usual_permissions
+from pid_sdk.buckets import Bucket, trained_buckets
+from pid_sdk.checkpoints import (LoadedModel, load_checkpoint, read_safetensors, save_safetensors, sha256_file,
+                                 usual_permissions)
 from pid_sdk.config import get_preset
 from pid_sdk.errors import CheckpointError, ConfigError, InputError
 from pid_sdk.model import build_model, randomize
-from pid_sdk.runtime.engine_set import load_weights
-from pid_sdk.runtime.manifest import MANIFEST, Manifest, read_manifest, write_manifest
+from pid_sdk.runtime.open_folder import load_weights
+from pid_sdk.runtime.manifest import MANIFEST, Manifest, read_engine_manifest, verify_weights, write_manifest
 
 WEIGHTS = "weights.safetensors"
 
@@ -28,14 +29,17 @@ def load_source(model: str | None, preset: str | None, seed: int, trust_pickle: 
     if preset:
         cfg = get_preset(preset)
         return LoadedModel(randomize(build_model(cfg), seed), cfg, "random", f"preset:{preset} seed {seed}", [])
-    manifest = read_manifest(folder)  # re-export from the folder's own weights
+    manifest = read_engine_manifest(folder)  # re-export from the folder's own weights
     return LoadedModel(load_weights(folder, manifest), manifest.config, "engine-set", str(folder), [])
 
 
 FORMATS = ("onnx", "aoti")
 
 
-def check_options(format: str, device: str, precisions, attention_dtype: str | None, batch: int) -> None:
+Variant = tuple[str, "str | None"]  # (graph precision, attention dtype; None: the graph's own)
+
+
+def check_options(format: str, device: str, variants: list[Variant], batch: int) -> None:
     """The options that need no model, checked before one is loaded (a 1.3B checkpoint takes a while)."""
     from pid_sdk.inputs import check_int
 
@@ -43,19 +47,19 @@ def check_options(format: str, device: str, precisions, attention_dtype: str | N
     if format not in FORMATS:
         raise ConfigError("Unknown export format.", received=format, expected=", ".join(FORMATS),
                           fix="pass --format onnx (TensorRT, ONNX Runtime) or --format aoti (the C ABI)")
-    if format == "aoti":
-        if attention_dtype:
-            raise ConfigError("--attention-dtype applies to ONNX graphs.", received=attention_dtype,
-                              fix="drop --attention-dtype with --format aoti")
-        for precision in precisions:
-            check_aoti_options(device, precision)
-    elif attention_dtype in FP8_ATTENTION and not all(p.startswith("fp8") for p in precisions):
-        raise ConfigError("FP8 attention goes with FP8 graphs.", received=f"precisions {list(precisions)}",
-                          expected="--precision fp8 (bf16 graph) or fp8-fp32 (its ONNX Runtime CPU twin)",
-                          fix=f"pass --precision fp8 with --attention-dtype {attention_dtype}")
-    elif device != "cpu":
+    if format != "aoti" and device != "cpu":
         raise ConfigError("--device applies to AOTInductor packages.", received=device,
                           fix="drop --device for ONNX graphs (they run on any device), or pass --format aoti")
+    for precision, attention_dtype in variants:
+        if format == "aoti" and attention_dtype:
+            raise ConfigError("--attention-dtype applies to ONNX graphs.", received=attention_dtype,
+                              fix="drop --attention-dtype with --format aoti")
+        if format == "aoti":
+            check_aoti_options(device, precision)
+        elif attention_dtype in FP8_ATTENTION and not precision.startswith("fp8"):
+            raise ConfigError("FP8 attention goes with FP8 graphs.", received=f"precision {precision}",
+                              expected="--precision fp8 (bf16 graph) or fp8-fp32 (its ONNX Runtime CPU twin)",
+                              fix=f"pass --precision fp8 with --attention-dtype {attention_dtype}")
 
 
 def check_sizes(sizes: list[Bucket], batch: int, cfg) -> None:
@@ -86,10 +90,12 @@ def open_or_create(folder: Path, work: Path, loaded: LoadedModel) -> Manifest:
     """The folder's manifest, after checking it belongs to this model; else a new one, with the weights, in
     `work` (the temporary folder that becomes the engine folder once the export succeeds)."""
     if (folder / MANIFEST).exists():
-        manifest = read_manifest(folder)
+        manifest = read_engine_manifest(folder)
         if manifest.config.backbone != loaded.config.backbone or manifest.config.adapter != loaded.config.adapter:
             raise CheckpointError(f"{folder} holds engines of another model ({manifest.config.name}).",
                                   received=loaded.config.name, fix="export into a new folder")
+        if loaded.source != "engine-set":  # the folder's own weights need no comparison
+            check_same_weights(folder, manifest, loaded)
         return manifest
     if folder.exists() and any(folder.iterdir()):
         raise CheckpointError(f"{folder} is not empty and holds no engine set.", fix="export into a new folder")
@@ -98,16 +104,36 @@ def open_or_create(folder: Path, work: Path, loaded: LoadedModel) -> Manifest:
     return Manifest(loaded.config, sha256_file(work / WEIGHTS), [], WEIGHTS)
 
 
+def check_same_weights(folder: Path, manifest: Manifest, loaded: LoadedModel) -> None:
+    """Refuse weights other than the folder's: its graphs, plans and `model_sha256` all describe one set of weights,
+    and a second model of the same architecture would silently mix with them."""
+    stored = read_safetensors(verify_weights(folder, manifest))
+    new = loaded.model.state_dict()
+    differ = [k for k, v in new.items() if k not in stored or not torch.equal(v.detach().float(), stored[k])]
+    if differ:
+        raise CheckpointError(f"{folder} holds engines of other weights ({manifest.config.name}, weights sha256 "
+                              f"{manifest.model_sha256[:12]}...).",
+                              received=f"{loaded.path}: {len(differ)} of {len(new)} tensors differ, e.g. {differ[0]}",
+                              expected="the weights the folder was exported from",
+                              fix="export this model into a new folder (one engine folder holds one model's weights), "
+                                  "or leave --model out to add sizes from the folder's own weights")
+
+
 def export_engine_set(folder: str | Path, *, model: str | None = None, preset: str | None = None, seed: int = 0,
-                      sizes: list[Bucket], batch: int = 1, precisions: list[str] = ("fp32",),
-                      attention_dtype: str | None = None, trust_pickle: bool = False, calib_latents=None,
-                      calib_samples: int = 4, format: str = "onnx", device: str = "cpu", log=print) -> Manifest:
+                      sizes: list[Bucket] | None = None, batch: int = 1, precisions: list[str] = ("fp32",),
+                      attention_dtype: str | None = None, variants: list[Variant] | None = None,
+                      trust_pickle: bool = False, calib_latents=None, calib_samples: int = 4, format: str = "onnx",
+                      device: str = "cpu", log=print) -> Manifest:
     """Export into a temporary folder, then move the result into place: a failed export leaves the folder as it
     was (nothing at all for a new one). `format`: "onnx" graphs (ONNX Runtime, TensorRT builds) or "aoti"
-    AOTInductor packages compiled for `device` (the C ABI, backend="aoti")."""
+    AOTInductor packages compiled for `device` (the C ABI, backend="aoti"). `variants` (precision, attention
+    dtype) replaces `precisions` x `attention_dtype`: every graph set a build matrix needs, in one export.
+    `sizes` defaults to the sizes the model was trained at."""
     folder = Path(folder)
-    check_options(format, device, precisions, attention_dtype, batch)
+    variants = list(variants or [(p, attention_dtype) for p in precisions])
+    check_options(format, device, variants, batch)
     loaded = load_source(model, preset, seed, trust_pickle, folder)
+    sizes = list(trained_buckets(loaded.config)) if sizes is None else sizes
     check_sizes(sizes, batch, loaded.config)
     new = not (folder / MANIFEST).exists()
     parent = folder.parent if new else folder
@@ -116,7 +142,7 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
     try:
         manifest = open_or_create(folder, work, loaded)
         for bucket in sizes:
-            for precision in precisions:
+            for precision, attention_dtype in variants:
                 scales, attention_scales = None, None
                 calibration = (folder, work, manifest, loaded, bucket, calib_latents, calib_samples, seed, log)
                 if precision.startswith("fp8"):
