@@ -6,6 +6,7 @@ Convention: sigma is the noise level (0 clean, 1 noise), x_sigma = (1 - sigma) x
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Callable
 
 import torch
@@ -21,8 +22,9 @@ def student_sigmas(steps: int) -> list[float]:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps == 1:
         return [1.0, 0.0]
-    index = torch.linspace(0, 4, steps + 1, dtype=torch.float64).round()  # round half to even
-    return [STUDENT_SIGMAS[int(i)] for i in index]
+    # round(linspace(0, 4, steps + 1)), half to even, in exact arithmetic: a float linspace puts some halves one ulp
+    # off (392 steps: index 49 is 0.49999999999999994 in float64) and rounds them the other way
+    return [STUDENT_SIGMAS[round(Fraction(4 * i, steps))] for i in range(steps + 1)]
 
 
 Generators = torch.Generator | list[torch.Generator] | None

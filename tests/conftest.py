@@ -1,3 +1,5 @@
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +40,17 @@ def real_image(name: str = "astronaut", size: int = 64) -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def tiny_engine_folder(tmp_path_factory) -> Path:
-    """The tiny preset exported at 64x64 in fp32 (tests that change it work on `copy_folder` of it)."""
+    """The tiny preset exported at 64x64 in fp32 (tests that change it work on `copy_folder` of it). Where
+    PID_SDK_TINY_ENGINES names such a folder, a copy of it (scripts/mutation.py exports it once for the modules
+    whose mutants cannot change an export, instead of once per mutant)."""
     pytest.importorskip("onnxscript")
     from export.export_folder import export_engine_set
     from pid_sdk.buckets import Bucket
 
     folder = tmp_path_factory.mktemp("tiny-engines")
+    if os.environ.get("PID_SDK_TINY_ENGINES"):
+        shutil.copytree(os.environ["PID_SDK_TINY_ENGINES"], folder, dirs_exist_ok=True)
+        return folder
     export_engine_set(folder, preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
     return folder
 

@@ -11,21 +11,27 @@ def test_parse_and_name_round_trip():
     b = Bucket.parse("2304x1728")
     assert (b.height, b.width) == (2304, 1728) and b.name == "2304x1728" and Bucket.parse("64X96") == Bucket(64, 96)
     assert Bucket(64, 96) < Bucket(64, 128) < Bucket(96, 64)  # ordered height first
+    assert {Bucket(64, 96): 1}[Bucket(64, 96)] == 1  # frozen: a dict key, and never changed in place
+    with pytest.raises(AttributeError):
+        b.height = 1
 
 
 @pytest.mark.parametrize("text", ["2048", "2048x", "x2048", "ax2", "2x2x2", "", "2048*2048"])
 def test_sizes_that_are_not_h_x_w_are_refused_with_the_form(text):
     with pytest.raises(InputError, match="Cannot read the size") as err:
         Bucket.parse(text)
-    assert err.value.received == text and "HEIGHTxWIDTH" in err.value.expected
+    assert err.value.received == text and err.value.expected == "HEIGHTxWIDTH, e.g. 2048x2048"
+    assert err.value.what == "Cannot read the size." and err.value.fix == "pass --size 2048x2048"
 
 
 def test_latent_size_is_the_output_over_factor_times_scale():
-    assert Bucket(2048, 1536).latent_size(8, 4) == (64, 48)
+    assert Bucket(2048, 1536).latent_size(8, 4) == (64, 48) and all(type(v) is int for v in Bucket(64, 96).latent_size(8, 4))
     assert Bucket(4096, 2048).latent_size(16, 8) == (32, 16)
     with pytest.raises(InputError, match="not a whole number of latent cells") as err:
         Bucket(2048, 1540).latent_size(8, 4)
-    assert "multiples of 32" in err.value.expected and err.value.fix == "round to 2048x1536"
+    assert err.value.what == "2048x1540 is not a whole number of latent cells." and err.value.received == "2048x1540"
+    assert err.value.expected == "height and width multiples of 32 (latent factor 8 x 4)"
+    assert err.value.fix == "round to 2048x1536"
     with pytest.raises(InputError):
         Bucket(2050, 2048).latent_size(8, 4)
 

@@ -84,3 +84,45 @@ def test_output_size():
     assert get_latent_space("flux1").output_size(64, 96, 4) == (2048, 3072)
     assert get_latent_space("siglip").output_size(16, 16, 8) == (2048, 2048)
     assert get_latent_space("flux2").output_size(32, 32, 4) == (2048, 2048)
+
+
+# --- what mutation testing showed no test held (scripts/mutation.py) ------------------------------------------------
+def test_an_unknown_or_unhashable_name_reads_as_pinned():
+    for name in ("sd4", ["flux1"]):
+        with pytest.raises(InputError) as e:
+            get_latent_space(name)
+        assert e.value.received == name and e.value.expected.startswith("dinov2, flux1, flux2, qwenimage, sd3, ")
+        assert e.value.expected.endswith(", zimage, zimage-turbo")
+        assert e.value.fix == "pass latent_space= one of the names above (the LDM that produced the latent)"
+
+
+@pytest.mark.parametrize("stats,received", [(None, None), ({}, None), ({"mean": torch.zeros(128)}, ["mean"]),
+                                            ({"var": torch.ones(128)}, ["var"])])
+def test_missing_statistics_say_which_were_given(stats, received):
+    with pytest.raises(InputError) as e:
+        get_latent_space("flux2").normalize(torch.zeros(1, 128, 2, 2), stats)
+    given = f"  received: {received}\n" if received else ""  # nothing given: no received line
+    assert str(e.value) == ("Normalising a raw flux2 latent needs the encoder's statistics.\n" + given +
+                            "  expected: stats={'mean': tensor, 'var': tensor} from your VAE / encoder\n"
+                            "  fix: pass the statistics, or pass the latent as the LDM produces it (normalized=True)")
+
+
+def test_siglip_layernorm_uses_eps_1e_6():
+    raw = torch.randn(1, 1152, 2, 2, generator=torch.Generator().manual_seed(0)) * 1e-3  # variance ~ eps
+    centred = raw - raw.mean(1, keepdim=True)
+    expected = centred / torch.sqrt(centred.pow(2).mean(1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(get_latent_space("siglip").normalize(raw), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_normalised_latents_are_float32_on_the_latents_device():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert get_latent_space("flux1").normalize(torch.zeros(1, 16, 2, 2)).dtype == torch.float32
+        assert get_latent_space("qwenimage").normalize(torch.zeros(1, 16, 2, 2)).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(before)
+    meta = torch.zeros(1, 16, 2, 2, device="meta")
+    assert get_latent_space("qwenimage").normalize(meta).device.type == "meta"
+    latent, sigma = get_latent_space("sdxl").from_capture(torch.zeros(1, 4, 2, 2, device="meta"), torch.tensor([0.5]))
+    assert latent.device.type == "meta" and sigma.device.type == "cpu"

@@ -3,6 +3,7 @@ the schema types every field, the digest refuses edits, paths stay in the folder
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,3 +186,129 @@ def test_static_inputs_must_have_the_entrys_shapes(folder):
         with pytest.raises(InputError, match=f"The {name} does not fit") as err:
             check_static_inputs(e, text, latent)
         assert "bucket (64, 128), batch 1" in err.value.expected
+
+
+def _unhashed(folder):
+    verify_files(folder, entry(folder, sha256={}))
+
+
+def _modified(folder):
+    e = entry(folder)
+    (folder / "onnx/64x64/text.onnx").write_bytes(b"x")
+    verify_files(folder, e)
+
+
+def _missing(folder):
+    e = entry(folder)
+    (folder / "onnx/64x64/denoiser.onnx").unlink()
+    verify_files(folder, e)
+
+
+# Every refusal, rendered in full: the words a user acts on are part of the contract. <d> is the folder.
+PINNED = {
+    "no manifest": (lambda f: read_engine_manifest(f / "nothing"),
+                    "<d>/nothing has no engine manifest (manifest.json).\n"
+                    "  fix: export graphs into it with `pid-sdk export` first"),
+    "another version": (lambda f: (edit(f, lambda d: d.update(format_version=2)), read_engine_manifest(f)),
+                        "<d>/manifest.json is not a pid-sdk engine manifest of a supported version.\n"
+                        "  received: format=pid-sdk-engines version=2\n"
+                        "  expected: format=pid-sdk-engines version=1\n"
+                        "  fix: re-export the engine set (pid-sdk export)"),
+    "schema": (lambda f: (edit(f, lambda d: d["entries"][0].update(batch=0)), read_engine_manifest(f)),
+               "<d>/manifest.json is damaged: entries.0.batch: Input should be greater than or equal to 1.\n"
+               "  received: 1 problems\n"
+               "  expected: a manifest written by pid-sdk export / build\n"
+               "  fix: re-export the engine set (pid-sdk export)"),
+    "top level": (lambda f: (edit(f, lambda d: d.pop("config")), read_engine_manifest(f)),
+                  "<d>/manifest.json is damaged: config: Field required.\n"
+                  "  received: 1 problems\n"
+                  "  expected: a manifest written by pid-sdk export / build\n"
+                  "  fix: re-export the engine set (pid-sdk export)"),
+    "no digest": (lambda f: (edit(f, lambda d: d.pop("manifest_sha256"), reseal=False), read_engine_manifest(f)),
+                  "<d>/manifest.json has no digest (manifest_sha256): it cannot be checked for edits.\n"
+                  "  fix: re-export the engine set (pid-sdk export), or pass verify=False (CLI: --no-verify) to read "
+                  "it unchecked"),
+    "unhashed": (_unhashed,
+                 "The manifest lists files of onnx:-:64x64:b1:fp32 without a sha256.\n"
+                 "  received: ['onnx/64x64/adapter.onnx', 'onnx/64x64/denoiser.onnx', 'onnx/64x64/text.onnx']\n"
+                 "  fix: rebuild this entry (pid-sdk export / pid-sdk build), or pass verify=False (CLI: --no-verify) "
+                 "to run unverified files"),
+    "modified": (_modified,
+                 "onnx/64x64/text.onnx of onnx:-:64x64:b1:fp32 does not match the manifest's sha256 (modified, "
+                 "truncated or replaced).\n"
+                 f"  received: {hashlib.sha256(b'x').hexdigest()}\n"
+                 f"  expected: {hashlib.sha256(b'text' * 10).hexdigest()}\n"
+                 "  fix: rebuild it (pid-sdk export / pid-sdk build)"),
+    "missing": (_missing,
+                "onnx/64x64/denoiser.onnx of onnx:-:64x64:b1:fp32 is missing.\n"
+                "  received: <d>/onnx/64x64/denoiser.onnx\n"
+                "  fix: rebuild it (pid-sdk export / pid-sdk build)"),
+    "no weights": (lambda f: verify_weights(f, Manifest(CONFIG, "0" * 64, [])),
+                   "The engine set carries no weights for the PyTorch fallback.\n"
+                   "  fix: re-export it with pid-sdk export (weights.safetensors is written beside the graphs)"),
+    "no weights hash": (lambda f: verify_weights(f, Manifest(CONFIG, None, [], "weights.safetensors")),
+                        "The manifest of <d> has no sha256 for weights.safetensors.\n"
+                        "  received: None\n"
+                        "  expected: model_sha256: 64 hex digits\n"
+                        "  fix: re-export the engine set, or pass verify=False (CLI: --no-verify) to load unverified "
+                        "weights"),
+    "static shape": (lambda f: check_static_inputs(entry(f), torch.zeros(1, 8, 16), torch.zeros(1, 16, 2, 3)),
+                     "The latent does not fit this engine's static shape.\n"
+                     "  received: (1, 16, 2, 3)\n"
+                     "  expected: (1, 16, 2, 2) (bucket (64, 64), batch 1)\n"
+                     "  fix: pass full-length text embeddings; decode with the engine of this size"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_every_refusal_reads_as_pinned(folder, name):
+    call, expected = PINNED[name]
+    with pytest.raises((CheckpointError, InputError)) as e:
+        call(folder)
+    assert str(e.value).replace(str(folder), "<d>") == expected
+
+
+def test_hashed_files_beyond_the_graphs_are_checked_too(folder):
+    """External weights are hashed but are not one of the three graphs: verify_files checks them as well."""
+    (folder / "onnx/64x64/denoiser.onnx.data").write_bytes(b"data")
+    e = entry(folder, sha256=entry(folder).sha256 | {"onnx/64x64/denoiser.onnx.data": hashlib.sha256(b"data")
+                                                    .hexdigest()})
+    verify_files(folder, e)
+    (folder / "onnx/64x64/denoiser.onnx.data").write_bytes(b"other")
+    with pytest.raises(CheckpointError, match="denoiser.onnx.data of .* does not match"):
+        verify_files(folder, e)
+
+
+def test_the_manifest_is_written_indented_and_renamed_into_place(tmp_path):
+    """Two-space JSON (a reviewer reads it in a diff), and the temporary file lives in the folder itself: a rename
+    across file systems would fail (/dev/shm is another one here)."""
+    import os
+    import tempfile
+
+    write_manifest(tmp_path, Manifest(CONFIG, "0" * 64, []))
+    assert (tmp_path / "manifest.json").read_text().startswith('{\n  "format": "pid-sdk-engines",\n')
+    assert (tmp_path / "manifest.json").read_text().endswith("}\n")
+    if os.path.isdir("/dev/shm") and os.stat("/dev/shm").st_dev != os.stat(tempfile.gettempdir()).st_dev:
+        shm = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        write_manifest(shm, Manifest(CONFIG, "0" * 64, []))
+        assert read_engine_manifest(shm).entries == [] and os.listdir(shm) == ["manifest.json"]
+
+
+def test_a_manifest_without_weights_names_no_weights_path(folder):
+    assert manifest_paths(Manifest(CONFIG, "0" * 64, [entry(folder)])) == list(entry(folder).files.values()) + \
+        list(entry(folder).sha256)
+
+
+def test_a_manifest_that_is_a_folder_or_truncated_says_so(tmp_path):
+    (tmp_path / "manifest.json").mkdir()
+    with pytest.raises(CheckpointError) as e:
+        read_engine_manifest(tmp_path)
+    assert str(e.value).startswith(f"The engine manifest {tmp_path}/manifest.json is a folder, not a regular file.")
+    assert not is_engine_dir(tmp_path)
+    (tmp_path / "manifest.json").rmdir()
+    (tmp_path / "manifest.json").write_text('{"format": "pid-sdk-engines", "entries": [')
+    assert is_engine_dir(tmp_path)  # it says what it is, damaged: the error then says re-export
+    with pytest.raises(CheckpointError) as e:
+        read_engine_manifest(tmp_path)
+    assert str(e.value).startswith(f"The engine manifest {tmp_path}/manifest.json is not valid JSON within the SDK")
+    assert e.value.fix == "re-export the engine set (pid-sdk export)"

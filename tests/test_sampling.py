@@ -147,3 +147,161 @@ def test_guidance_is_applied_to_eps():
     x0 = _data_prediction(lambda a, s: vc, lambda a, s: vu, x, 0.5, 2.0, (0.0, 1.0))
     v = vu + 2.0 * (vc - vu)
     torch.testing.assert_close(x0, x - 0.5 * v, rtol=1e-5, atol=1e-5)
+
+
+# --- what mutation testing showed no test held (scripts/mutation.py) ------------------------------------------------
+def test_a_step_count_below_one_is_refused_with_the_count():
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        student_sigmas(0)
+
+
+def test_teacher_sigmas_are_computed_in_float64():
+    s = torch.tensor(teacher_sigmas(7, 3.0), dtype=torch.float64)
+    t = 1 - torch.tensor([1 - i * 0.999 / 7 for i in range(8)], dtype=torch.float64)
+    assert torch.allclose(s, (3 * t / (1 + 2 * t)).flip(0), rtol=0, atol=1e-15)  # float32 is off by ~1e-8
+
+
+def test_per_item_generators_draw_each_items_own_noise():
+    from pid_sdk.sampling import noise
+
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    z = noise((2, 3, 4, 5), gens, "cpu")
+    assert z.shape == (2, 3, 4, 5)
+    for i, seed in enumerate((3, 4)):
+        assert torch.equal(z[i:i + 1], torch.randn(1, 3, 4, 5, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_noise_is_float32_on_the_requested_device_whatever_the_default_dtype():
+    from pid_sdk.sampling import noise
+
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert noise((1, 2), torch.Generator().manual_seed(0), "cpu").dtype == torch.float32
+    finally:
+        torch.set_default_dtype(before)
+    assert noise((1, 2), None, "meta").device.type == "meta"
+    assert noise((2, 2), [None, None], "meta").device.type == "meta"
+
+
+@pytest.mark.parametrize("sampler", [sample_student, sample_teacher])
+def test_samplers_run_on_the_requested_device_and_report_every_step(sampler):
+    seen, steps = [], []
+    zeros = lambda x, s: (seen.append(x.device.type), torch.zeros_like(x))[1]  # noqa: E731
+    sampler(zeros, (1, 3, 2, 2), steps=3, device="meta", on_step=lambda i, n: steps.append((i, n)))
+    assert set(seen) == {"meta"} and steps == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_default_step_counts_and_teacher_defaults():
+    calls = []
+    count = lambda x, s: (calls.append(s), torch.zeros_like(x))[1]  # noqa: E731
+    sample_student(count, (1, 3, 2, 2))
+    assert calls == [0.999, 0.866, 0.634, 0.342]
+    calls.clear()
+    unc = []
+    sample_teacher(count, (1, 3, 2, 2), uncond_fn=lambda x, s: (unc.append(s), torch.zeros_like(x))[1])
+    assert calls == teacher_sigmas(50, 4.0)[:-1] and unc == []  # guidance 1.0 by default: no unconditional pass
+
+
+@pytest.mark.parametrize("sampler", [sample_student, sample_teacher])
+@pytest.mark.parametrize("value", [3.0, -3.0])
+def test_samplers_clamp_to_minus_one_one(sampler, value):
+    far = lambda x, s: (x - value) / max(s, 1e-12)  # noqa: E731  x0 = value at every step
+    out = sampler(far, (1, 3, 2, 2), steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, torch.full((1, 3, 2, 2), math.copysign(1.0, value)))
+    inside = lambda x, s: (x - 0.5) / max(s, 1e-12)  # noqa: E731
+    out = sampler(inside, (1, 3, 2, 2), steps=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, torch.full((1, 3, 2, 2), 0.5), rtol=0, atol=1e-2)  # fp32 x0 near sigma 1
+
+
+def test_teacher_draws_its_noise_from_the_generator():
+    fn = lambda x, s: torch.zeros_like(x)  # noqa: E731  x0 = x / (1 - s): the noise shows through
+    a, b, c = (sample_teacher(fn, (1, 3, 2, 2), steps=2, generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_ode_mode_steps_along_v_and_ends_on_the_float64_x0():
+    x0 = torch.linspace(-0.5, 0.5, 12).view(1, 3, 2, 2)
+    eps = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(9))
+    seen = []
+
+    def line(x, sigma):  # one v everywhere: the ODE path is the straight line along it from the first noise
+        seen.append(x.clone())
+        return eps - x0
+
+    sample_student(line, (1, 3, 2, 2), mode="ode", generator=torch.Generator().manual_seed(9))
+    for x, sigma in zip(seen, [0.999, 0.866, 0.634, 0.342]):
+        torch.testing.assert_close(x, eps + (sigma - 0.999) * (eps - x0), rtol=0, atol=1e-5)
+    v = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(4)) * 7
+    out = sample_student(lambda x, s: v, (1, 3, 2, 2), steps=1, mode="ode", generator=torch.Generator().manual_seed(8))
+    x = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(out, (x.double() - v.double()).float().clamp(-1, 1))
+
+
+def reference_dpmpp_2m(x, sigmas, x0_fn):
+    """DPM-Solver++(2M) as its paper writes it (data prediction, D = (1 + 1/2r) x0_i - 1/2r x0_{i-1}), for flow
+    models (alpha = 1 - sigma): an independent statement of what sample_teacher computes."""
+    lam = [math.log((1 - s) / s) if 0 < s < 1 else None for s in sigmas]
+    prev = None
+    for i in range(len(sigmas) - 1):
+        s, t = sigmas[i], sigmas[i + 1]
+        x0 = x0_fn(x, s)
+        if t == 0:
+            return x0
+        h = lam[i + 1] - lam[i]
+        d = x0 if prev is None else (1 + 1 / (2 * ((lam[i] - lam[i - 1]) / h))) * x0 - prev / (
+            2 * ((lam[i] - lam[i - 1]) / h))
+        x = (t / s) * x - (1 - t) * math.expm1(-h) * d
+        prev = x0
+    return x
+
+
+def test_teacher_is_dpm_solver_pp_2m_as_its_paper_writes_it():
+    eps = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(0)).double()
+    c = X0[:1, :, :2, :2].double()
+
+    def x0_of(x, sigma):  # an x0 prediction that moves with sigma and with x: the solver's path shows in the end
+        return c * (1 - 3 * sigma) + 0.5 * x
+
+    out = sample_teacher(lambda x, s: ((x.double() - x0_of(x.double(), s)) / s).float(), (1, 3, 2, 2), steps=8,
+                         shift=1.0, generator=torch.Generator().manual_seed(0))
+    sigmas = teacher_sigmas(8, 1.0)
+    ref = reference_dpmpp_2m(eps, sigmas, x0_of)
+    assert ref.abs().max() < 1  # nothing clamped away
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)  # 1.8e-6 measured: fp32 arithmetic
+    first_order = eps
+    for i in range(8):  # each step alone: DPM-Solver++ of order 1, which the check must tell apart
+        first_order = reference_dpmpp_2m(first_order, sigmas[i:i + 2], x0_of)
+    assert (first_order - ref).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("sigma,guided", [(0.3, False), (0.5, True), (0.7, False)])
+def test_the_guidance_interval_is_open_at_both_ends(sigma, guided):
+    from pid_sdk.sampling import _data_prediction
+
+    x = torch.randn(1, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    used = []
+    _data_prediction(lambda a, s: torch.zeros_like(a), lambda a, s: (used.append(s), torch.zeros_like(a))[1], x,
+                     sigma, 2.0, (0.3, 0.7))
+    assert used == ([sigma] if guided else [])
+
+
+@pytest.mark.parametrize("steps", [392, 784, 999])
+def test_student_indices_round_half_to_even_exactly(steps):
+    from fractions import Fraction
+
+    from pid_sdk.sampling import STUDENT_SIGMAS
+
+    halves = [i for i in range(steps + 1) if Fraction(4 * i, steps).denominator == 2]
+    expected = [STUDENT_SIGMAS[round(Fraction(4 * i, steps))] for i in range(steps + 1)]
+    assert student_sigmas(steps) == expected and (steps == 999 or halves)  # 392 and 784 have exact halves
+
+
+def test_the_student_draws_exactly_one_noise_per_step_after_the_first():
+    """The last step (to sigma 0) draws no noise: a generator shared with the caller continues where it should."""
+    g = torch.Generator().manual_seed(3)
+    sample_student(lambda x, s: torch.zeros_like(x), (1, 3, 2, 2), steps=4, generator=g)
+    ref = torch.Generator().manual_seed(3)
+    for _ in range(4):  # the starting noise and the re-noise of steps 1-3
+        torch.randn(1, 3, 2, 2, generator=ref)
+    assert torch.equal(torch.randn(5, generator=g), torch.randn(5, generator=ref))

@@ -1,0 +1,97 @@
+"""`pid-sdk verify` (pid_sdk.runtime.integrity): one check for the weights and one per entry, each saying what it
+found; plans judged by their header (their library's own check where it is installed). Plans here are headers
+made by hand for a library that is absent (full TensorRT), so no build is needed."""
+
+import hashlib
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+from conftest import sealed
+from pid_sdk.runtime.integrity import Check, verify_folder
+
+pytest.importorskip("onnx")
+
+PLAN_ENTRY = {"backend": "tensorrt", "target": "h100", "bucket": [64, 64], "batch": 1, "precision": "bf16",
+              "sm": [90], "trt_version": "10.14.1"}
+
+
+needs_no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                                       reason="judges plans of an absent library; TensorRT is installed here")
+
+
+def plan_bytes(magic: bytes = b"ftrt", version=(10, 14, 1)) -> bytes:
+    return magic + bytes(20) + bytes(version) + bytes(100)
+
+
+@pytest.fixture
+def folder(tiny_engine_folder, tmp_path):
+    return shutil.copytree(tiny_engine_folder, tmp_path / "set")
+
+
+def add_plan_entry(folder, data: bytes, **fields) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    onnx = manifest["entries"][0]
+    files = {g: f"h100/64x64/{g}.plan" for g in ("text", "adapter", "denoiser")}
+    (folder / "h100" / "64x64").mkdir(parents=True)
+    for rel in files.values():
+        (folder / rel).write_bytes(data)
+    entry = {**onnx, **PLAN_ENTRY, "files": files, "source": "onnx:-:64x64:b1:fp32",
+             "sha256": {rel: hashlib.sha256(data).hexdigest() for rel in files.values()}, **fields}
+    manifest["entries"].append(entry)
+    (folder / "manifest.json").write_text(json.dumps(sealed(manifest)))
+
+
+def test_a_sound_folder_passes_every_check_and_says_what_was_checked(folder):
+    checks = verify_folder(folder)
+    assert [c.subject for c in checks] == ["weights", "onnx:-:64x64:b1:fp32"] and all(c.ok for c in checks)
+    assert checks[0].detail == "weights.safetensors sha256 matches"
+    assert checks[1].detail.startswith("3 files, sha256 match, graphs are what the entry says, external data")
+    assert str(checks[0]) == "ok   weights: weights.safetensors sha256 matches"
+
+
+def test_a_tampered_graph_fails_its_entry_only(folder):
+    rel = json.loads((folder / "manifest.json").read_text())["entries"][0]["files"]["adapter"]
+    (folder / rel).write_bytes((folder / rel).read_bytes() + b"\0")
+    weights, entry = verify_folder(folder)
+    assert weights.ok and not entry.ok and "does not match the manifest's sha256" in entry.detail
+    assert "\n" not in entry.detail and str(entry).startswith("FAIL onnx:-:64x64:b1:fp32: ")
+
+
+def test_tampered_weights_fail_the_weights_check_only(folder):
+    (folder / "weights.safetensors").write_bytes(b"other")
+    weights, entry = verify_folder(folder)
+    assert not weights.ok and "the shared weights) does not match" in weights.detail and entry.ok
+
+
+@needs_no_tensorrt
+def test_a_plan_of_an_absent_library_is_named_from_its_header(folder):
+    add_plan_entry(folder, plan_bytes())
+    *_, plan = verify_folder(folder)
+    assert plan.ok, plan.detail
+    assert plan.detail == ("3 plans, sha256 match, " + "; ".join(
+        f"{g}.plan tensorrt 10.14.1 (library not installed here)" for g in ("adapter", "denoiser", "text")))
+
+
+@needs_no_tensorrt
+@pytest.mark.parametrize("data,says", [(plan_bytes(version=(10, 13, 0)), "was built by tensorrt 10.13.0"),
+                                       (plan_bytes(magic=b"vtrt"), "was built by tensorrt_rtx 10.14.1"),
+                                       (b"not a plan", "not a TensorRT plan (unknown header)")])
+def test_a_plan_whose_header_disagrees_with_its_entry_fails(folder, data, says):
+    add_plan_entry(folder, data)
+    *_, plan = verify_folder(folder)
+    assert not plan.ok and says in plan.detail
+
+
+@needs_no_tensorrt
+def test_a_plan_entry_contradicting_its_own_shapes_fails(folder):
+    add_plan_entry(folder, plan_bytes(), bucket=[128, 64])
+    *_, plan = verify_folder(folder)
+    assert not plan.ok and "does not agree with its own I/O shapes" in plan.detail
+
+
+def test_check_lines_read_ok_or_fail():
+    assert str(Check("w", True, "fine")) == "ok   w: fine"
+    assert str(Check("w", False, "bad")) == "FAIL w: bad"
