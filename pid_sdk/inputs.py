@@ -64,12 +64,12 @@ def _native_array(value: np.ndarray, name: str) -> np.ndarray:
     """A float array torch can take without a copy, or a bounded copy in native byte order and positive strides."""
     kind = value.dtype.kind
     if kind != "f" or value.dtype.fields:
-        what = {"c": "complex", "O": "Python-object", "V": "structured", "U": "string", "S": "bytes"}.get(
-            kind, "integer or boolean")
-        raise InputError(f"{name} has a {what} dtype.", received=str(value.dtype),
+        what = {"c": "a complex", "O": "a Python-object", "V": "a structured", "U": "a string", "S": "a bytes"}.get(
+            kind, "an integer or boolean")
+        raise InputError(f"{name} has {what} dtype.", received=str(value.dtype),
                          expected="float16, float32 or float64",
                          fix=f"pass the {name} as the model produced it (real floating point), e.g. x.astype("
-                             "'float32')" if what != "complex" else f"pass the real part: {name}.real")
+                             "'float32')" if kind != "c" else f"pass the real part: {name}.real")
     if value.dtype.itemsize > 8:
         raise InputError(f"{name} has a {value.dtype} dtype (long double), which torch has no type for.",
                          received=str(value.dtype), expected="float16, float32 or float64",
@@ -173,7 +173,7 @@ def check_text_embeddings(embeddings, batch: int, max_length: int, width: int) -
     ok = e.ndim == 3 and e.shape[-1] == width and 1 <= e.shape[1] <= max_length
     if not ok or e.shape[0] not in (1, batch):
         raise InputError("The text embeddings have the wrong shape.", received=f"shape {tuple(e.shape)}",
-                         expected=f"[{batch} or 1, L <= {max_length}, {width}]",
+                         expected=f"[{'1' if batch == 1 else f'{batch} or 1'}, L <= {max_length}, {width}]",
                          fix="pass Gemma-2-2B-it last hidden states (prompt= computes them for you)")
     e = e.to("cpu", torch.float32)
     check_latent_values(e, "text embeddings")
@@ -182,7 +182,8 @@ def check_text_embeddings(embeddings, batch: int, max_length: int, width: int) -
 
 def check_sigma(latent_sigma, batch: int, space: LatentSpace) -> Tensor:
     upper = float("inf") if space.noise_form == "vp" else 1.0
-    expected = f"one number or {batch} numbers in [0, {upper}] ({space.name} noise frame)"
+    numbers_ = "one number" if batch == 1 else f"one number or {batch} numbers"
+    expected = f"{numbers_} in [0, {upper}] ({space.name} noise frame)"
     fix = "pass the LDM's noise level at the captured step (0 for a finished latent)"
     if isinstance(latent_sigma, bool) or not isinstance(latent_sigma, (numbers.Real, Tensor, np.ndarray, list, tuple)):
         raise InputError("latent_sigma must be a number.", received=repr(latent_sigma)[:80], expected=expected,
@@ -262,7 +263,8 @@ def check_stats(stats, shape: tuple[int, int, int]) -> dict[str, Tensor] | None:
     if stats is None:
         return None
     if not isinstance(stats, dict) or not {"mean", "var"} <= set(stats):
-        raise InputError("stats must be a dict with 'mean' and 'var'.", received=repr(stats)[:120],
+        given = f"a dict of {sorted(map(str, stats))}" if isinstance(stats, dict) else repr(stats)[:120]
+        raise InputError("stats must be a dict with 'mean' and 'var'.", received=given,
                          expected="{'mean': tensor, 'var': tensor}", fix="pass your VAE / encoder's statistics")
     out = {}
     for key in ("mean", "var"):
@@ -273,6 +275,6 @@ def check_stats(stats, shape: tuple[int, int, int]) -> dict[str, Tensor] | None:
                              fix="pass the statistics of the encoder that produced this latent space")
         out[key] = t.float()
         if not torch.isfinite(out[key]).all() or (key == "var" and (out[key] < 0).any()):
-            raise InputError(f"stats[{key!r}] holds NaN, Inf{' or negative values' if key == 'var' else ''}.",
+            raise InputError(f"stats[{key!r}] holds NaN{', Inf or negative' if key == 'var' else ' or Inf'} values.",
                              expected="finite numbers", fix="recompute the statistics")
     return out

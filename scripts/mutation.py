@@ -32,7 +32,7 @@ MODULES: dict[str, dict] = {
     "pid_sdk/sampling.py": {"tests": ["tests/test_sampling.py"]},
     "pid_sdk/latents.py": {"tests": ["tests/test_latents.py"]},
     "pid_sdk/inputs.py": {"tests": ["tests/test_inputs.py"]},
-    "pid_sdk/compare.py": {"tests": ["tests/test_compare.py"]},
+    "pid_sdk/compare.py": {"tests": ["tests/test_compare.py"], "exported_once": True},
     "pid_sdk/buckets.py": {"tests": ["tests/test_buckets.py"]},
     "pid_sdk/runtime/selection.py": {"tests": ["tests/test_selection.py"]},
     "pid_sdk/runtime/manifest.py": {"tests": ["tests/test_manifest.py"]},
@@ -57,7 +57,47 @@ _URL = "only each error's location and message are read; include_url adds anothe
 _NO_ROOT_ERROR = ("unreachable: a manifest that is not an object is refused before the schema, so every schema "
                   "error has a location")
 _BROADCAST = "[C, 1, 1] and [1, C, 1, 1] (or [1, 1, 1, 1] and a scalar) broadcast alike against [B, C, H, W]"
+_PAD = ("a release is read from one to three numbers (an empty one is refused by int('')), so the padding's "
+        "third element and a fourth number are never kept")
+_RTX_VERSION = "runtime_version answers tensorrt_rtx for every backend name but 'tensorrt'"
+_UNREADABLE = "'' and 'XXXX' are both unreadable releases: the same refusal"
+_CPU_FIRST = "every provider's first precision, and the fallback's, is fp32: the same command"
+_RTX_RULE = ("TensorRT-RTX releases are 1.x, below 8.6, before which the TensorRT rule also asks for the same "
+             "release: the same verdict")
+_SEL = "pid_sdk/runtime/selection.py:x_"
+_LONG_DOUBLE = "long double is 12 or 16 bytes and no float dtype has 9 to 11: refused at > 9 as at > 8"
+_NATIVE = "newbyteorder('=') of a native dtype is the same dtype"
+_FROM_NUMPY = "only torch.from_numpy runs in the block; its one warning is the read-only UserWarning"
+_ON_ITS_DEVICE = ("differs only for a tensor already on a GPU, which the decode moves to its device either way; on "
+                  "the CPU the same tensor")
+_SAME_SHAPE = "z[:2] and z[:1] have the same shape after the batch dimension"
+_INF = "float('INF') is float('inf')"
+_INP = "pid_sdk/inputs.py:x_"
+_OWN_SPACE = ("a latent space the decoder accepts has the decoder's channels and cell size (check_latent refuses "
+              "others), so the decoder's own space builds the same step and output size")
+_CMP = "pid_sdk/compare.py:x_"
 EQUIVALENT: dict[str, str] = {
+    f"{_CMP}compare__mutmut_26": "a sampling stride one element longer: a sample of the same error distribution",
+    **{f"{_CMP}_step_fn__mutmut_{n}": _OWN_SPACE for n in (4, 5, 6, 12, 14)},
+    **{f"{_CMP}run_parity__mutmut_{n}": _OWN_SPACE for n in (53, 55, 58, 59, 60)},
+    f"{_INP}_native_array__mutmut_53": _LONG_DOUBLE,
+    f"{_INP}_native_array__mutmut_89": _NATIVE,
+    **{f"{_INP}as_float_tensor__mutmut_{n}": _FROM_NUMPY for n in (7, 9)},
+    **{f"{_INP}{name}": _TRUNCATION for name in (
+        "check_callback__mutmut_14", "check_choice__mutmut_13", "check_flag__mutmut_11", "check_guidance__mutmut_23",
+        "check_int__mutmut_32", "check_sigma__mutmut_36", "check_sigma__mutmut_97", "check_stats__mutmut_20")},
+    **{f"{_INP}check_latent__mutmut_{n}": _ON_ITS_DEVICE for n in (20, 22)},
+    **{f"{_INP}check_text_embeddings__mutmut_{n}": _ON_ITS_DEVICE for n in (49, 51)},
+    f"{_INP}check_latent__mutmut_44": _SAME_SHAPE,
+    f"{_INP}check_sigma__mutmut_6": _INF,
+    **{f"{_SEL}_release__mutmut_{n}": _PAD for n in (7, 9, 13)},
+    **{f"{_SEL}_runs_here__mutmut_{n}": _RTX_VERSION for n in (8, 9, 10)},
+    f"{_SEL}aoti_runs_on__mutmut_12": _UNREADABLE,
+    f"{_SEL}runs_on__mutmut_32": _UNREADABLE,
+    **{f"{_SEL}build_command__mutmut_{n}": _CPU_FIRST for n in (1, 2, 3, 16)},
+    **{f"{_SEL}select_entry__mutmut_{n}": _CPU_FIRST for n in (61, 67)},
+    **{f"{_SEL}runs_on__mutmut_{n}": _RTX_RULE for n in (26, 30)},
+    **{f"{_SEL}version_runs__mutmut_{n}": _RTX_RULE for n in (1, 2)},
     "pid_sdk/latents.py:x__channel__mutmut_9": _BROADCAST,
     "pid_sdk/latents.py:x__channel__mutmut_14": _BROADCAST,
     "pid_sdk/latents.py:xǁLatentSpaceǁnormalize__mutmut_52": _BROADCAST,

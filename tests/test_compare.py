@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pid_sdk.compare import (TOLERANCES, Comparison, EntryResult, ParityReport, Row, Tolerance, box_blur, compare,
-                             judged_precision, summary)
+                             compare_folder, judged_precision, run_parity, summary)
 
 
 def with_error(ref: torch.Tensor, error: torch.Tensor, precision: str = "fp32", kind: str = "image") -> Comparison:
@@ -119,3 +119,192 @@ def test_summary_counts_each_status():
                EntryResult("d", "passed")]
     assert summary(results) == "2 passed, 1 failed, 1 skipped"
     assert "error: x" in str(results[1]) and str(results[2]).startswith("== c: SKIPPED")
+
+
+def test_an_entry_result_reads_as_pinned():
+    ran = {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp32",
+           "files": ["onnx/a.onnx", "onnx/b.onnx"]}
+    report = ParityReport([compare("step 1 v", torch.ones(2), torch.ones(2))], compare("image", torch.ones(2),
+                                                                                          torch.ones(2)))
+    text = str(EntryResult("onnx:-:64x64:b1:fp32", "passed", ran, report)).splitlines()
+    assert text[:2] == ["== onnx:-:64x64:b1:fp32: PASSED",
+                        "   ran: onnxruntime on CPUExecutionProvider, precision fp32, files onnx/a.onnx, onnx/b.onnx"]
+    assert text[2:] == str(report).splitlines() and len(text) == 4
+    assert str(EntryResult("k", "skipped", reason="no GPU")) == "== k: SKIPPED\n   skipped: no GPU"
+    assert str(EntryResult("k", "failed", reason="bad")) == "== k: FAILED\n   error: bad"
+
+
+# --- run_parity and compare_folder on the tiny model (fast enough for scripts/mutation.py) -------------------------
+def tiny(seed: int):
+    import pid_sdk
+
+    return pid_sdk.Decoder.load(preset="tiny", seed=seed)
+
+
+def test_parity_of_a_decoder_with_itself_passes_at_every_step():
+    latent = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(0))
+    report = run_parity(tiny(0), tiny(0), latent, precision="fp32", steps=3, seed=5)
+    assert report.passed and [c.name for c in report.steps] == ["step 1 v", "step 2 v", "step 3 v"]
+    assert all(c.kind == "step" and c.max_abs == 0 for c in report.steps) and report.image.kind == "image"
+    assert report.image.max_abs == 0 and report.image.precision == "fp32"
+
+
+def test_parity_of_other_weights_fails_at_every_step_and_in_the_image():
+    latent = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(0))
+    report = run_parity(tiny(0), tiny(1), latent, precision="fp32", steps=2, seed=5)
+    assert not report.passed and not report.image.passed and not any(c.passed for c in report.steps)
+
+
+def test_the_candidate_is_asked_on_the_references_trajectory():
+    """Each step compares the two velocities at the same x, and the loop follows the reference's velocity: the
+    xs the loop visits are those of the reference's own decode, whatever the candidate answers."""
+    ref, cand = tiny(0), tiny(1)
+    seen = []
+    original = ref.runtime.backend
+
+    def spy(**kw):
+        step = original(**kw)
+        infer = step.infer
+        step.infer = lambda feeds: (seen.append(feeds["x"].clone()), infer(feeds))[1]
+        return step
+
+    ref.runtime.backend = spy
+    latent = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(0))
+    run_parity(ref, cand, latent, precision="fp32", steps=2, seed=7)
+    assert len(seen) == 4  # two steps of the loop, then the reference's own decode
+    assert torch.equal(seen[0], torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(7)))
+    assert torch.equal(seen[0], seen[2]) and torch.equal(seen[1], seen[3])
+
+
+def test_a_folder_of_the_tiny_model_passes_its_own_parity(tiny_engine_folder):
+    pytest.importorskip("onnxruntime")
+    [result] = compare_folder(tiny_engine_folder, "onnxruntime", steps=2, seed=3)
+    assert result.status == "passed" and result.entry == "onnx:-:64x64:b1:fp32"
+    assert result.ran["backend"] == "onnxruntime" and len(result.report.steps) == 2
+    assert result.report.image.precision == "fp32" and result.report.image.max_abs < 1e-4
+    latent = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(11))
+    [given] = compare_folder(tiny_engine_folder, "onnxruntime", steps=1, seed=3, latent=latent)
+    [seeded] = compare_folder(tiny_engine_folder, "onnxruntime", steps=1, seed=3)
+    assert given.report.image.max_abs != seeded.report.image.max_abs  # the latent given was the one decoded
+
+
+def test_compare_folder_refuses_what_it_cannot_compare(tiny_engine_folder):
+    from pid_sdk.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        compare_folder(tiny_engine_folder, "onnxruntime", sizes=["128x128"])
+    assert str(e.value) == ("Nothing to compare.\n  received: ['128x128']\n"
+                            f"  expected: onnxruntime entries in {tiny_engine_folder}\n"
+                            "  fix: pid-sdk export / pid-sdk build first")
+    with pytest.raises(InputError, match="Nothing to compare") as e:
+        compare_folder(tiny_engine_folder, "tensorrt_rtx")
+    assert e.value.received == "all sizes"
+    with pytest.raises(InputError, match="steps must be an integer in \\[1, 50\\]"):
+        compare_folder(tiny_engine_folder, "onnxruntime", steps=51)
+    with pytest.raises(InputError, match="verify must be True or False"):
+        compare_folder(tiny_engine_folder, "onnxruntime", verify="no")
+
+
+def test_relative_error_is_against_the_references_own_norm_however_small():
+    c = compare("x", torch.tensor([0.2, 0.0]), torch.tensor([0.1, 0.0]))
+    assert c.rel_l2 == pytest.approx(1.0) and c.scale == 1.0
+
+
+def test_a_nan_result_has_the_worst_psnr():
+    c = compare("x", torch.tensor([float("nan"), 0.0]), torch.tensor([0.5, 0.0]))
+    assert c.psnr == -math.inf and not c.passed
+
+
+def test_a_comparison_reads_as_pinned():
+    c = compare("image", torch.tensor([0.5, 0.25, 0.0, 0.0]), torch.tensor([0.5, 0.0, 0.0, 0.0]))
+    assert list(c.quantiles) == ["50", "90", "99", "99.9"]
+    assert str(c) == ("FAIL (max_abs, mean_abs, min_cosine, min_psnr) image          fp32  max 2.50e-01 mean 6.25e-02 "
+                      "rel 5.00e-01 cos 0.8944272 psnr 24.1 dB scale 1.0  p50=0.0e+00 p90=1.8e-01 p99=2.4e-01 "
+                      "p99.9=2.5e-01")
+
+
+def test_odd_blurs_keep_the_size_too():
+    image = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
+    for k in (1, 2, 3, 4, 5):
+        assert box_blur(image, k).shape == image.shape, k
+    torch.testing.assert_close(box_blur(image, 3)[0, 0, 2, 2], image[0, 0, 1:4, 1:4].mean())
+
+
+def test_results_above_torch_quantiles_limit_are_sampled():
+    ref = torch.zeros(17_000_000)
+    c = compare("big", ref + 1e-3, ref)
+    assert c.quantiles["50"] == pytest.approx(1e-3) and c.max_abs == pytest.approx(1e-3)
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    return shutil.copytree(folder, tmp_path / "set")
+
+
+def test_compare_folder_defaults_onnxruntime_four_steps_seed_zero_and_verified(tiny_engine_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    [default] = compare_folder(tiny_engine_folder)
+    [explicit] = compare_folder(tiny_engine_folder, "onnxruntime", steps=4, seed=0)
+    assert len(default.report.steps) == 4 and default.report.image.max_abs == explicit.report.image.max_abs
+    folder = _copy(tiny_engine_folder, tmp_path)
+    data = json.loads((folder / "manifest.json").read_text())
+    data["entries"][0]["sha256"] = {}
+    (folder / "manifest.json").write_text(json.dumps(data))
+    from pid_sdk.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="edited after it was written"):
+        compare_folder(folder)
+
+
+def test_an_entry_outside_its_tolerance_fails_and_says_so(tiny_engine_folder, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import pid_sdk.compare as compare_module
+
+    zero = Tolerance(max_abs=0.0, mean_abs=0.0, min_cosine=1.0, min_psnr=math.inf)
+    monkeypatch.setitem(compare_module.TOLERANCES, "fp32", Row(step=zero, image=zero))
+    [result] = compare_folder(tiny_engine_folder, steps=1)
+    assert result.status == "failed" and not result.report.passed and str(result).startswith(
+        "== onnx:-:64x64:b1:fp32: FAILED\n   ran: onnxruntime on CPUExecutionProvider, precision fp32")
+
+
+def test_a_damaged_entry_fails_without_running_and_one_this_machine_cannot_run_is_skipped(tiny_engine_folder,
+                                                                                           tmp_path):
+    pytest.importorskip("onnxruntime")
+    import hashlib
+    import json
+
+    from conftest import sealed
+
+    folder = _copy(tiny_engine_folder, tmp_path)
+    rel = json.loads((folder / "manifest.json").read_text())["entries"][0]["files"]["text"]
+    (folder / rel).write_bytes((folder / rel).read_bytes() + b"\0")
+    [damaged] = compare_folder(folder, steps=1)
+    assert damaged.status == "failed" and damaged.report is None
+    assert "does not match the manifest's sha256" in damaged.reason
+    assert damaged.reason.endswith("; fix: rebuild it (pid-sdk export / pid-sdk build)")
+    data = json.loads((folder / "manifest.json").read_text())
+    plan = b"vtrt" + bytes(20) + bytes((1, 7, 1)) + bytes(100)
+    (folder / "rtx").mkdir()
+    files = {g: f"rtx/{g}.plan" for g in ("text", "adapter", "denoiser")}
+    for path in files.values():
+        (folder / path).write_bytes(plan)
+    data["entries"].append({**data["entries"][0], "backend": "tensorrt_rtx", "target": "rtx5090", "precision": "bf16",
+                            "sm": [120], "trt_version": "1.7.1", "files": files,
+                            "sha256": {p: hashlib.sha256(plan).hexdigest() for p in files.values()}})
+    (folder / "manifest.json").write_text(json.dumps(sealed(data)))
+    [skipped] = compare_folder(folder, "tensorrt", steps=1)
+    assert skipped.status == "skipped" and skipped.entry == "tensorrt_rtx:rtx5090:64x64:b1:bf16"
+    assert str(skipped) == "== tensorrt_rtx:rtx5090:64x64:b1:bf16: SKIPPED\n   skipped: no CUDA GPU" or \
+        torch.cuda.is_available()
+
+
+def test_run_parity_defaults_to_four_steps_and_seed_zero():
+    latent = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(0))
+    a, b = tiny(0), tiny(1)
+    default = run_parity(a, b, latent, precision="fp32")
+    explicit = run_parity(a, b, latent, precision="fp32", steps=4, seed=0)
+    assert len(default.steps) == 4 and default.image.max_abs == explicit.image.max_abs
+    assert [c.max_abs for c in default.steps] == [c.max_abs for c in explicit.steps]

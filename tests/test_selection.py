@@ -128,3 +128,127 @@ def test_build_commands_for_each_backend_and_machine():
     assert "this machine has none" in build_command("f", "tensorrt", (64, 96), 1, CPU)
     assert build_command("f", "tensorrt", (64, 96), 1, RTX).endswith("--target rtx5090 --size 64x96 --batch 1")
     assert build_command("f", "tensorrt", (64, 96), 1, DeviceInfo(75)).endswith("--target sm75 --size 64x96 --batch 1")
+
+
+# --- what mutation testing showed no test held (scripts/mutation.py) ------------------------------------------------
+def test_detect_reads_the_gpus_capability_and_the_installed_libraries(monkeypatch):
+    import pid_sdk.runtime.selection as selection
+
+    monkeypatch.setattr(selection, "_version", lambda module: {"tensorrt": "10.14.1", "tensorrt_rtx": "1.7.1"}[module])
+    assert DeviceInfo.detect() == DeviceInfo(None, "10.14.1", "1.7.1", "cpu") or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H100")
+    assert DeviceInfo.detect() == DeviceInfo(90, "10.14.1", "1.7.1", "NVIDIA H100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (12, 1))
+    assert DeviceInfo.detect().sm == 121
+
+
+def test_an_absent_library_has_no_version():
+    from pid_sdk.runtime.selection import _version
+
+    assert _version("pid_sdk_no_such_module") is None and _version("torch") == torch.__version__
+
+
+def test_ampere_plus_plans_need_every_built_capability_at_80_or_more():
+    assert covers("tensorrt", (80,), "ampere_plus", 80) and covers("tensorrt", (80, 90), "ampere_plus", 86)
+    assert not covers("tensorrt", (79, 90), "ampere_plus", 90)
+
+
+@pytest.mark.parametrize("built,installed,runs", [
+    ("10.14.1", "10.14.1", True), ("10.14.1", "10.14.2", True), ("10.14.1", "10.13.0", False),
+    ("8.6.0", "10.0.0", True), ("10.0.0", "11.0.0", True), ("8.6.0", "11.0.0", False), ("10.0.0", "8.6.0", False),
+    ("9.0.0", "10.0.0", False), ("8.5.0", "8.6.0", False), ("8.6.0", "9.0.0", False), ("11.0.0", "10.0.0", False),
+])
+def test_the_documented_version_compatible_pairs(built, installed, runs):
+    assert version_runs(built, installed, True) is runs
+    assert version_runs(built, installed, True, "tensorrt") is runs
+    assert version_runs(built, installed, True, "tensorrt_rtx") is (built == installed)  # RTX: its own release only
+    assert version_runs(built, installed, False) is (built == installed)
+
+
+def test_releases_are_read_as_three_numbers():
+    from pid_sdk.runtime.selection import _release
+
+    assert _release("10.14") == (10, 14, 0) and _release("10.14.1.48") == (10, 14, 1) and _release("7") == (7, 0, 0)
+    assert _release("") is None and _release("10.x") is None
+    assert version_runs("10.14.1.48", "10.14.1", False) and not version_runs("", "", False)
+
+
+def test_torch_minor_drops_the_local_build_label():
+    assert torch_minor("2.13.0+cu128") == "2.13" and torch_minor("2.13+cpu") == "2.13"
+    assert aoti_runs_on(entry("aoti", target="cpu", torch_version=None), CPU)[0] is False
+
+
+def test_the_refusal_names_height_then_width_and_every_entry(monkeypatch):
+    m = manifest(entry("onnx", "fp32", bucket=(64, 96), batch=2), entry("onnx", "fp32", bucket=(96, 64)),
+                 entry("onnx", "bf16", bucket=(64, 96)))
+    with pytest.raises(ConfigError) as err:
+        select_entry(m, "f", "onnxruntime", (64, 96), 1, CPU)
+    e = err.value
+    assert e.what == "No onnxruntime engine for a 64x96 output at batch 1 runs on this machine."
+    assert e.received == "onnx:-:64x96:b1:bf16: CPUExecutionProvider has no bf16 kernels (it runs fp32, fp8-fp32, fp16)"
+    m = manifest(plan(version="10.13.0"), replace(plan(version="10.12.0"), precision="fp8"))
+    with pytest.raises(ConfigError) as err:
+        select_entry(m, "f", "tensorrt", (64, 64), 1, H100)
+    assert err.value.received.count("; ") == 1 and "installed 10.14.1" in err.value.received
+    with pytest.raises(ConfigError) as err:
+        select_entry(manifest(entry("onnx", "fp32", bucket=(64, 96))), "f", "onnxruntime", (64, 64), 1, CPU)
+    assert err.value.received == "entries: ['onnx:-:64x96:b1:fp32']"
+
+
+def test_an_rtx_only_machine_names_its_library_in_the_refusal():
+    with pytest.raises(ConfigError) as err:
+        select_entry(manifest(), "f", "tensorrt", (64, 64), 1, RTX)
+    assert err.value.expected == "a tensorrt entry for 64x64, batch 1, sm 120, 1.7.1"
+
+
+def test_packages_of_the_other_device_come_last_and_unknown_precisions_after_known_ones():
+    from pid_sdk.runtime.selection import _preference
+
+    order = ("fp32", "bf16")
+    cuda = entry("aoti", "fp32", target="cuda", torch_version=TORCH)
+    cpu = entry("aoti", "bf16", target="cpu", torch_version=TORCH)
+    assert _preference(cuda, order, CPU) == (True, 0, False) and _preference(cpu, order, CPU) == (False, 1, False)
+    assert _preference(cuda, order, H100) == (False, 0, False)
+    assert _preference(entry("onnx", "fp32", target=None), order, H100) == (False, 0, False)
+    assert _preference(entry("onnx", "fp16", attention_dtype="fp16"), order, CPU) == (False, 2, True)
+
+
+def test_default_provider_is_the_cpu_one():
+    assert entry_runs(entry(precision="bf16"), CPU) == onnx_runs_on(entry(precision="bf16"), "CPUExecutionProvider")
+    assert build_command("f", "onnxruntime", (64, 64), 1, CPU) == "pid-sdk export f --size 64x64 --batch 1 " \
+                                                                   "--precision fp32"
+    assert build_command("f", "onnxruntime", (64, 64), 1, CPU, "NoSuchProvider").endswith("--precision fp32")
+    with pytest.raises(ConfigError) as err:
+        select_entry(manifest(), "f", "onnxruntime", (64, 64), 1, CPU, "NoSuchProvider")
+    assert err.value.expected.endswith("that NoSuchProvider runs ()")
+    assert build_command("f", "tensorrt", (64, 64), 1, CPU) == (
+        "TensorRT engines need a CUDA GPU and this machine has none: decode here with backend='onnxruntime' or "
+        "'pytorch'; build engines on the GPU host (pid-sdk build --target ...)")
+
+
+def test_runs_on_applies_the_entrys_own_hardware_and_version_rules():
+    assert runs_on(plan(sm=(86,), hardware_compatibility="ampere_plus"), H100) == (True, "")
+    assert runs_on(plan(version="10.13.0", version_compatible=True), H100) == (True, "")
+    assert runs_on(plan(version="10.15.0", version_compatible=True), H100) == (
+        False, "built with tensorrt 10.15.0, installed 10.14.1 (needs a later release of the same major, or "
+               "8 -> 10, 10 -> 11 version)")
+    cuda_package = entry("aoti", target="cuda", torch_version=TORCH)
+    assert entry_runs(cuda_package, CPU) == (False, "compiled for CUDA, and this machine has no CUDA GPU")
+
+
+def test_selection_asks_the_callers_provider():
+    m = manifest(entry("onnx", "bf16"))
+    assert select_entry(m, "f", "onnxruntime", (64, 64), 1, CPU, "TensorrtExecutionProvider").precision == "bf16"
+
+
+def test_every_reason_is_listed_and_the_size_is_height_by_width():
+    m = manifest(entry("onnx", "bf16", bucket=(64, 96)), entry("onnx", "fp8", bucket=(64, 96)))
+    with pytest.raises(ConfigError) as err:
+        select_entry(m, "f", "onnxruntime", (64, 96), 1, CPU)
+    assert err.value.received == (
+        "onnx:-:64x96:b1:bf16: CPUExecutionProvider has no bf16 kernels (it runs fp32, fp8-fp32, fp16); "
+        "onnx:-:64x96:b1:fp8: CPUExecutionProvider has no fp8 kernels (it runs fp32, fp8-fp32, fp16)")
+    assert err.value.expected == ("a onnxruntime entry for 64x96, batch 1 that CPUExecutionProvider runs (fp32, "
+                                  "fp8-fp32, fp16)")
