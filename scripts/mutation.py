@@ -145,7 +145,7 @@ def run_module(module: str, spec: dict, log) -> dict:
             'testpaths = ["tests"]\n'
             'markers = ["gpu: a CUDA GPU", "tensorrt: TensorRT", "slow: longer"]\n')
         # mutmut forks a warmed-up process per mutant: torch's thread pool does not survive a fork, so one thread
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PID_SDK_MUTATION="1")
         if spec.get("exported_once"):  # the module cannot change an export: one for every mutant's tests
             env["PID_SDK_TINY_ENGINES"] = str(_export_tiny(work / "tiny-engines"))
         run = subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", "2"], cwd=work,
@@ -157,7 +157,7 @@ def run_module(module: str, spec: dict, log) -> dict:
         prefix = module.removesuffix(".py").replace("/", ".") + ".x"
         wanted = spec.get("functions")
         if wanted:
-            codes = {k: v for k, v in codes.items() if k.removeprefix(prefix).split("__mutmut_")[0] in wanted}
+            codes = {k: v for k, v in codes.items() if k.removeprefix(prefix + "_").split("__mutmut_")[0] in wanted}
         survivors = sorted(k.removeprefix(module.removesuffix(".py").replace("/", ".") + ".")
                            for k, v in codes.items() if v == 0)
         diffs = {name: _show(work, f"{prefix[:-1]}{name}") for name in survivors}

@@ -1,6 +1,7 @@
 """pid_sdk/inputs.py on its own: each check refuses from metadata first, names what it got, and passes good input
 through unchanged (the decoder's and the CLI's own tests cover the same refusals end to end)."""
 
+import os
 import warnings
 from types import SimpleNamespace
 
@@ -638,6 +639,8 @@ def test_raw_latents_are_normalised_with_their_statistics():
     torch.testing.assert_close(patched, FLUX2.to_model_form(raw32))
 
 
+@pytest.mark.skipif(bool(os.environ.get("PID_SDK_MUTATION")),
+                    reason="mutmut's trampolines add stack frames between the caller and the warning")
 def test_decoding_another_spaces_latents_warns_at_the_callers_line():
     import pid_sdk
 

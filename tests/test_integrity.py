@@ -95,3 +95,64 @@ def test_a_plan_entry_contradicting_its_own_shapes_fails(folder):
 def test_check_lines_read_ok_or_fail():
     assert str(Check("w", True, "fine")) == "ok   w: fine"
     assert str(Check("w", False, "bad")) == "FAIL w: bad"
+
+
+# --- plans of the installed TensorRT-RTX, judged by the library first (its verdicts stood in for where the header
+# alone cannot show them) ------------------------------------------------------------------------------------------
+def rtx_plan_entry(folder):
+    trt = pytest.importorskip("tensorrt_rtx", reason="needs TensorRT-RTX (pip install tensorrt-rtx)")
+    release = ".".join(trt.__version__.split(".")[:3])
+    add_plan_entry(folder, plan_bytes(b"vtrt", tuple(int(v) for v in release.split("."))), backend="tensorrt_rtx",
+                   target="rtx5090", sm=[120], trt_version=trt.__version__)
+    return release
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU the library judges the plan itself")
+def test_a_plan_the_library_cannot_judge_here_is_well_formed_and_names_the_gpu_it_needs(folder):
+    release = rtx_plan_entry(folder)
+    *_, plan = verify_folder(folder)
+    assert plan.ok and plan.detail == "3 plans, sha256 match, " + "; ".join(
+        f"{g}.plan tensorrt_rtx {release}, well-formed; needs an RTX GPU of sm 120 to run"
+        for g in ("adapter", "denoiser", "text"))
+
+
+@pytest.mark.parametrize("diagnostics,ok,says", [
+    ([], True, "adapter.plan tensorrt_rtx {release}, valid here;"),
+    (["COMPUTE_CAPABILITY", "DRIVER"], True,
+     "adapter.plan tensorrt_rtx {release}, well-formed; not runnable here: COMPUTE_CAPABILITY, DRIVER;"),
+    (["MALFORMED_ENGINE"], False, "tensorrt_rtx says h100/64x64/adapter.plan of tensorrt_rtx:rtx5090:64x64:b1:bf16 "
+                                  "is malformed.;  received: ['MALFORMED_ENGINE'];  fix: rebuild the entry "
+                                  "(pid-sdk build)"),
+])
+def test_the_librarys_verdict_comes_first(folder, monkeypatch, diagnostics, ok, says):
+    import pid_sdk.runtime.tensorrt_backend as backend
+
+    release = rtx_plan_entry(folder)
+    seen = []
+
+    def diagnose(trt, runtime, head):
+        seen.append((trt.__name__, type(runtime).__name__, head[:4]))
+        return diagnostics
+
+    monkeypatch.setattr(backend, "plan_diagnostics", diagnose)
+    *_, plan = verify_folder(folder)
+    assert plan.ok is ok and says.format(release=release) in plan.detail, plan.detail
+    assert seen[0] == ("tensorrt_rtx", "Runtime", b"vtrt")
+
+
+def test_without_the_onnx_package_external_data_is_said_unchecked(folder, monkeypatch):
+    import sys
+
+    from pid_sdk.runtime.integrity import _external_data
+    from pid_sdk.runtime.manifest import read_engine_manifest
+
+    monkeypatch.setitem(sys.modules, "pid_sdk.runtime.onnxruntime_backend", None)  # import fails as if absent
+    entry = read_engine_manifest(folder).entries[0]
+    assert _external_data(folder, entry) == " (external data not checked: the onnx package is not installed)"
+
+
+def test_a_failed_check_is_one_line_and_false(folder):
+    (folder / "weights.safetensors").write_bytes(b"x")
+    weights, _ = verify_folder(folder)
+    assert weights.ok is False and weights.detail.count(";") >= 2 and "\n" not in weights.detail
+    assert weights.detail.startswith("weights.safetensors (the shared weights) does not match the manifest's sha256")
