@@ -117,7 +117,8 @@ def _single_tensor(value, path: Path, what: str) -> torch.Tensor:
                          fix=SAVE_HINT)
     if value.is_nested or value.layout != torch.strided:
         raise InputError(f"{path} holds a sparse or nested tensor.", received=str(value.layout),
-                         expected="a dense tensor", fix="save the dense tensor: torch.save({'latent': z.to_dense()}, path)")
+                         expected="a dense tensor",
+                         fix="save the dense tensor: torch.save({'latent': z.to_dense()}, path)")
     _check_meta(path, what, "tensor", str(value.dtype), tuple(value.shape),
                 value.is_floating_point() and not value.is_complex())
     return value

@@ -59,7 +59,8 @@ case("latent", "a finite 1e30")(lambda t, d: d.decode(torch.full(Z, 1e30)))
 case("latent", "an SDXL latent to a FLUX.1 model")(lambda t, d: d.decode(z(1, 4, 2, 2), latent_space="sdxl"))
 case("latent", "an unknown latent space")(lambda t, d: d.decode(z(), latent_space="sd9"))
 case("latent", "a sparse tensor")(lambda t, d: d.decode(torch.randn(Z).to_sparse()))
-case("latent", "a nested tensor")(lambda t, d: d.decode(torch.nested.nested_tensor([torch.zeros(16, 2, 2)], layout=torch.jagged)))
+case("latent", "a nested tensor")(
+    lambda t, d: d.decode(torch.nested.nested_tensor([torch.zeros(16, 2, 2)], layout=torch.jagged)))
 
 # --- decode arguments --------------------------------------------------------------------------------------------
 case("argument", "steps=0")(lambda t, d: d.decode(z(), steps=0))

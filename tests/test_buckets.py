@@ -25,7 +25,8 @@ def test_sizes_that_are_not_h_x_w_are_refused_with_the_form(text):
 
 
 def test_latent_size_is_the_output_over_factor_times_scale():
-    assert Bucket(2048, 1536).latent_size(8, 4) == (64, 48) and all(type(v) is int for v in Bucket(64, 96).latent_size(8, 4))
+    assert Bucket(2048, 1536).latent_size(8, 4) == (64, 48)
+    assert all(type(v) is int for v in Bucket(64, 96).latent_size(8, 4))
     assert Bucket(4096, 2048).latent_size(16, 8) == (32, 16)
     with pytest.raises(InputError, match="not a whole number of latent cells") as err:
         Bucket(2048, 1540).latent_size(8, 4)

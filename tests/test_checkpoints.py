@@ -344,3 +344,45 @@ class OpensAFile:
 class Fails:
     def __reduce__(self):
         return (int, ("not a number",))
+
+
+# --- the key mapping's refusals and hints, found unprotected by mutation testing (scripts/mutation.py) --------------
+@pytest.mark.parametrize("hint,space", [("pid-2k-flux2-klein", "flux2"), ("PID_QWEN", "qwenimage"),
+                                        ("pid-sdxl", "sdxl"), ("sd3.5", "sd3"), ("SigLIP", "siglip"),
+                                        ("dinov2-b", "dinov2"), ("FLUX.1-dev", "flux1"), ("zimage-turbo", "flux1"),
+                                        ("model_ema_bf16", None)])
+def test_the_file_name_hints_the_latent_space(hint, space):
+    from pid_sdk.checkpoints import _space_from_hint
+
+    assert _space_from_hint(hint) == space
+
+
+def test_trained_sizes_follow_the_version_or_the_2kto4k_hint():
+    from pid_sdk.checkpoints import infer_config
+    from pid_sdk.config import SIZES_2K, SIZES_4K
+
+    sd = reference("tiny").state_dict()
+    assert infer_config(sd).trained_sizes == SIZES_2K
+    assert infer_config(sd, hint="pid-2KTO4K").trained_sizes == SIZES_4K
+
+
+def test_the_key_mappings_refusals_read_as_pinned():
+    from pid_sdk.checkpoints import _merge_adaln, canonical_state_dict, infer_config
+
+    with pytest.raises(CheckpointError) as e:
+        canonical_state_dict([torch.zeros(1)])
+    assert str(e.value) == ("The file holds a list, not a state dict of named tensors.\n  received: list\n"
+                            "  expected: a dict of tensor names to tensors\n"
+                            "  fix: pass a PiD checkpoint (model_ema_bf16.pth), a safetensors repack or an SDK artefact")
+    with pytest.raises(CheckpointError) as e:
+        _merge_adaln({"msa": torch.zeros(2)}, "pixel_blocks.0", 16)
+    assert str(e.value) == ("pixel_blocks.0: only one half of the split adaLN_modulation is present.\n"
+                            "  received: ['msa']\n  expected: ['mlp', 'msa']\n  fix: use a complete checkpoint")
+    with pytest.raises(CheckpointError) as e:
+        infer_config({f"k{i}": torch.zeros(1) for i in range(9)})
+    assert str(e.value) == ("This file is not a PiD or PixelDiT checkpoint.\n"
+                            "  received: keys like k0, k1, k2, k3, k4, k5\n"
+                            "  expected: keys such as s_embedder.proj.weight, patch_blocks.0.attn.qkv_x.weight\n"
+                            "  fix: pass an official PiD / PixelDiT checkpoint, a safetensors repack or an SDK artefact")
+    with pytest.raises(CheckpointError, match="received: keys like \\(no tensors\\)"):
+        infer_config({})

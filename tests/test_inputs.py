@@ -639,6 +639,16 @@ def test_raw_latents_are_normalised_with_their_statistics():
     torch.testing.assert_close(patched, FLUX2.to_model_form(raw32))
 
 
+def test_decoding_another_spaces_latents_warns_once():
+    with pytest.warns(UserWarning) as caught:
+        pinned_latent(torch.zeros(1, 16, 2, 2), get_latent_space("sd3"))
+    assert [str(w.message) for w in caught] == ["Decoding sd3 latents with a model trained for flux1."]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pinned_latent(torch.zeros(1, 16, 2, 2), model_space="flux1")
+        pinned_latent(torch.zeros(1, 16, 2, 2), get_latent_space("sd3"), model_space=None)
+
+
 @pytest.mark.skipif(bool(os.environ.get("PID_SDK_MUTATION")),
                     reason="mutmut's trampolines add stack frames between the caller and the warning")
 def test_decoding_another_spaces_latents_warns_at_the_callers_line():

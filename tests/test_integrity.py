@@ -156,3 +156,36 @@ def test_a_failed_check_is_one_line_and_false(folder):
     weights, _ = verify_folder(folder)
     assert weights.ok is False and weights.detail.count(";") >= 2 and "\n" not in weights.detail
     assert weights.detail.startswith("weights.safetensors (the shared weights) does not match the manifest's sha256")
+
+
+def test_what_verify_says_of_a_well_formed_plan_it_cannot_judge(monkeypatch):
+    import torch
+
+    from pid_sdk.runtime.integrity import _unjudged
+    from pid_sdk.runtime.manifest import Entry
+
+    plan = Entry("tensorrt", (64, 64), 1, "bf16", {}, {}, {}, target="gb200", sm=(90, 100), trt_version="10.14.1")
+    rtx = Entry("tensorrt_rtx", (64, 64), 1, "bf16", {}, {}, {}, target="rtx5090", sm=(120,), trt_version="1.7.1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _unjudged(plan) == "well-formed; needs a GPU of sm 90, 100 to run"
+    assert _unjudged(rtx) == "well-formed; needs an RTX GPU of sm 120 to run"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _unjudged(plan) == "well-formed (the library cannot judge it before loading)"
+
+
+@pytest.mark.parametrize("torch_version,verdict", [
+    (None, "runnable here"), ("1.0.0", "not runnable here: compiled by torch 1.0.0, this is torch {torch}")])
+def test_aoti_entries_say_whether_they_run_here(folder, monkeypatch, torch_version, verdict):
+    """The package's own signature is checked by runtime/signatures.py (tests/test_signatures.py); here, what verify
+    says once it holds."""
+    import torch
+
+    import pid_sdk.runtime.signatures as signatures
+
+    monkeypatch.setattr(signatures, "check_entry", lambda folder, entry: None)
+    release = torch_version or torch.__version__.split("+")[0]
+    add_plan_entry(folder, b"a package", backend="aoti", target="cpu", torch_version=release, sm=[],
+                   trt_version=None, precision="fp32")
+    *_, package = verify_folder(folder)
+    assert package.ok and package.detail == ("3 packages, sha256 match, packages are what the entry says, "
+                                             + verdict.format(torch=torch.__version__))

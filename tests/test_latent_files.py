@@ -242,7 +242,8 @@ def test_a_pickle_is_read_as_a_latent_file_with_its_own_consent(tmp_path, monkey
     torch.save(z(2), tmp_path / "l.pt")
     read_latent_file(tmp_path / "l.pt", what="text-embedding")
     read_latent_file(tmp_path / "l.pt", trust_pickle=True)
-    assert seen == [{"trust_pickle": False, "what": "text-embedding file"}, {"trust_pickle": True, "what": "latent file"}]
+    assert seen == [{"trust_pickle": False, "what": "text-embedding file"},
+                    {"trust_pickle": True, "what": "latent file"}]
 
 
 def test_npy_headers_are_read_within_a_bound_and_never_unpickled(tmp_path):

@@ -312,3 +312,14 @@ def test_a_manifest_that_is_a_folder_or_truncated_says_so(tmp_path):
         read_engine_manifest(tmp_path)
     assert str(e.value).startswith(f"The engine manifest {tmp_path}/manifest.json is not valid JSON within the SDK")
     assert e.value.fix == "re-export the engine set (pid-sdk export)"
+
+
+def test_a_graph_that_is_a_folder_is_named_and_a_short_weights_hash_is_shown(folder):
+    e = entry(folder)
+    (folder / "onnx/64x64/text.onnx").unlink()
+    (folder / "onnx/64x64/text.onnx").mkdir()
+    with pytest.raises(CheckpointError, match="onnx/64x64/text.onnx of onnx:-:64x64:b1:fp32 .*is a folder"):
+        verify_files(folder, e, verify=False)
+    with pytest.raises(CheckpointError) as err:
+        verify_weights(folder, Manifest(CONFIG, "abc", [], "weights.safetensors"))
+    assert err.value.received == "'abc'"
