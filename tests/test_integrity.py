@@ -189,3 +189,16 @@ def test_aoti_entries_say_whether_they_run_here(folder, monkeypatch, torch_versi
     *_, package = verify_folder(folder)
     assert package.ok and package.detail == ("3 packages, sha256 match, packages are what the entry says, "
                                              + verdict.format(torch=torch.__version__))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="says what a machine without a GPU says")
+def test_a_cuda_package_is_not_runnable_on_a_machine_without_a_gpu(folder, monkeypatch):
+    import torch
+
+    import pid_sdk.runtime.signatures as signatures
+
+    monkeypatch.setattr(signatures, "check_entry", lambda folder, entry: None)
+    add_plan_entry(folder, b"a package", backend="aoti", target="cuda", torch_version=torch.__version__.split("+")[0],
+                   sm=[], trt_version=None, precision="fp32")
+    *_, package = verify_folder(folder)
+    assert package.detail.endswith("not runnable here: compiled for CUDA, and this machine has no CUDA GPU")
