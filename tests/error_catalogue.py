@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pid_sdk  # noqa: E402
+from conftest import sealed  # noqa: E402
 from pid_sdk.errors import PiDError  # noqa: E402
 
 CASES: list[tuple[str, str, Callable]] = []  # (area, what was passed, fn(tmp, decoder) that must raise)
@@ -242,17 +243,10 @@ def _artefact(t: Path) -> Path:
     return out
 
 
-def _sealed(manifest):
-    """An edited manifest given the right digest again (what an attacker can also do): the checks behind it."""
-    from pid_sdk.files import digest
-
-    return {**manifest, "manifest_sha256": digest(manifest)} if isinstance(manifest, dict) else manifest
-
-
 def _edit_artefact(t: Path, change, seal: bool = True):
     path = _artefact(t) / "manifest.json"
     edited = change(json.loads(path.read_text()))
-    path.write_text(json.dumps(_sealed(edited) if seal else edited))
+    path.write_text(json.dumps(sealed(edited) if seal else edited))
     return pid_sdk.Decoder.load(_artefact(t))
 
 
@@ -288,7 +282,7 @@ def _engine_dir(t: Path) -> Path:
     manifest = {"format": FORMAT, "format_version": VERSION, "preset": "tiny",
                 "config": pid_sdk.get_preset("tiny").to_dict(), "model_sha256": "0" * 64,
                 "weights": "weights.safetensors", "entries": []}
-    (folder / "manifest.json").write_text(json.dumps(_sealed(manifest)))
+    (folder / "manifest.json").write_text(json.dumps(sealed(manifest)))
     return folder
 
 
@@ -302,7 +296,7 @@ def _engine_manifest(t: Path, weights: str | None = None, truncate: bool = False
         data["entries"] = [{"backend": "tensorrt", "bucket": [64, 64], "batch": 1, "precision": "bf16",
                             "files": {g: f"h100/{g}.plan" for g in ("text", "adapter", "denoiser")}, "sha256": {},
                             "io": {g: io for g in ("text", "adapter", "denoiser")}}]
-    text = json.dumps(_sealed(data))
+    text = json.dumps(sealed(data))
     (folder / "manifest.json").write_text(text[:100] if truncate else text)
     return pid_sdk.Decoder.load(folder)
 
@@ -327,7 +321,7 @@ def _lying_engines(t: Path, change):
     folder = _exported(t)
     data = json.loads((folder / "manifest.json").read_text())
     change(data["entries"][0])
-    (folder / "manifest.json").write_text(json.dumps(_sealed(data)))
+    (folder / "manifest.json").write_text(json.dumps(sealed(data)))
     return pid_sdk.Decoder.load(folder, backend="onnxruntime").decode(z(), seed=0)
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import copy_folder
 from pid_sdk.compare import (TOLERANCES, Comparison, EntryResult, ParityReport, Row, Tolerance, box_blur, compare,
                              compare_folder, judged_precision, run_parity, summary)
 
@@ -236,12 +237,6 @@ def test_results_above_torch_quantiles_limit_are_sampled():
     assert c.quantiles["50"] == pytest.approx(1e-3) and c.max_abs == pytest.approx(1e-3)
 
 
-def _copy(folder, tmp_path):
-    import shutil
-
-    return shutil.copytree(folder, tmp_path / "set")
-
-
 def test_compare_folder_defaults_onnxruntime_four_steps_seed_zero_and_verified(tiny_engine_folder, tmp_path):
     pytest.importorskip("onnxruntime")
     import json
@@ -249,7 +244,7 @@ def test_compare_folder_defaults_onnxruntime_four_steps_seed_zero_and_verified(t
     [default] = compare_folder(tiny_engine_folder)
     [explicit] = compare_folder(tiny_engine_folder, "onnxruntime", steps=4, seed=0)
     assert len(default.report.steps) == 4 and default.report.image.max_abs == explicit.report.image.max_abs
-    folder = _copy(tiny_engine_folder, tmp_path)
+    folder = copy_folder(tiny_engine_folder, tmp_path)
     data = json.loads((folder / "manifest.json").read_text())
     data["entries"][0]["sha256"] = {}
     (folder / "manifest.json").write_text(json.dumps(data))
@@ -278,7 +273,7 @@ def test_a_damaged_entry_fails_without_running_and_one_this_machine_cannot_run_i
 
     from conftest import sealed
 
-    folder = _copy(tiny_engine_folder, tmp_path)
+    folder = copy_folder(tiny_engine_folder, tmp_path)
     rel = json.loads((folder / "manifest.json").read_text())["entries"][0]["files"]["text"]
     (folder / rel).write_bytes((folder / rel).read_bytes() + b"\0")
     [damaged] = compare_folder(folder, steps=1)

@@ -5,11 +5,10 @@ made by hand for a library that is absent (full TensorRT), so no build is needed
 import hashlib
 import importlib.util
 import json
-import shutil
 
 import pytest
 
-from conftest import sealed
+from conftest import copy_folder, sealed
 from pid_sdk.runtime.integrity import Check, verify_folder
 
 pytest.importorskip("onnx")
@@ -28,7 +27,7 @@ def plan_bytes(magic: bytes = b"ftrt", version=(10, 14, 1)) -> bytes:
 
 @pytest.fixture
 def folder(tiny_engine_folder, tmp_path):
-    return shutil.copytree(tiny_engine_folder, tmp_path / "set")
+    return copy_folder(tiny_engine_folder, tmp_path)
 
 
 def add_plan_entry(folder, data: bytes, **fields) -> None:

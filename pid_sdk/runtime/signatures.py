@@ -109,12 +109,12 @@ def _onnx_problems(path: Path, entry: Entry, graph: str) -> list[str]:
     attention = {"float16"} if entry.attention_dtype else set()  # fp16 constants of attention run in fp16
     problems += _precision_problems(set(sig.weights) - {"float8e4m3fn"} - attention, entry.precision, WEIGHT_DTYPES,
                                     ("float16", "bfloat16"))
-    fp8 = graph == "denoiser" and (entry.precision.startswith("fp8") or entry.attention_dtype in ("fp8", "fp8-mha"))
+    fp8_attention = entry.attention_dtype in ("fp8", "fp8-mha")
+    fp8 = graph == "denoiser" and (entry.precision.startswith("fp8") or fp8_attention)
     if ("float8e4m3fn" in sig.weights) != fp8:  # FP8 lives in the denoiser's transformer blocks only
         problems.append(f"it {'has no' if fp8 else 'has'} FP8 Q/DQ, and the entry is {entry.variant}")
     # Attention in fp16 casts to it; native attention never does (FP8 attention's scores may, either way).
     fp16_attention = graph == "denoiser" and entry.attention_dtype == "fp16"
-    fp8_attention = entry.attention_dtype in ("fp8", "fp8-mha")
     if entry.precision != "fp16" and not fp8_attention and ("float16" in sig.casts) != fp16_attention:
         problems.append(f"it {'has no' if fp16_attention else 'has'} attention cast to float16, and the entry is "
                         f"{entry.variant}")
