@@ -158,17 +158,16 @@ def canonical_state_dict(raw: dict) -> tuple[dict[str, Tensor], str, list[str]]:
         source = "official-pid"
     out, dropped, split = {}, [], {}
     for key, value in tensors.items():
-        if key.startswith(_SKIP_PREFIXES) or key == "pos_embed":
+        name = _strip_prefix(key)
+        if name.startswith(_SKIP_PREFIXES) or name == "pos_embed":
             dropped.append(key)
-            continue
-        key = _strip_prefix(key)
-        if key.startswith(_SKIP_PREFIXES) or key == "pos_embed":
-            dropped.append(key)
-        elif m := _SPLIT_ADALN.match(key):
+        elif m := _SPLIT_ADALN.match(name):
             split.setdefault((m[1], m[3]), {})[m[2]] = value
         else:
-            out[key] = value
-    pixel_hidden = out["pixel_embedder.proj.weight"].shape[0] if "pixel_embedder.proj.weight" in out else 16
+            out[name] = value
+    # A missing or damaged pixel_embedder is refused right after (check_read_shapes); until then, the official width.
+    embedder = out.get("pixel_embedder.proj.weight")
+    pixel_hidden = (embedder.shape[0] if embedder is not None and embedder.dim() else 0) or PIXELDIT.pixel_hidden_size
     for (block, kind), halves in split.items():
         try:
             out[f"{block}.adaLN_modulation.0.{kind}"] = _merge_adaln(halves, block, pixel_hidden)

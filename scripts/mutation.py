@@ -161,7 +161,8 @@ def run_module(module: str, spec: dict, log) -> dict:
         # mutmut forks a warmed-up process per mutant: torch's thread pool does not survive a fork, so one thread
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PID_SDK_MUTATION="1")
         if spec.get("exported_once"):  # the module cannot change an export: one for every mutant's tests
-            env["PID_SDK_TINY_ENGINES"] = str(_export_tiny(work / "tiny-engines"))
+            env["PID_SDK_TINY_ENGINES"] = str(_export_tiny(work / "tiny-engines", "64, 64", ["fp32"]))
+            env["PID_SDK_TINY_BF16_ENGINES"] = str(_export_tiny(work / "tiny-bf16-engines", "64, 96", ["fp32", "bf16"]))
         run = subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", "2"], cwd=work,
                              capture_output=True, text=True, env=env)
         meta = work / "mutants" / f"{module}.meta"
@@ -194,10 +195,12 @@ def run_module(module: str, spec: dict, log) -> dict:
             "surviving": surviving, "score": score, "tests": tests, "diffs": {s: diffs[s] for s in surviving}}
 
 
-def _export_tiny(folder: Path) -> Path:
+def _export_tiny(folder: Path, size: str, precisions: list[str]) -> Path:
+    """What tests/conftest.py's tiny_engine_folder / tiny_bf16_engine_folder export, done once."""
     subprocess.run([sys.executable, "-c", "from export.export_folder import export_engine_set\n"
                     "from pid_sdk.buckets import Bucket\n"
-                    f"export_engine_set({str(folder)!r}, preset='tiny', sizes=[Bucket(64, 64)], log=print)"],
+                    f"export_engine_set({str(folder)!r}, preset='tiny', sizes=[Bucket({size})], "
+                    f"precisions={precisions!r}, log=print)"],
                    cwd=ROOT, check=True, capture_output=True)
     return folder
 

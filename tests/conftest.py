@@ -43,15 +43,26 @@ def tiny_engine_folder(tmp_path_factory) -> Path:
     """The tiny preset exported at 64x64 in fp32 (tests that change it work on `copy_folder` of it). Where
     PID_SDK_TINY_ENGINES names such a folder, a copy of it (scripts/mutation.py exports it once for the modules
     whose mutants cannot change an export, instead of once per mutant)."""
+    return _tiny_export(tmp_path_factory, "PID_SDK_TINY_ENGINES", (64, 64), ("fp32",))
+
+
+@pytest.fixture(scope="session")
+def tiny_bf16_engine_folder(tmp_path_factory) -> Path:
+    """The tiny preset at 64x96 (not square) in fp32 and bf16: two entries of one size, one of them a precision
+    ONNX Runtime's CPU provider has no kernels for. PID_SDK_TINY_BF16_ENGINES: as PID_SDK_TINY_ENGINES."""
+    return _tiny_export(tmp_path_factory, "PID_SDK_TINY_BF16_ENGINES", (64, 96), ("fp32", "bf16"))
+
+
+def _tiny_export(tmp_path_factory, variable: str, size: tuple[int, int], precisions: tuple[str, ...]) -> Path:
     pytest.importorskip("onnxscript")
     from export.export_folder import export_engine_set
     from pid_sdk.buckets import Bucket
 
     folder = tmp_path_factory.mktemp("tiny-engines")
-    if os.environ.get("PID_SDK_TINY_ENGINES"):
-        shutil.copytree(os.environ["PID_SDK_TINY_ENGINES"], folder, dirs_exist_ok=True)
+    if os.environ.get(variable):
+        shutil.copytree(os.environ[variable], folder, dirs_exist_ok=True)
         return folder
-    export_engine_set(folder, preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
+    export_engine_set(folder, preset="tiny", sizes=[Bucket(*size)], precisions=list(precisions), log=lambda *_: None)
     return folder
 
 

@@ -386,3 +386,76 @@ def test_the_key_mappings_refusals_read_as_pinned():
                             "  fix: pass an official PiD / PixelDiT checkpoint, a safetensors repack or an SDK artefact")
     with pytest.raises(CheckpointError, match="received: keys like \\(no tensors\\)"):
         infer_config({})
+
+
+def test_a_network_of_no_preset_is_read_field_by_field():
+    """Every field the shapes carry, each away from the preset's (and the official) value: a field left at its
+    default could not show that it was read."""
+    from dataclasses import replace
+
+    base = PRESETS["tiny"]
+    cfg = replace(base, backbone=replace(base.backbone, patch_size=8, pixel_mlp_ratio=2.0),
+                  adapter=replace(base.adapter, latent_channels=8, num_res_blocks=0, interval=1, gate="per_token"))
+    with torch.device("meta"):
+        got = infer_config(build_model(cfg).state_dict())
+    assert (got.backbone, got.adapter) == (cfg.backbone, cfg.adapter)
+    assert (got.name, got.latent_space, got.description) == ("custom", None, "read from checkpoint shapes")
+
+
+@pytest.mark.parametrize("hidden", [7, 11, 64, 1152, 1536, 2304])
+def test_the_mlp_ratio_read_gives_back_the_swiglu_width_under_the_two_thirds_rule(hidden):
+    from pid_sdk.checkpoints import _mlp_ratio
+
+    for swiglu in range(1, 400):  # (7, 81) and (11, 10) are widths whose plain ratio rounds one below
+        assert int(2 * int(hidden * _mlp_ratio(hidden, swiglu)) / 3) == swiglu, (hidden, swiglu)
+
+
+def test_gates_that_fit_no_interval_are_refused_as_pinned():
+    sd = reference("tiny").state_dict()
+    sd["lq_proj.output_heads.5.weight"] = torch.zeros(1)  # six gates for three patch blocks
+    with pytest.raises(CheckpointError) as e:
+        infer_config(sd)
+    assert str(e.value) == ("The checkpoint's gates do not fit its blocks.\n"
+                            "  received: 6 lq_proj.output_heads for 3 patch blocks\n"
+                            "  expected: ceil(patch blocks / interval) gates for some interval\n"
+                            "  fix: use a complete, unmodified checkpoint")
+
+
+def test_training_keys_are_dropped_by_their_stored_name_wherever_they_sit():
+    t = torch.zeros(1)
+    raw = {"net_ema.a": t, "pos_embed": t, "core.pos_embed": t, "x.weight": t, "module.fake_score.b": t}
+    out, source, dropped = canonical_state_dict(raw)
+    assert (list(out), source) == (["x.weight"], "safetensors")
+    assert dropped == ["net_ema.a", "pos_embed", "core.pos_embed", "module.fake_score.b"]
+
+
+def test_split_adaln_halves_of_the_wrong_size_are_refused_as_pinned():
+    raw = {"pixel_embedder.proj.weight": torch.zeros(8, 3), "pixel_blocks.0.adaLN_modulation_msa.weight":
+           torch.zeros(5, 2), "pixel_blocks.0.adaLN_modulation_mlp.weight": torch.zeros(5, 2)}
+    with pytest.raises(CheckpointError) as e:
+        canonical_state_dict(raw)
+    assert str(e.value) == ("pixel_blocks.0.adaLN_modulation_msa / _mlp have shapes no PiT block has.\n"
+                            "  received: {'msa': (5, 2), 'mlp': (5, 2)}\n  expected: [pixels x 3 x 8, ...] each\n"
+                            "  fix: use a complete, unmodified checkpoint")
+    with pytest.raises(CheckpointError, match="^pixel_blocks.3: only one half"):
+        canonical_state_dict({"pixel_blocks.3.adaLN_modulation_mlp.weight": torch.zeros(48, 2)})
+
+
+@pytest.mark.parametrize("embedder", [None, torch.zeros(()), torch.zeros(0, 3)])
+def test_a_split_file_without_a_usable_pixel_embedder_is_refused_as_incomplete(embedder):
+    sd = split_adaln(reference("tiny").state_dict(), PRESETS["tiny"].backbone.pixel_hidden_size)
+    del sd["pixel_embedder.proj.weight"]
+    if embedder is not None:
+        sd["pixel_embedder.proj.weight"] = embedder
+    with pytest.raises(CheckpointError, match="missing tensors every PiD variant has|has a shape no PiD model has"):
+        infer_config(canonical_state_dict(sd)[0])
+
+
+def test_the_rope_follows_the_source_and_the_sizes_follow_the_version():
+    from pid_sdk.config import SIZES_4K
+
+    bare = reference("tiny-pixeldit-1.3b").state_dict()
+    assert (infer_config(bare).backbone.rope_mode, infer_config(bare).backbone.rope_ref) == ("plain", 1024)
+    official = infer_config(bare, source="official-pid").backbone
+    assert (official.rope_mode, official.rope_ref) == ("ntk", 2048)
+    assert infer_config(reference("tiny-pid-2kto4k-v1.5").state_dict()).trained_sizes == SIZES_4K

@@ -303,3 +303,119 @@ def test_run_parity_defaults_to_four_steps_and_seed_zero():
     explicit = run_parity(a, b, latent, precision="fp32", steps=4, seed=0)
     assert len(default.steps) == 4 and default.image.max_abs == explicit.image.max_abs
     assert [c.max_abs for c in default.steps] == [c.max_abs for c in explicit.steps]
+
+
+# --- one folder, several entries: each judged on its own graph, one failure or skip never stops the rest ------------
+TWIN = "bf16 (its fp32 twin: no bf16 kernels here)"
+
+
+def test_each_entry_runs_on_its_own_graph_and_a_bf16_one_as_its_fp32_twin(tiny_bf16_engine_folder):
+    pytest.importorskip("onnxruntime")
+    fp32, bf16 = compare_folder(tiny_bf16_engine_folder, steps=1, sizes=["64x96"])
+    assert (fp32.entry, fp32.status, fp32.ran["precision"]) == ("onnx:-:64x96:b1:fp32", "passed", "fp32")
+    assert (bf16.entry, bf16.status, bf16.ran["precision"]) == ("onnx:-:64x96:b1:bf16", "passed", TWIN)
+    assert all("64x96-b1-bf16" in f for f in bf16.ran["files"])
+    assert [c.precision for c in [*bf16.report.steps, bf16.report.image]] == ["bf16-twin", "bf16-twin"]
+    assert [c.precision for c in [*fp32.report.steps, fp32.report.image]] == ["fp32", "fp32"]
+
+
+def test_a_damaged_entry_fails_alone_and_the_next_entry_still_runs(tiny_bf16_engine_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    folder = copy_folder(tiny_bf16_engine_folder, tmp_path)
+    rel = json.loads((folder / "manifest.json").read_text())["entries"][0]["files"]["denoiser"]
+    (folder / rel).write_bytes((folder / rel).read_bytes() + b"\0")
+    damaged, bf16 = compare_folder(folder, steps=1)
+    assert (damaged.entry, damaged.status, damaged.report) == ("onnx:-:64x96:b1:fp32", "failed", None)
+    assert bf16.status == "passed" and bf16.ran["precision"] == TWIN
+
+
+def test_an_entry_recorded_with_another_digest_runs_only_unverified(tiny_bf16_engine_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from conftest import sealed
+
+    folder = copy_folder(tiny_bf16_engine_folder, tmp_path)
+    data = json.loads((folder / "manifest.json").read_text())
+    entry = data["entries"][0]
+    entry["sha256"] = {path: "0" * 64 for path in entry["sha256"]}
+    (folder / "manifest.json").write_text(json.dumps(sealed(data)))
+    refused = compare_folder(folder, steps=1)[0]
+    assert refused.status == "failed" and "does not match the manifest's sha256" in refused.reason
+    assert compare_folder(folder, steps=1, verify=False)[0].status == "passed"
+
+
+def test_the_reference_weights_are_verified_before_anything_runs(tiny_engine_folder, tmp_path):
+    from pid_sdk.errors import CheckpointError
+
+    folder = copy_folder(tiny_engine_folder, tmp_path)
+    weights = folder / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor's data: still a well-formed file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        compare_folder(folder, steps=1)
+
+
+def test_a_provider_onnxruntime_does_not_know_skips_every_entry_with_the_reason(tiny_bf16_engine_folder):
+    pytest.importorskip("onnxruntime")
+    results = compare_folder(tiny_bf16_engine_folder, steps=1, providers=["NoSuchExecutionProvider"])
+    assert [(r.entry, r.status) for r in results] == [("onnx:-:64x96:b1:fp32", "skipped"),
+                                                      ("onnx:-:64x96:b1:bf16", "skipped")]
+    assert all(r.reason.startswith("ONNX Runtime knows no such execution provider") for r in results)
+    assert all(r.report is None and r.ran is None for r in results)
+
+
+def test_entries_this_machine_cannot_run_are_each_skipped(tiny_engine_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine may run TensorRT-RTX entries")
+    import hashlib
+    import json
+
+    from conftest import sealed
+
+    folder = copy_folder(tiny_engine_folder, tmp_path)
+    data = json.loads((folder / "manifest.json").read_text())
+    plan = b"vtrt" + bytes(20) + bytes((1, 7, 1)) + bytes(100)
+    for precision in ("bf16", "fp8"):
+        files = {g: f"rtx-{precision}/{g}.plan" for g in ("text", "adapter", "denoiser")}
+        (folder / f"rtx-{precision}").mkdir()
+        for path in files.values():
+            (folder / path).write_bytes(plan)
+        data["entries"].append({**data["entries"][0], "backend": "tensorrt_rtx", "target": "rtx5090", "sm": [120],
+                                "precision": precision, "trt_version": "1.7.1", "files": files,
+                                "sha256": {p: hashlib.sha256(plan).hexdigest() for p in files.values()}})
+    (folder / "manifest.json").write_text(json.dumps(sealed(data)))
+    results = compare_folder(folder, "tensorrt", steps=1)
+    assert [(r.entry, r.status, r.reason) for r in results] == [
+        ("tensorrt_rtx:rtx5090:64x64:b1:bf16", "skipped", "no CUDA GPU"),
+        ("tensorrt_rtx:rtx5090:64x64:b1:fp8", "skipped", "no CUDA GPU")]
+
+
+def test_the_seed_reaches_the_parity_run_as_well_as_the_latent(tiny_engine_folder):
+    pytest.importorskip("onnxruntime")
+    latent = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(11))
+    [a] = compare_folder(tiny_engine_folder, steps=1, seed=0, latent=latent)
+    [b] = compare_folder(tiny_engine_folder, steps=1, seed=5, latent=latent)
+    assert a.report.image.max_abs != b.report.image.max_abs  # the same latent, other noise
+
+
+def test_the_steps_refusal_names_the_values_compare_takes(tiny_engine_folder):
+    from pid_sdk.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        compare_folder(tiny_engine_folder, steps=0)
+    assert (e.value.expected, e.value.fix) == ("4 (default), or 1, 2, 3, ...", "pass steps=4")
+
+
+def test_run_parity_judges_at_the_precision_asked_and_decodes_with_the_options_given():
+    latent = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(0))
+    a = tiny(0)
+    with pytest.warns(UserWarning, match="Decoding sd3 latents with a model trained for flux1"):
+        report = run_parity(a, a, latent, precision="bf16", steps=2, latent_space="sd3")
+    assert [(c.name, c.precision) for c in report.steps] == [("step 1 v", "bf16"), ("step 2 v", "bf16")]
+    assert (report.image.name, report.image.precision, report.image.max_abs) == ("image", "bf16", 0.0)
+    assert str(report) == "\n".join(str(c) for c in [*report.steps, report.image])
