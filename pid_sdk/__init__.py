@@ -7,14 +7,28 @@
 
 __version__ = "0.1.0"
 
-from pid_sdk.checkpoints import load_checkpoint, save_artefact
-from pid_sdk.config import DEMO_MODEL, PRESETS, PiDConfig, get_preset
-from pid_sdk.decoder import Decoder
 from pid_sdk.errors import PiDError
-from pid_sdk.latents import LATENT_SPACES, get_latent_space
-from pid_sdk.model import build_model
-from pid_sdk.runtime.speed import Speed
-from pid_sdk.sampling import sample_student, sample_teacher
+
+# The rest is imported on first use (PEP 562), so `pid-sdk --help` answers without loading torch.
+_LAZY = {"load_checkpoint": "checkpoints", "save_artefact": "checkpoints", "DEMO_MODEL": "config", "PRESETS": "config",
+         "PiDConfig": "config", "get_preset": "config", "Decoder": "decoder", "LATENT_SPACES": "latents",
+         "get_latent_space": "latents", "build_model": "model", "Speed": "runtime.speed",
+         "sample_student": "sampling", "sample_teacher": "sampling"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pid_sdk' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"pid_sdk.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Decoder",

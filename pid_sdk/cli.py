@@ -10,21 +10,24 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 
-import torch
-
+from pid_sdk import __version__
+from pid_sdk.config import SHARED_TAE_DIR
 from pid_sdk.errors import ConfigError, InputError, PiDError
-from pid_sdk.runtime.speed import SPEEDS
-from pid_sdk.tae import SHARED_TAE_DIR
 
 MAX_FILE_LATENTS = 1024  # images one `pid-sdk decode` writes
+SPEED_NAMES = ("reference", "bf16", "fast", "fp8", "fp8-torchao", "fast-autotune", "fp8-attention")  # runtime.speed
 OPTION_EXAMPLES = (("--batch-wait-ms", "10"), ("--max-body-mb", "64"), ("--num-gpus", "1"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    warnings.formatwarning = _one_line  # a warning is a message to the user, not a line of our source
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up as Ctrl-C does
     try:
         return _command(args.run)(args)
     except PiDError as exc:
@@ -39,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(exc).__name__}: {exc}\n(rerun with PID_SDK_DEBUG=1 for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def _interrupt(signum, frame):
+    """Unwind as KeyboardInterrupt: every `finally` and temporary folder of the command is cleaned up."""
+    raise KeyboardInterrupt
 
 
 def _command(run):
@@ -85,11 +99,22 @@ def _add(parser: argparse.ArgumentParser, *names: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pid-sdk", description="Run the PiD pixel diffusion decoder.")
+    p.add_argument("--version", action="version", version=f"pid-sdk {__version__}")
     sub = p.add_subparsers(required=True, metavar="command")
     for declare in (_info_arguments, _convert_arguments, _decode_arguments, _export_arguments, _build_arguments,
                     _train_arguments, _distill_arguments, _serve_arguments, _compare_arguments, _verify_arguments):
         declare(sub)
+    for command in sub.choices.values():
+        _show_defaults(command)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Each option's help ends with its default, where it has one worth saying (not a flag's False)."""
+    for action in parser._actions:
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "%(default)" in (action.help or ""):
+            continue
+        action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
 
 
 def _info_arguments(sub) -> None:
@@ -132,10 +157,14 @@ def _decode_arguments(sub) -> None:
     p.add_argument("--text-embeddings", help="file with [L, 2304] or [B, L, 2304] embeddings")
     p.add_argument("--batch-size", type=int, default=1, help="latents decoded together")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--speed", choices=list(SPEEDS),
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "aoti", "pytorch"],
+                   help="for an engine folder: auto takes the first that runs here, warning why it skips others")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp8", "fp8-fp32"],
+                   help="an engine folder's entries of this precision (refused, listing the entries, where it has "
+                   "none); a checkpoint runs fp32 or bf16 (default: fp32 on a CPU, bf16 autocast on CUDA)")
+    p.add_argument("--speed", choices=SPEED_NAMES,
                    help="PyTorch backend setting (default reference: fp32 weights, bf16 autocast on CUDA)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no line saying what ran")
     _add(p, "seed", "trust-pickle", "no-verify")
     p.set_defaults(run=_decode)
 
@@ -304,6 +333,8 @@ def describe(cfg, params: int | None, source: str) -> str:
     from pid_sdk.model import build_model
 
     if params is None:
+        import torch
+
         with torch.device("meta"):
             params = sum(p.numel() for p in build_model(cfg).parameters())
     lines = [f"preset:        {cfg.name}", f"description:   {cfg.description}", f"source:        {source}",
@@ -325,6 +356,8 @@ def describe(cfg, params: int | None, source: str) -> str:
 
 # --- convert --------------------------------------------------------------------------------------------------
 def _convert(args) -> int:
+    import torch
+
     from pid_sdk.checkpoints import load_checkpoint, save_artefact
 
     loaded = load_checkpoint(args.source, preset=args.preset, trust_pickle=args.trust_pickle)
@@ -439,9 +472,9 @@ def _decode(args) -> int:
                          fix="split the file, or decode through the API in a loop")
     check_seed([args.seed + i for i in range(count)], count)  # seed + index, for every latent
     text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
-    dec = Decoder.load(args.model, preset=args.preset, device=args.device, precision=args.precision,
-                       trust_pickle=args.trust_pickle, text_encoder=args.text_encoder, speed=args.speed,
-                       verify=not args.no_verify)
+    dec = Decoder.load(args.model, preset=args.preset, backend=args.backend, device=args.device,
+                       precision=args.precision, trust_pickle=args.trust_pickle, text_encoder=args.text_encoder,
+                       speed=args.speed, verify=not args.no_verify)
     size = args.batch_size
     starts = range(0, count, size) if latents.ndim == 4 else [0]
     chunks = [latents[i:i + size] if latents.ndim == 4 else latents for i in starts]
@@ -460,7 +493,15 @@ def _decode(args) -> int:
             for image, path in zip(images, paths[start:]):  # written as each chunk finishes
                 write_png_atomic(image, path)
                 bar.write(f"wrote {path} ({image.width}x{image.height})", file=sys.stdout)
+    if not args.quiet:
+        print(f"ran: {engine_line(dec.engine)}")
     return 0
+
+
+def engine_line(engine: dict) -> str:
+    """`Decoder.engine` in one line: the entry (an engine folder's), backend, provider and precision."""
+    entry = f"{engine['entry']} on " if engine["entry"] else ""
+    return f"{entry}{engine['backend']} ({engine['provider']}), precision {engine['precision']}"
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

@@ -282,6 +282,8 @@ PRESETS["demo-flux1"] = replace(
 )
 # Its trained weights, installed with the package: Decoder.load(pid_sdk.DEMO_MODEL) decodes FLUX.1 latents for real.
 DEMO_MODEL = Path(__file__).resolve().parent / "data" / "demo-flux1"
+# The tiny autoencoders of ../shared beside a checkout (tests and training make real latents with them).
+SHARED_TAE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tae"
 OFFICIAL_PRESETS = tuple(c.name for c in _OFFICIAL)
 
 

@@ -68,7 +68,8 @@ class Decoder:
         """An engine folder, an artefact folder, an official/repacked checkpoint, or `preset=` with random weights.
 
         For an engine folder `backend` picks TensorRT, ONNX Runtime or PyTorch; "auto" takes, per decode, the first
-        that runs here and warns with the reason for each one it skips. `speed` applies to the PyTorch backend (see
+        that runs here and warns with the reason for each one it skips; `precision` keeps to the folder's entries
+        of that precision (refused, naming the entries there are, where it has none). `engine` then says what ran. `speed` applies to the PyTorch backend (see
         `Speed`). Every file loaded from a folder is checked against its manifest's sha256; `verify=False` is the
         explicit opt-out for folders whose manifest has lost its hashes (paths are confined regardless).
         """
@@ -90,7 +91,8 @@ class Decoder:
                                   fix="drop speed= (engines fix their precision at build time), or load the "
                                       "checkpoint itself")
 
-            manifest, runtime = open_engine_set(path, backend, device_info, providers, verify=verify)
+            manifest, runtime = open_engine_set(path, backend, device_info, providers, verify=verify,
+                                                precision=precision)
             return cls(manifest.config, runtime, text_encoder=text_encoder, source=str(path))
         if backend not in ("auto", "pytorch"):
             raise ConfigError(f"A checkpoint runs on the PyTorch backend, not {backend}.", received=str(path),
@@ -114,6 +116,12 @@ class Decoder:
     @property
     def backend_name(self) -> str:
         return self.runtime.name
+
+    @property
+    def engine(self) -> dict | None:
+        """What the last decode ran: {"entry", "backend", "provider", "precision", "files"} ("entry" None and no
+        files for the PyTorch backend); None for an engine folder before its first decode."""
+        return self.runtime.engine
 
     @property
     def latent_space(self) -> str | None:
@@ -141,7 +149,7 @@ class Decoder:
         text_embeddings: Tensor | None = None,
         negative_embeddings: Tensor | None = None,
         steps: int | None = None,
-        seed: int | list[int] | None = None,
+        seed: int | list[int] | None = 0,
         sampler: str = "sde",
         guidance: float = 5.0,
         normalized: bool = True,
@@ -154,7 +162,8 @@ class Decoder:
         `latent_sigma` is the noise level of a partially denoised capture (0 = clean), in the LDM's own frame
         (SDXL: the Euler sigma). `sampler` is "sde" (default) or "ode" for distilled students, "teacher" for
         the undistilled DPM-Solver++ model with text-only guidance; `steps` defaults to the sampler's own (4 for
-        the students, 50 for the teacher). `seed` may list one seed per latent: each
+        the students, 50 for the teacher). `seed` defaults to 0, as in the CLI, the server and the C ABI: a latent
+        decodes to the same image everywhere (None draws a fresh one). It may list one seed per latent: each
         image then draws the noise it would draw alone with that seed, and equals the lone decode up to the float
         rounding of batched matrix products (a few 1e-6).
         """

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pid_sdk.config import SHARED_TAE_DIR  # noqa: F401  (where callers have always found it)
 from pid_sdk.errors import CheckpointError
 
 # Where the tiny autoencoders sit in a development checkout: ../shared/data/tae beside the repository (a user's clone
 # has none; every tool that needs them takes --tae-dir, every test that needs them skips without them).
-SHARED_TAE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "tae"
 
 
 def _conv(a: int, b: int, **kw) -> nn.Conv2d:

@@ -355,3 +355,49 @@ def test_io_spec_refuses_graphs_that_disagree_on_a_shared_tensor(plain):
 # --- 9: tolerances derived from the measured spread ----------------------------------------------------------------
 def test_fp32_parity_holds_at_one_step_on_the_default_seed(plain, capsys):
     assert main(["compare", str(plain), "--steps", "1"]) == 0, capsys.readouterr().out
+
+
+# --- choosing the entry, and seeing which ran -------------------------------------------------------------------
+def test_a_precision_decodes_on_its_own_entry_and_the_decoder_says_which_ran(mixed):
+    latent = torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(3))
+    images = {}
+    for precision in ("fp32", "fp8-fp32", "fp16"):
+        dec = pid_sdk.Decoder.load(mixed, backend="onnxruntime", precision=precision)
+        assert (dec.engine, dec.precision) == (None, precision)
+        images[precision] = dec.decode(latent)
+        manifest = {e.precision: e for e in read_engine_manifest(mixed).entries}
+        assert dec.engine == {"entry": f"onnx:-:64x64:b1:{precision}", "backend": "onnxruntime",
+                              "provider": "CPUExecutionProvider", "precision": precision,
+                              "files": sorted(manifest[precision].files.values())}
+    assert not torch.equal(images["fp32"], images["fp8-fp32"]) and not torch.equal(images["fp32"], images["fp16"])
+    default = pid_sdk.Decoder.load(mixed, backend="onnxruntime")
+    assert default.precision == "engine"  # nothing chosen, nothing run yet
+    assert torch.equal(default.decode(latent), images["fp32"]) and default.precision == "fp32"
+
+
+def test_a_precision_the_folder_lacks_is_refused_with_the_entries_it_has(mixed):
+    with pytest.raises(ConfigError) as e:
+        pid_sdk.Decoder.load(mixed, backend="onnxruntime", precision="fp8")
+    assert str(e.value) == ("The engine folder has no onnxruntime entry of precision fp8.\n  received: fp8\n"
+                            "  expected: onnx:-:64x64:b1:fp32, onnx:-:64x64:b1:fp8-fp32, onnx:-:64x64:b1:bf16, "
+                            "onnx:-:64x64:b1:fp16\n"
+                            f"  fix: pass one of those precisions, or pid-sdk export {mixed} --precision fp8")
+    with pytest.raises(ConfigError, match="The PyTorch fallback runs fp32 or bf16, not fp16"):
+        pid_sdk.Decoder.load(mixed, backend="pytorch", precision="fp16")
+    assert pid_sdk.Decoder.load(mixed, backend="pytorch", precision="fp32").engine == {
+        "entry": None, "backend": "pytorch", "provider": "cpu", "precision": "fp32", "files": []}
+
+
+def test_the_cli_decodes_the_entry_asked_for_and_prints_what_ran(mixed, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"latent": torch.randn(1, 16, 2, 2, generator=torch.Generator().manual_seed(3))},
+              str(tmp_path / "z.safetensors"))
+    args = ["decode", str(tmp_path / "z.safetensors"), "--model", str(mixed), "--backend", "onnxruntime"]
+    assert main([*args, "-o", str(tmp_path / "a.png"), "--precision", "fp8-fp32"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == ("ran: onnx:-:64x64:b1:fp8-fp32 on onnxruntime (CPUExecutionProvider), "
+                                    "precision fp8-fp32")
+    assert main([*args, "-o", str(tmp_path / "b.png"), "--quiet"]) == 0
+    assert "ran:" not in capsys.readouterr().out
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()  # fp8-fp32 and fp32 entries

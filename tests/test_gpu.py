@@ -18,7 +18,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def velocity(model, device, x, text, z, ls, precision="fp32"):
-    from pid_sdk.runtime import TorchRuntime
+    from pid_sdk.runtime.torch_backend import TorchRuntime
 
     runtime = TorchRuntime(model.to(device), torch.device(device), precision)
     backend = runtime.backend(text=text, latent=z, latent_sigma=ls, height=x.shape[-2], width=x.shape[-1])

@@ -1,5 +1,2 @@
-"""Backends (one small class each, imported lazily where they need optional packages) and engine selection."""
-
-from pid_sdk.runtime.torch_backend import TorchBackend, TorchRuntime
-
-__all__ = ["TorchBackend", "TorchRuntime"]
+"""Backends (one small class each, imported where they are used: most need optional packages) and engine
+selection. Nothing is imported here, so the CLI's argument parsing stays free of torch."""

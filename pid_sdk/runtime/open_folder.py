@@ -20,18 +20,18 @@ FALLBACK_ORDER = ("tensorrt", "onnxruntime", "pytorch")
 class EngineRuntime:
     """Graph or engine entries of one kind, opened lazily per (bucket, batch) and kept open.
 
-    `entry` pins the runtime to one entry (parity checks run each entry on its own graph); `verify=False` skips
-    the sha256 checks (an explicit opt-out, never the default); `upcast` lets ONNX Runtime run a bf16 graph's
-    fp32 twin where its provider has no bf16 kernels."""
+    `entry` pins the runtime to one entry (parity checks run each entry on its own graph), `precision` to the
+    entries of that precision; `verify=False` skips the sha256 checks (an explicit opt-out, never the default);
+    `upcast` lets ONNX Runtime run a bf16 graph's fp32 twin where its provider has no bf16 kernels."""
 
     def __init__(self, folder: Path, manifest: Manifest, kind: str, device: DeviceInfo, providers=None, *,
-                 entry: Entry | None = None, verify: bool = True, upcast: bool = False):
+                 entry: Entry | None = None, verify: bool = True, upcast: bool = False, precision: str | None = None):
         self.folder, self.manifest, self.kind, self.info, self.providers = folder, manifest, kind, device, providers
-        self.pinned, self.verify, self.upcast = entry, verify, upcast
+        self.pinned, self.verify, self.upcast, self.wanted = entry, verify, upcast, precision
         self.name = kind
         self.device = torch.device("cuda" if kind == "tensorrt" or (kind == "aoti" and _cuda_packages(manifest, device))
                                    else "cpu")
-        self.precision = entry.precision if entry else "engine"
+        self.current: tuple[Entry, object] | None = None  # the entry the last decode ran, and its backend
         self._open: dict[str, object] = {}
         self._arena = None  # TensorRT: one device-memory arena for every engine this decoder opens
 
@@ -50,7 +50,21 @@ class EngineRuntime:
 
             provider = choose_providers(self.providers)[0]
         return select_entry(self.manifest, str(self.folder), self.kind, (height, width), batch, self.info,
-                            provider or "CPUExecutionProvider")
+                            provider or "CPUExecutionProvider", self.wanted)
+
+    @property
+    def precision(self) -> str:
+        """The pinned or requested precision, else that of the entry the last decode ran ("engine" before one)."""
+        chosen = self.pinned or (self.current[0] if self.current else None)
+        return chosen.precision if chosen else self.wanted or "engine"
+
+    @property
+    def engine(self) -> dict | None:
+        """What the last decode ran: entry, backend, provider, precision and files (None before the first)."""
+        if self.current is None:
+            return None
+        entry, opened = self.current
+        return {"entry": entry.key, **opened.ran}
 
     def open_entry(self, height: int, width: int, batch: int):
         """The backend of the entry for this size: selected, its files confined and hashed, opened once."""
@@ -59,6 +73,7 @@ class EngineRuntime:
             verify_files(self.folder, entry, verify=self.verify)
             check_entry(self.folder, entry)  # the files are what the entry says: role, shapes, precision, device
             self._open[entry.key] = self._create(entry)
+        self.current = entry, self._open[entry.key]
         return self._open[entry.key]
 
     def backend(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int):
@@ -124,6 +139,10 @@ class FallbackRuntime:
     def precision(self) -> str:
         return self.active.precision
 
+    @property
+    def engine(self) -> dict | None:
+        return self.active.engine
+
     def _runtime(self, kind: str):
         """The backend's runtime, opened once; a backend that cannot open is not retried at every decode (its
         PiDError is kept and raised again: opening the PyTorch fallback hashes and reads the whole weights)."""
@@ -161,17 +180,19 @@ def skip_reason(exc: PiDError) -> str:
 
 
 def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None = None, providers=None, *,
-                    verify: bool = True):
-    """The runtime for `backend`, or with "auto" one that falls back per decode, warning with each reason."""
+                    verify: bool = True, precision: str | None = None):
+    """The runtime for `backend`, or with "auto" one that falls back per decode, warning with each reason;
+    `precision` keeps to the entries of that precision (and the PyTorch fallback to fp32 / bf16)."""
     if backend not in RUNTIME_BACKENDS:
         raise ConfigError("Unknown backend.", received=backend, expected=", ".join(RUNTIME_BACKENDS),
                           fix="pass backend='auto' (the first that runs here)")
     folder = Path(folder)
     manifest = read_engine_manifest(folder, verify=verify)
     device = device or DeviceInfo.detect()
+    _check_precision(manifest, backend, precision, folder)
 
     def open_kind(kind: str):
-        return _open(kind, folder, manifest, device, providers, verify)
+        return _open(kind, folder, manifest, device, providers, verify, precision)
 
     if backend != "auto":
         return manifest, open_kind(backend)
@@ -181,7 +202,25 @@ def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None 
     return manifest, FallbackRuntime(open_kind, kinds)
 
 
-def _open(kind: str, folder: Path, manifest: Manifest, device: DeviceInfo, providers, verify: bool):
+TORCH_PRECISIONS = ("fp32", "bf16")
+
+
+def _check_precision(manifest: Manifest, backend: str, precision: str | None, folder: Path) -> None:
+    """A precision no entry of the backend has (nor the PyTorch fallback, where it may run) is refused with the
+    entries there are."""
+    if precision is None or backend == "pytorch":  # the PyTorch fallback has its own refusal (_open)
+        return
+    kinds = FALLBACK_ORDER if backend == "auto" else (backend,)
+    entries = [e for e in manifest.entries if any(e.backend in ENTRY_KINDS.get(k, ()) for k in kinds)]
+    if any(e.precision == precision for e in entries) or ("pytorch" in kinds and precision in TORCH_PRECISIONS):
+        return
+    raise ConfigError(f"The engine folder has no {backend} entry of precision {precision}.", received=precision,
+                      expected=", ".join(e.key for e in entries) or "(no entries for this backend)",
+                      fix=f"pass one of those precisions, or pid-sdk export {folder} --precision {precision}")
+
+
+def _open(kind: str, folder: Path, manifest: Manifest, device: DeviceInfo, providers, verify: bool,
+          precision: str | None = None):
     if kind == "tensorrt":
         engines = [e for e in manifest.entries if e.backend in ("tensorrt", "tensorrt_rtx")]
         if not engines:
@@ -194,20 +233,23 @@ def _open(kind: str, folder: Path, manifest: Manifest, device: DeviceInfo, provi
             raise ConfigError("No TensorRT engine of this set runs here.",
                               received="; ".join(f"{e.key}: {why}" for e, (_, why) in zip(engines, verdicts)),
                               fix=build_command(str(folder), "tensorrt", engines[0].bucket, engines[0].batch, device))
-        return EngineRuntime(folder, manifest, "tensorrt", device, verify=verify)
+        return EngineRuntime(folder, manifest, "tensorrt", device, verify=verify, precision=precision)
     if kind == "onnxruntime":
         from pid_sdk.runtime.onnxruntime_backend import import_onnxruntime
 
         import_onnxruntime()
         if not any(e.backend == "onnx" for e in manifest.entries):
             raise ConfigError("The engine set has no ONNX graphs.", fix=f"pid-sdk export {folder} --size HxW")
-        return EngineRuntime(folder, manifest, "onnxruntime", device, providers, verify=verify)
+        return EngineRuntime(folder, manifest, "onnxruntime", device, providers, verify=verify, precision=precision)
     if kind == "aoti":
         if not any(e.backend == "aoti" for e in manifest.entries):
             raise ConfigError("The engine set has no AOTInductor packages.",
                               fix=f"pid-sdk export {folder} --format aoti --size HxW")
-        return EngineRuntime(folder, manifest, "aoti", device, verify=verify)
-    return torch_runtime(folder, manifest, verify)
+        return EngineRuntime(folder, manifest, "aoti", device, verify=verify, precision=precision)
+    if precision not in (None, *TORCH_PRECISIONS):
+        raise ConfigError(f"The PyTorch fallback runs fp32 or bf16, not {precision}.", received=precision,
+                          fix="pass precision='fp32' or 'bf16', or a backend with entries of that precision")
+    return torch_runtime(folder, manifest, verify, precision)
 
 
 def load_weights(folder: Path, manifest: Manifest, verify: bool = True):

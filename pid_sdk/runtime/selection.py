@@ -142,11 +142,11 @@ def entry_runs(entry: Entry, device: DeviceInfo, provider: str = "CPUExecutionPr
 
 
 def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[int, int], batch: int,
-                 device: DeviceInfo, provider: str = "CPUExecutionProvider") -> Entry:
-    """The entry for this bucket, batch and backend that runs here (on `provider` for ONNX Runtime); a PiDError
-    naming what is missing otherwise."""
+                 device: DeviceInfo, provider: str = "CPUExecutionProvider", precision: str | None = None) -> Entry:
+    """The entry for this bucket, batch and backend (and `precision`, when given) that runs here (on `provider` for
+    ONNX Runtime); a PiDError naming what is missing otherwise."""
     same_shape = [e for e in manifest.entries if e.bucket == bucket and e.batch == batch]
-    candidates = [e for e in same_shape if e.backend in ENTRY_KINDS[backend]]
+    candidates = [e for e in same_shape if e.backend in ENTRY_KINDS[backend] and precision in (None, e.precision)]
     reasons = []
     order = PRECISION_ORDER[backend]
     for e in sorted(candidates, key=lambda e: _preference(e, order, device)):
@@ -158,7 +158,7 @@ def select_entry(manifest: Manifest, folder: str, backend: str, bucket: tuple[in
         f"No {backend} engine for a {bucket[0]}x{bucket[1]} output at batch {batch} runs on this machine.",
         received="; ".join(reasons) or f"entries: {[e.key for e in manifest.entries] or 'none'}",
         expected=f"a {backend} entry for {bucket[0]}x{bucket[1]}, batch {batch}"
-        + _runs_here(backend, device, provider),
+        + (f", precision {precision}" if precision else "") + _runs_here(backend, device, provider),
         fix=build_command(folder, backend, bucket, batch, device, provider),
     )
 

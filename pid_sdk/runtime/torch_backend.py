@@ -34,6 +34,12 @@ class TorchRuntime:
         self._geometry: dict[tuple[int, int, int], Geometry] = {}
         self._graphs: dict[tuple, object] = {}
 
+    @property
+    def engine(self) -> dict:
+        """What a decode runs: the PyTorch model (no engine entry), on this device, at this precision."""
+        return {"entry": None, "backend": "pytorch", "provider": str(self.device), "precision": self.precision,
+                "files": []}
+
     def backend(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int) -> "TorchBackend":
         backend = TorchBackend(self)  # one per decode: prepared state is its own
         return backend.prepare(text=text, latent=latent, latent_sigma=latent_sigma, height=height, width=width)

@@ -1,0 +1,71 @@
+"""A newcomer's first commands: --help and --version answer at once (nothing heavy imported), every option says
+its default, and a stopped command (Ctrl-C or SIGTERM) leaves nothing behind."""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pid_sdk.cli import SPEED_NAMES, _parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("info", "convert", "decode", "export", "build", "train", "distill", "serve", "compare", "verify")
+
+
+def test_help_and_version_import_neither_torch_nor_onnxruntime():
+    script = ("import contextlib, io, sys\n"
+              "from pid_sdk.cli import main\n"
+              f"for argv in [['--version'], ['--help'], *[[c, '--help'] for c in {COMMANDS!r}]]:\n"
+              "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+              "        main(argv)\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime', 'numpy')))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_version_names_the_package(capsys):
+    import pid_sdk
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"pid-sdk {pid_sdk.__version__}\n"
+
+
+def test_every_option_with_a_default_shows_it():
+    commands = _parser()._subparsers._group_actions[0].choices
+    decode = commands["decode"].format_help()
+    for shown in ("--seed SEED           default: 0", "default: sde", "(default: 1)", "(default: auto)"):
+        assert shown in decode, shown
+    for name in COMMANDS:
+        for action in commands[name]._actions:
+            if not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)):
+                assert "default" in (action.help or ""), (name, action.dest)
+
+
+def test_the_speed_choices_are_the_speed_settings():
+    from pid_sdk.runtime.speed import SPEEDS
+
+    assert SPEED_NAMES == tuple(SPEEDS)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_export_leaves_no_folder_behind(tmp_path, stop):
+    pytest.importorskip("onnxscript")
+    folder = tmp_path / "engines"
+    proc = subprocess.Popen([sys.executable, "-m", "pid_sdk.cli", "export", str(folder), "--preset", "tiny",
+                             "--size", "64x64", "--size", "64x96", "--size", "96x64"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".engines-export-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".engines-export-*")), "the export did not start its work folder"
+    os.kill(proc.pid, stop)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err.strip().endswith("interrupted"), err
+    assert list(tmp_path.iterdir()) == []
