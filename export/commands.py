@@ -8,7 +8,7 @@ from pathlib import Path
 from export.build import BuildOptions, build_engines, build_matrix, load_matrix, matrix_variants
 from export.export_folder import export_engine_set
 from pid_sdk.buckets import Bucket
-from pid_sdk.errors import InputError
+from pid_sdk.errors import InputError, counted
 
 
 def export(args) -> int:
@@ -25,7 +25,7 @@ def export(args) -> int:
                                  attention_dtype=args.attention_dtype, variants=variants,
                                  trust_pickle=args.trust_pickle, calib_samples=args.calib_samples,
                                  format=args.format, device=args.device)
-    print(f"{args.folder}: {len(manifest.entries)} entries ({manifest.config.name})")
+    print(f"{args.folder}: {counted(len(manifest.entries), 'entry')} ({manifest.config.name})")
     return 0
 
 
@@ -40,11 +40,11 @@ def build(args) -> int:
     for target in args.target or []:
         built = build_engines(args.folder, target, sizes=sizes, batch=args.batch, precisions=args.precision,
                               options=options)
-        print(f"{target}: {len(built)} engine sets")
+        print(f"{target}: {counted(len(built), 'engine set')}")
     if not args.matrix:
         return 0
     result = build_matrix(args.folder, load_matrix(Path(args.matrix)), options=options)
-    print(f"matrix: {len(result.built)} engine sets built here")
+    print(f"matrix: {counted(len(result.built), 'engine set')} built here")
     for line in result.elsewhere:
         print(f"needs another host: {line}")
     for line in result.unexported:

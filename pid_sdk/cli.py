@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pid_sdk import __version__
 from pid_sdk.config import SHARED_TAE_DIR
-from pid_sdk.errors import ConfigError, InputError, PiDError
+from pid_sdk.errors import ConfigError, InputError, PiDError, counted
 
 MAX_FILE_LATENTS = 1024  # images one `pid-sdk decode` writes
 SPEED_NAMES = ("reference", "bf16", "fast", "fp8", "fp8-torchao", "fast-autotune", "fp8-attention")  # runtime.speed
@@ -311,10 +311,8 @@ def _info(args) -> int:
     elif args.model and is_engine_dir(args.model):
         manifest = read_engine_manifest(args.model)
         print(describe(manifest.config, None, f"engine folder {args.model}"))
-        for e in manifest.entries:
-            extra = {"onnx": "", "aoti": f" torch {e.torch_version}"}.get(e.backend,
-                                                                            f" sm {list(e.sm)} {e.trt_version}")
-            print(f"  {e.key}{extra}{' stripped' if e.stripped else ''}")
+        print(f"{counted(len(manifest.entries), 'entry')}:")
+        print(entry_table(manifest.entries))
         return 0
     elif args.model:
         from pid_sdk.checkpoints import load_checkpoint
@@ -326,6 +324,18 @@ def _info(args) -> int:
         raise InputError("info needs a model path, --preset NAME or --presets.", fix="pid-sdk info model.pth")
     print(describe(cfg, params, source))
     return 0
+
+
+def entry_table(entries) -> str:
+    """An engine folder's entries, a row each: what runs it, for which size, batch and precision, built for what."""
+    rows = [("entry", "backend", "size", "batch", "precision", "attention", "built for")]
+    for e in entries:
+        built = {"onnx": "any ONNX Runtime", "aoti": f"{e.target}, torch {e.torch_version}"}.get(
+            e.backend, f"sm {', '.join(map(str, e.sm))}, {e.backend} {e.trt_version}" + (", stripped" * e.stripped))
+        rows.append((e.key, e.backend, f"{e.bucket[0]}x{e.bucket[1]}", str(e.batch), e.precision,
+                     e.attention_dtype or "as the graph", built))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def describe(cfg, params: int | None, source: str) -> str:
@@ -380,9 +390,7 @@ def _compare(args) -> int:
     check_int("--steps", args.steps, 1, MAX_COMPARE_STEPS, "4 (default), or 1, 2, 3, ...")
 
     results = compare_folder(args.folder, args.backend, sizes=args.size, steps=args.steps, seed=args.seed,
-                             verify=not args.no_verify)
-    for r in results:
-        print(r)
+                             verify=not args.no_verify, log=lambda line: print(line, flush=True))  # as each ends
     print(summary(results))
     if not any(r.status != "skipped" for r in results):
         print("nothing ran: every entry was skipped on this machine", file=sys.stderr)
@@ -438,7 +446,7 @@ def _verify(args) -> int:
     for c in checks:
         print(c)
     failed = sum(not c.ok for c in checks)
-    print(f"{args.folder}: {len(checks) - failed} of {len(checks)} checks passed")
+    print(f"{args.folder}: {len(checks) - failed} of {counted(len(checks), 'check')} passed")
     return 2 if failed else 0
 
 

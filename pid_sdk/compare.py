@@ -215,20 +215,22 @@ def summary(results: list[EntryResult]) -> str:
 
 def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | None = None, steps: int = 4,
                    seed: int = 0, providers=None, device_info=None, verify: bool = True,
-                   latent: Tensor | None = None) -> list[EntryResult]:
+                   latent: Tensor | None = None, log=None) -> list[EntryResult]:
     """Each entry of the backend on its own graph against the PyTorch reference from the folder's weights (fp32),
     on the same seeded latent per size (or `latent`, model form [B, C, h, w], for the entries of its size). Entries
     this machine cannot run are skipped with the reason; a bf16 graph on a provider without bf16 kernels runs as
-    its fp32 twin and is judged and reported as such."""
+    its fp32 twin and is judged and reported as such. `log` (a function of one line) hears the entries to come,
+    then each result as it is known, with its time."""
+    import time
     from pathlib import Path
 
     from pid_sdk.decoder import Decoder
-    from pid_sdk.errors import CheckpointError, ConfigError, InputError
+    from pid_sdk.errors import InputError, counted
     from pid_sdk.inputs import MAX_COMPARE_STEPS, check_flag, check_int
     from pid_sdk.latents import get_latent_space
-    from pid_sdk.runtime.open_folder import EngineRuntime, skip_reason, torch_runtime
     from pid_sdk.runtime.manifest import read_engine_manifest
-    from pid_sdk.runtime.selection import ENTRY_KINDS, DeviceInfo, entry_runs
+    from pid_sdk.runtime.open_folder import torch_runtime
+    from pid_sdk.runtime.selection import ENTRY_KINDS, DeviceInfo
 
     check_int("steps", steps, 1, MAX_COMPARE_STEPS, "4 (default), or 1, 2, 3, ...")
     folder = Path(folder)
@@ -238,30 +240,62 @@ def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | N
     if not entries:
         raise InputError("Nothing to compare.", received=sizes or "all sizes",
                          expected=f"{backend} entries in {folder}", fix="pid-sdk export / pid-sdk build first")
-    device = device_info or DeviceInfo.detect()
+    log = log or (lambda line: None)
+    sizes_run = sorted({f"{e.bucket[0]}x{e.bucket[1]}" for e in entries}, key=lambda t: [int(x) for x in t.split("x")])
+    log(f"comparing {counted(len(entries), backend + ' entry')}, {counted(steps, 'step')} each, at "
+        f"{', '.join(sizes_run)}" + ("" if sizes else " (every size of the folder: --size HxW picks one)"))
     reference = Decoder(manifest.config, torch_runtime(folder, manifest, verify, precision="fp32"), source=str(folder))
-    space = get_latent_space(reference.latent_space)
+    run = _FolderRun(folder, manifest, backend, device_info or DeviceInfo.detect(), providers, verify, reference,
+                     get_latent_space(reference.latent_space), latent, steps, seed)
     results = []
     for e in entries:
-        if backend != "onnxruntime":  # ONNX Runtime runs any graph: a bf16 one as its fp32 twin
-            ok, why = entry_runs(e, device)
-            if not ok:
-                results.append(EntryResult(e.key, "skipped", reason=why))
-                continue
-        runtime = EngineRuntime(folder, manifest, backend, device, providers, entry=e, verify=verify, upcast=True)
-        try:
-            opened = runtime.open_entry(*e.bucket, e.batch)
-        except CheckpointError as exc:
-            results.append(EntryResult(e.key, "failed", reason=skip_reason(exc) + f"; fix: {exc.fix}"))
-            continue
-        except ConfigError as exc:
-            results.append(EntryResult(e.key, "skipped", reason=skip_reason(exc)))
-            continue
-        lh, lw = (s // (space.factor * reference.config.adapter.sr_scale) for s in e.bucket)
-        z = latent if latent is not None and tuple(latent.shape) == (e.batch, space.channels, lh, lw) else \
-            torch.randn(e.batch, space.channels, lh, lw, generator=torch.Generator().manual_seed(seed))
-        candidate = Decoder(manifest.config, runtime)
-        judged = judged_precision(e, getattr(opened, "upcast", False))
-        report = run_parity(reference, candidate, z, precision=judged, steps=steps, seed=seed)
-        results.append(EntryResult(e.key, "passed" if report.passed else "failed", opened.ran, report))
+        started = time.monotonic()
+        results.append(_compare_entry(e, run))
+        log(f"{results[-1]}\n   ({time.monotonic() - started:.1f} s)")
     return results
+
+
+@dataclass(frozen=True)
+class _FolderRun:
+    """What every entry of one compare_folder call shares."""
+
+    folder: object  # Path
+    manifest: object
+    backend: str
+    device: object  # DeviceInfo
+    providers: object
+    verify: bool
+    reference: object  # the PyTorch fp32 Decoder
+    space: object  # LatentSpace
+    latent: Tensor | None
+    steps: int
+    seed: int
+
+
+def _compare_entry(e, run: _FolderRun) -> EntryResult:
+    """One entry: skipped where this machine cannot run it, failed where its files are damaged, else its parity."""
+    from pid_sdk.decoder import Decoder
+    from pid_sdk.errors import CheckpointError, ConfigError
+    from pid_sdk.runtime.open_folder import EngineRuntime, skip_reason
+    from pid_sdk.runtime.selection import entry_runs
+
+    if run.backend != "onnxruntime":  # ONNX Runtime runs any graph: a bf16 one as its fp32 twin
+        ok, why = entry_runs(e, run.device)
+        if not ok:
+            return EntryResult(e.key, "skipped", reason=why)
+    runtime = EngineRuntime(run.folder, run.manifest, run.backend, run.device, run.providers, entry=e,
+                            verify=run.verify, upcast=True)
+    try:
+        opened = runtime.open_entry(*e.bucket, e.batch)
+    except CheckpointError as exc:
+        return EntryResult(e.key, "failed", reason=skip_reason(exc) + f"; fix: {exc.fix}")
+    except ConfigError as exc:
+        return EntryResult(e.key, "skipped", reason=skip_reason(exc))
+    space, latent = run.space, run.latent
+    lh, lw = (s // (space.factor * run.reference.config.adapter.sr_scale) for s in e.bucket)
+    z = latent if latent is not None and tuple(latent.shape) == (e.batch, space.channels, lh, lw) else \
+        torch.randn(e.batch, space.channels, lh, lw, generator=torch.Generator().manual_seed(run.seed))
+    candidate = Decoder(run.manifest.config, runtime)
+    judged = judged_precision(e, getattr(opened, "upcast", False))
+    report = run_parity(run.reference, candidate, z, precision=judged, steps=run.steps, seed=run.seed)
+    return EntryResult(e.key, "passed" if report.passed else "failed", opened.ran, report)

@@ -39,3 +39,9 @@ class UnsafeCheckpointError(CheckpointError):
 
 class NumericsError(PiDError):
     """A decode whose result is not finite: refused, never returned as an image of NaN."""
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 entry', '3 entries', '2 checks': a count and its noun, for messages."""
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n} {noun if n == 1 else plural}"

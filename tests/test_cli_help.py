@@ -69,3 +69,20 @@ def test_a_stopped_export_leaves_no_folder_behind(tmp_path, stop):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130 and err.strip().endswith("interrupted"), err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_counts_read_as_english():
+    from pid_sdk.errors import counted
+
+    assert [counted(1, "entry"), counted(3, "entry"), counted(0, "check"), counted(1, "engine set")] == [
+        "1 entry", "3 entries", "0 checks", "1 engine set"]
+
+
+def test_info_lists_an_engine_folders_entries_as_a_table(tiny_bf16_engine_folder, capsys):
+    assert main(["info", str(tiny_bf16_engine_folder)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    table = out[out.index("2 entries:") + 1:]
+    assert table == [
+        "  entry                 backend  size   batch  precision  attention     built for",
+        "  onnx:-:64x96:b1:fp32  onnx     64x96  1      fp32       as the graph  any ONNX Runtime",
+        "  onnx:-:64x96:b1:bf16  onnx     64x96  1      bf16       as the graph  any ONNX Runtime"]

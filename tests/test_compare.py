@@ -419,3 +419,15 @@ def test_run_parity_judges_at_the_precision_asked_and_decodes_with_the_options_g
     assert [(c.name, c.precision) for c in report.steps] == [("step 1 v", "bf16"), ("step 2 v", "bf16")]
     assert (report.image.name, report.image.precision, report.image.max_abs) == ("image", "bf16", 0.0)
     assert str(report) == "\n".join(str(c) for c in [*report.steps, report.image])
+
+
+def test_compare_folder_says_what_it_will_do_then_each_result_as_it_ends(tiny_bf16_engine_folder):
+    pytest.importorskip("onnxruntime")
+    lines = []
+    results = compare_folder(tiny_bf16_engine_folder, steps=1, log=lines.append)
+    assert lines[0] == ("comparing 2 onnxruntime entries, 1 step each, at 64x96 "
+                        "(every size of the folder: --size HxW picks one)")
+    assert [line.split("\n")[0] for line in lines[1:]] == [f"== {r.entry}: PASSED" for r in results]
+    assert all(line.endswith(" s)") for line in lines[1:])
+    compare_folder(tiny_bf16_engine_folder, steps=2, sizes=["64x96"], log=lines.append)
+    assert lines[3] == "comparing 2 onnxruntime entries, 2 steps each, at 64x96"
