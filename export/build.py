@@ -85,8 +85,13 @@ def build_engines(folder: str | Path, target: str, *, sizes: list[tuple[int, int
     if backend == "tensorrt_rtx" and options.timing_cache:
         log("note: --timing-cache does not apply to TensorRT-RTX (its timing cache is a no-op; kernels are "
             "compiled at first run and kept in a runtime cache): no cache file written")
+    refusals = {src.key: why for src in sources if (why := _unbuildable(backend, src, folder))}
+    if len(refusals) == len(sources):
+        raise next(iter(refusals.values()))
+    for why in refusals.values():  # build what can be built; say what cannot, and the command that fixes it
+        log(f"skipped: {why.what} fix: {why.fix}")
     built = []
-    for src in sources:
+    for src in (s for s in sources if s.key not in refusals):
         entry = _build_entry(trt, backend, target, sms, folder, src, options, log)
         manifest.add(entry)
         write_manifest(folder, manifest)
@@ -202,15 +207,22 @@ def built_sm(target: str, target_sms: tuple[int, ...], options: BuildOptions) ->
     return sm
 
 
-def _build_entry(trt, backend, target, sms, folder: Path, src: Entry, options: BuildOptions, log) -> Entry:
-    verify_files(folder, src)  # a graph replaced by one of another model or preset fails its sha256 here
+def _unbuildable(backend: str, src: Entry, folder: Path) -> BuildError | None:
+    """Why the target's library cannot build this graph set (with the export that makes one it can), or None."""
     attention = src.attention_dtype
     fp16_attention = attention in ATTENTION_COMPUTE or (attention is None and src.precision == "fp16")
-    if backend == "tensorrt_rtx" and not fp16_attention:
-        # TensorRT-RTX 1.7 crashes the process (SIGSEGV) building fp32 / bf16 attention: refuse before it can.
-        raise BuildError(f"{src.key} computes attention in {src.attention_dtype or src.precision}; TensorRT-RTX "
-                         "builds its fused attention from fp16 inputs.", received=src.attention_dtype or src.precision,
-                         expected="fp16 attention", fix="re-export with --attention-dtype fp16")
+    if backend != "tensorrt_rtx" or fp16_attention:
+        return None
+    # TensorRT-RTX 1.7 crashes the process (SIGSEGV) building fp32 / bf16 attention: refused before it can.
+    h, w = src.bucket
+    return BuildError(f"{src.key} computes attention in {attention or src.precision}; TensorRT-RTX builds its fused "
+                      "attention from fp16 inputs.", received=attention or src.precision, expected="fp16 attention",
+                      fix=f"pid-sdk export {folder} --size {h}x{w} --batch {src.batch} --precision {src.precision} "
+                          "--attention-dtype fp16")
+
+
+def _build_entry(trt, backend, target, sms, folder: Path, src: Entry, options: BuildOptions, log) -> Entry:
+    verify_files(folder, src)  # a graph replaced by one of another model or preset fails its sha256 here
     rel_dir = Path(target) / Path(src.files["denoiser"]).parent.name
     (folder / rel_dir).mkdir(parents=True, exist_ok=True)
     staged = {}

@@ -198,7 +198,8 @@ def _export_arguments(sub) -> None:
 def _build_arguments(sub) -> None:
     p = sub.add_parser("build", help="build TensorRT / TensorRT-RTX engines from an engine folder's ONNX graphs")
     p.add_argument("folder", help="engine folder with exported ONNX graph sets")
-    p.add_argument("--target", action="append", help="rtx5090, rtx4090, h100, h200, gb200 (repeatable)")
+    p.add_argument("--target", action="append", help="rtx5090, rtx4090 (TensorRT-RTX: builds on any machine), "
+                   "rtx5090-trt, h100, h200, gb200 (full TensorRT: builds on that GPU); repeatable")
     p.add_argument("--matrix", help="build every target of a build matrix (engines/matrix.json)")
     _add(p, "engine-sizes")
     p.add_argument("--batch", type=int)

@@ -180,6 +180,10 @@ case("engines", "export --format aoti --precision fp8")(
                       "--precision", "fp8"))
 case("engines", "backend='aoti' on a folder without AOTInductor packages")(
     lambda t, d: pid_sdk.Decoder.load(_engine_dir(t), backend="aoti"))
+case("engines", "precision='fp8' for a folder of fp32 graphs")(
+    lambda t, d: pid_sdk.Decoder.load(_engine_dir(t), backend="onnxruntime", precision="fp8"))
+case("engines", "precision='fp16' on the PyTorch fallback")(
+    lambda t, d: pid_sdk.Decoder.load(_engine_dir(t), backend="pytorch", precision="fp16"))
 case("engines", "a build matrix naming an unknown target")(lambda t, d: _matrix(t))
 case("engines", "build --version-compatible for TensorRT-RTX")(lambda t, d: _rtx_version_compatible())
 case("numerics", "weights that make the network return Inf")(lambda t, d: _inf_model())

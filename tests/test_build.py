@@ -72,6 +72,21 @@ def test_attention_outside_fp16_is_refused_before_tensorrt_rtx_can_crash(tmp_pat
         build_engines(tmp_path, "rtx5090", log=lambda *_: None)
 
 
+def test_a_folder_with_graphs_rtx_cannot_build_builds_the_rest_and_names_the_export_for_them(tmp_path):
+    from conftest import copy_folder
+
+    export_engine_set(tmp_path / "f", preset="tiny", sizes=[Bucket(64, 64)], log=lambda *_: None)
+    export_engine_set(tmp_path / "f", sizes=[Bucket(64, 64)], attention_dtype="fp16", log=lambda *_: None)
+    before = copy_folder(tmp_path / "f", tmp_path / "before")
+    lines = []
+    [entry] = build_engines(tmp_path / "f", "rtx5090", log=lines.append)
+    assert entry.attention_dtype == "fp16" and entry.backend == "tensorrt_rtx"
+    assert lines[0] == (f"skipped: onnx:-:64x64:b1:fp32 computes attention in fp32; TensorRT-RTX "
+                        f"builds its fused attention from fp16 inputs. fix: pid-sdk export {tmp_path / 'f'} --size "
+                        "64x64 --batch 1 --precision fp32 --attention-dtype fp16")
+    assert len(read_engine_manifest(tmp_path / "f").entries) == len(read_engine_manifest(before).entries) + 1
+
+
 def test_tampered_graph_is_refused(tmp_path):
     export_engine_set(tmp_path, preset="tiny", sizes=[Bucket(64, 64)], attention_dtype="fp16", log=lambda *_: None)
     entry = read_engine_manifest(tmp_path).entries[0]

@@ -86,3 +86,10 @@ def test_info_lists_an_engine_folders_entries_as_a_table(tiny_bf16_engine_folder
         "  entry                 backend  size   batch  precision  attention     built for",
         "  onnx:-:64x96:b1:fp32  onnx     64x96  1      fp32       as the graph  any ONNX Runtime",
         "  onnx:-:64x96:b1:bf16  onnx     64x96  1      bf16       as the graph  any ONNX Runtime"]
+
+
+def test_build_help_names_every_target():
+    from pid_sdk.runtime.selection import TARGETS
+
+    build = _parser()._subparsers._group_actions[0].choices["build"].format_help()
+    assert all(target in build for target in TARGETS)
