@@ -15,7 +15,7 @@ from pid_sdk.buckets import Bucket, trained_buckets
 from pid_sdk.checkpoints import (LoadedModel, load_checkpoint, read_safetensors, save_safetensors, sha256_file,
                                  usual_permissions)
 from pid_sdk.config import get_preset
-from pid_sdk.errors import CheckpointError, ConfigError, InputError
+from pid_sdk.errors import CheckpointError, ConfigError, InputError, counted
 from pid_sdk.model import build_model, randomize
 from pid_sdk.runtime.open_folder import load_weights
 from pid_sdk.runtime.manifest import MANIFEST, Manifest, read_engine_manifest, verify_weights, write_manifest
@@ -133,8 +133,12 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
     variants = list(variants or [(p, attention_dtype) for p in precisions])
     check_options(format, device, variants, batch)
     loaded = load_source(model, preset, seed, trust_pickle, folder)
-    sizes = list(trained_buckets(loaded.config)) if sizes is None else sizes
+    trained = sizes is None
+    sizes = list(trained_buckets(loaded.config)) if trained else sizes
     check_sizes(sizes, batch, loaded.config)
+    log(f"exporting {counted(len(sizes) * len(variants), 'graph set')} ({format}): "
+        f"{', '.join(b.name for b in sizes)}" + (" (the model's trained sizes: --size HxW picks others)" * trained)
+        + f" x {', '.join(p + (f' attention {a}' if a else '') for p, a in variants)}")
     new = not (folder / MANIFEST).exists()
     parent = folder.parent if new else folder
     parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +207,7 @@ def fp8_scales(folder: Path, work: Path, manifest: Manifest, loaded: LoadedModel
     if calib_latents is None:
         gen = torch.Generator().manual_seed(seed)
         calib_latents = [torch.randn(1, space.channels, lh, lw, generator=gen) for _ in range(samples)]
+    log(f"calibrating FP8 {kind} at {bucket.name}: {len(calib_latents)} latents x 4 steps of the PyTorch model")
     loop = student_forward_loop(list(calib_latents), bucket.height, bucket.width, cfg.backbone.txt_max_length,
                                 cfg.backbone.txt_embed_dim, seed)
     scales = (calibrate if kind == "linears" else calibrate_attention)(loaded.model, loop)

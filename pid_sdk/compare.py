@@ -241,7 +241,7 @@ def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | N
         raise InputError("Nothing to compare.", received=sizes or "all sizes",
                          expected=f"{backend} entries in {folder}", fix="pid-sdk export / pid-sdk build first")
     log = log or (lambda line: None)
-    sizes_run = sorted({f"{e.bucket[0]}x{e.bucket[1]}" for e in entries}, key=lambda t: [int(x) for x in t.split("x")])
+    sizes_run = [f"{h}x{w}" for h, w in sorted({e.bucket for e in entries})]
     log(f"comparing {counted(len(entries), backend + ' entry')}, {counted(steps, 'step')} each, at "
         f"{', '.join(sizes_run)}" + ("" if sizes else " (every size of the folder: --size HxW picks one)"))
     reference = Decoder(manifest.config, torch_runtime(folder, manifest, verify, precision="fp32"), source=str(folder))

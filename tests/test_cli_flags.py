@@ -116,6 +116,8 @@ def test_export_without_sizes_exports_the_models_trained_sizes(tmp_path, capsys)
 
     assert main(["export", str(tmp_path / "e"), "--preset", "tiny"]) == 0, capsys.readouterr().err
     assert [e.bucket for e in read_engine_manifest(tmp_path / "e").entries] == [(64, 64)]  # tiny's trained size
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "exporting 1 graph set (onnx): 64x64 (the model's trained sizes: --size HxW picks others) x fp32")
 
 
 def test_on_step_is_called_after_every_step_and_its_error_stops_the_decode():

@@ -47,6 +47,8 @@ def test_scales_file_is_versioned_and_covers_every_layer(fp8_set):
     layers = fp8_layers(build_model(PRESETS["tiny-pid-2kto4k-v1.5"]))
     assert sorted(data["scales"]) == sorted(layers)
     assert all(v["input_amax"] > 0 and v["weight_amax"] > 0 for v in data["scales"].values())
+    assert lines[:2] == ["exporting 1 graph set (onnx): 64x96 x fp8-fp32",
+                         "calibrating FP8 linears at 64x96: 4 latents x 4 steps of the PyTorch model"]
     assert any(line.startswith("calibrated") for line in lines)
 
 
@@ -54,7 +56,8 @@ def test_rebuild_reuses_the_scales_without_recalibrating(fp8_set):
     folder, _ = fp8_set
     lines = []
     export_engine_set(folder, sizes=[Bucket(64, 96)], precisions=["fp8-fp32"], log=lines.append)
-    assert lines[0] == "using fp8_scales-64x96.json (no recalibration)"
+    assert lines[:2] == ["exporting 1 graph set (onnx): 64x96 x fp8-fp32",
+                         "using fp8_scales-64x96.json (no recalibration)"]
     with pytest.raises(CheckpointError, match="calibrated for other weights"):
         load_scales(folder / "fp8_scales-64x96.json", "0" * 64)
 
