@@ -26,7 +26,7 @@ OPTION_EXAMPLES = (("--batch-wait-ms", "10"), ("--max-body-mb", "64"), ("--num-g
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    warnings.formatwarning = _one_line  # a warning is a message to the user, not a line of our source
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line  # a message, not a line of source
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up as Ctrl-C does
     try:
         return _command(args.run)(args)
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        warnings.formatwarning = formatwarning
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:
@@ -487,8 +488,10 @@ def _decode(args) -> int:
     size = args.batch_size
     starts = range(0, count, size) if latents.ndim == 4 else [0]
     chunks = [latents[i:i + size] if latents.ndim == 4 else latents for i in starts]
-    for chunk in chunks:  # every chunk refused or accepted before the first one is decoded
-        dec.check(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
+    with warnings.catch_warnings():  # the decode says its warnings once: not again for this check
+        warnings.simplefilter("ignore")
+        for chunk in chunks:  # every chunk refused or accepted before the first one is decoded
+            dec.check(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
     paths = output_paths(out, count)
     steps = args.steps or dec.default_steps(args.sampler)
     with _progress(count, steps, args.quiet) as bar:

@@ -93,3 +93,15 @@ def test_build_help_names_every_target():
 
     build = _parser()._subparsers._group_actions[0].choices["build"].format_help()
     assert all(target in build for target in TARGETS)
+
+
+def test_a_warning_reads_as_one_line_without_source(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"latent": torch.zeros(16, 2, 2)}, str(tmp_path / "z.safetensors"))
+    done = subprocess.run([sys.executable, "-m", "pid_sdk.cli", "decode", str(tmp_path / "z.safetensors"), "--preset",
+                           "tiny", "-o", str(tmp_path / "a.png"), "--latent-space", "sd3", "--quiet"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["warning: Decoding sd3 latents with a model trained for flux1."]
