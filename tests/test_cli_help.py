@@ -105,3 +105,37 @@ def test_a_warning_reads_as_one_line_without_source(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == ["warning: Decoding sd3 latents with a model trained for flux1."]
+
+
+def test_an_onnx_runtime_call_stops_at_ctrl_c_between_its_nodes():
+    """A real session over 400 chained 512x512 MatMuls (seconds of work): interrupted after 0.3 s, the call ends
+    within a second, told to stop (RunOptions.terminate) rather than run to its end."""
+    import _thread
+    import threading
+
+    import numpy as np
+
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pid_sdk.runtime.onnxruntime_backend import run_interruptibly
+
+    w = numpy_helper.from_array(np.eye(512, dtype=np.float32) * 0.5, "w")
+    nodes = [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(400)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [512, 512])],
+                              [helper.make_tensor_value_info("h400", TensorProto.FLOAT, [512, 512])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {"h0": np.ones((512, 512), np.float32)}
+    started = time.monotonic()
+    run_interruptibly(session, feeds)
+    whole = time.monotonic() - started
+    assert whole > 1.0, f"the chain ran in {whole:.2f} s: too fast to interrupt"
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_interruptibly(session, feeds)
+    assert time.monotonic() - started < min(1.0, whole / 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -92,9 +93,9 @@ class OnnxRuntimeBackend:
 
     def prepare(self, *, text: Tensor, latent: Tensor, latent_sigma: Tensor, height: int, width: int) -> "OnnxStep":
         check_static_inputs(self.entry, text, latent)
-        (tokens,) = self.sessions["text"].run(None, {"text": _np(text)})
-        latent_tokens, offsets = self.sessions["adapter"].run(None, {"latent": _np(latent),
-                                                                      "latent_sigma": _np(latent_sigma)})
+        (tokens,) = run_interruptibly(self.sessions["text"], {"text": _np(text)})
+        latent_tokens, offsets = run_interruptibly(self.sessions["adapter"], {"latent": _np(latent),
+                                                                             "latent_sigma": _np(latent_sigma)})
         return OnnxStep(self.sessions["denoiser"],
                         {"text_tokens": tokens, "latent_tokens": latent_tokens, "gate_offsets": offsets})
 
@@ -107,8 +108,38 @@ class OnnxStep:
 
     def infer(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
         sigma = torch.as_tensor(feeds["sigma"], dtype=torch.float32).reshape(-1).expand(feeds["x"].shape[0])
-        (v,) = self.session.run(None, {"x": _np(feeds["x"]), "sigma": _np(sigma), **self.conditioning})
+        (v,) = run_interruptibly(self.session, {"x": _np(feeds["x"]), "sigma": _np(sigma), **self.conditioning})
         return {"v": torch.from_numpy(v)}
+
+
+def run_interruptibly(session, feeds: dict[str, np.ndarray]) -> list:
+    """`session.run`, which holds the thread until the whole graph has run (minutes at 2048-class sizes on a CPU),
+    run in a worker so that Ctrl-C reaches the main thread at once: the run is then told to stop between nodes
+    (RunOptions.terminate) and the KeyboardInterrupt goes on. Off the main thread, where no signal arrives, a
+    plain call."""
+    options = import_onnxruntime().RunOptions()
+    if threading.current_thread() is not threading.main_thread():
+        return session.run(None, feeds, options)
+    done: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            done["outputs"] = session.run(None, feeds, options)
+        except BaseException as exc:  # handed to the caller's thread below
+            done["error"] = exc
+
+    worker = threading.Thread(target=work, name="onnxruntime-run", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        options.terminate = True
+        worker.join()
+        raise
+    if "error" in done:
+        raise done["error"]
+    return done["outputs"]
 
 
 def _np(t: Tensor) -> np.ndarray:
