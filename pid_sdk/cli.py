@@ -165,6 +165,9 @@ def _decode_arguments(sub) -> None:
                    "none); a checkpoint runs fp32 or bf16 (default: fp32 on a CPU, bf16 autocast on CUDA)")
     p.add_argument("--speed", choices=SPEED_NAMES,
                    help="PyTorch backend setting (default reference: fp32 weights, bf16 autocast on CUDA)")
+    p.add_argument("--window", help="HxW or auto: decode as overlapping windows of that size (output pixels; auto: "
+                   "the largest trained size or engine bucket that fits), for sizes the model or folder lacks")
+    p.add_argument("--overlap", type=int, help="pixels neighbouring windows share (default: a quarter of the window)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no line saying what ran")
     _add(p, "seed", "trust-pickle", "no-verify")
     p.set_defaults(run=_decode)
@@ -492,6 +495,7 @@ def _decode(args) -> int:
         warnings.simplefilter("ignore")
         for chunk in chunks:  # every chunk refused or accepted before the first one is decoded
             dec.check(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
+    window = _window(args.window)
     paths = output_paths(out, count)
     steps = args.steps or dec.default_steps(args.sampler)
     with _progress(count, steps, args.quiet) as bar:
@@ -501,6 +505,7 @@ def _decode(args) -> int:
                                 prompt=args.prompt, text_embeddings=_rows(text, start, len(chunk), count),
                                 steps=steps, seed=[args.seed + start + i for i in range(len(chunk))],
                                 sampler=args.sampler, guidance=args.guidance, normalized=not args.raw, output="pil",
+                                window=window, overlap=args.overlap,
                                 on_step=lambda i, n, k=len(chunk): bar.update(k))  # noqa: B008
             for image, path in zip(images, paths[start:]):  # written as each chunk finishes
                 write_png_atomic(image, path)
@@ -514,6 +519,20 @@ def engine_line(engine: dict) -> str:
     """`Decoder.engine` in one line: the entry (an engine folder's), backend, provider and precision."""
     entry = f"{engine['entry']} on " if engine["entry"] else ""
     return f"{entry}{engine['backend']} ({engine['provider']}), precision {engine['precision']}"
+
+
+def _window(text: str | None) -> tuple[int, int] | str | None:
+    """--window: None, "auto", or HxW as (height, width); the decoder judges the numbers."""
+    if text is None or text == "auto":
+        return text
+    from pid_sdk.buckets import Bucket
+
+    try:
+        bucket = Bucket.parse(text)
+    except PiDError:
+        raise InputError("--window takes HxW or auto.", received=text, expected="e.g. 512x512, or auto",
+                         fix="pass --window 512x512 (a size the model was trained at) or --window auto") from None
+    return bucket.height, bucket.width
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

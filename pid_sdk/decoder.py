@@ -18,6 +18,7 @@ from pid_sdk.runtime.manifest import is_engine_dir
 from pid_sdk.runtime.speed import Speed, get_speed, prepare_model
 from pid_sdk.runtime.torch_backend import TorchRuntime
 from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
+from pid_sdk.windows import Window, WindowedStep, auto_window, check_window, plan_windows
 
 SAMPLERS = ("sde", "ode", "teacher")
 STEPS = {"sde": 4, "ode": 4, "teacher": 50}  # the distilled students' 4 steps; the teacher's own default (spec 6.2)
@@ -156,6 +157,8 @@ class Decoder:
         stats: dict[str, Tensor] | None = None,
         output: str = "tensor",
         on_step: Callable[[int, int], None] | None = None,
+        window: tuple[int, int] | str | None = None,
+        overlap: int | None = None,
     ):
         """Decode [B, C, h, w] (or [C, h, w]) latents. Returns [B, 3, H, W] in [-1, 1], uint8 [B, H, W, 3] or PIL.
 
@@ -166,6 +169,12 @@ class Decoder:
         decodes to the same image everywhere (None draws a fresh one). It may list one seed per latent: each
         image then draws the noise it would draw alone with that seed, and equals the lone decode up to the float
         rounding of batched matrix products (a few 1e-6).
+
+        `window=(h, w)` (output pixels) or "auto" denoises the output as overlapping windows of that size, each at
+        the positions of a whole image of its size, their velocities blended at every step across `overlap` pixels
+        (default: a quarter of the window): any output size in the memory of one window, and on an engine folder
+        any size through its buckets (pid_sdk/windows.py). "auto" takes the largest trained size or bucket that
+        fits the output. A window covering the whole output is the whole-image decode.
         """
         inputs.check_choice("sampler", sampler, SAMPLERS)
         inputs.check_choice("output", output, OUTPUTS)
@@ -180,7 +189,8 @@ class Decoder:
         text = self._text(prompt, text_embeddings, z.shape[0])
         height, width = space.output_size(z.shape[-2], z.shape[-1], self.config.adapter.sr_scale)
         shape = (z.shape[0], 3, height, width)
-        cond = self.runtime.backend(text=text, latent=z, latent_sigma=sigma, height=height, width=width)
+        windows = self._windows(window, overlap, height, width, height // z.shape[-2])
+        cond = self._step(windows, text=text, latent=z, latent_sigma=sigma, height=height, width=width)
         gen = _generators(seed, self.device)  # after the backend: with backend="auto" it may have fallen back
         watch = _FiniteWatch()
         fn = watch.wrap(_model_fn(cond))
@@ -188,7 +198,7 @@ class Decoder:
             uncond_fn = None
             if guidance != 1.0:  # guidance 1 is the conditional model alone: no negative pass
                 negative = self._negative(negative_embeddings, text)
-                uncond = self.runtime.backend(text=negative, latent=z, latent_sigma=sigma, height=height, width=width)
+                uncond = self._step(windows, text=negative, latent=z, latent_sigma=sigma, height=height, width=width)
                 uncond_fn = watch.wrap(_model_fn(uncond))
             image = sample_teacher(fn, shape, steps=steps, shift=dynamic_shift(height, width), guidance=guidance,
                                    uncond_fn=uncond_fn, generator=gen, device=self.device, on_step=on_step)
@@ -197,6 +207,28 @@ class Decoder:
                                    on_step=on_step)
         watch.check(image, self.backend_name)
         return to_output(image.cpu(), output)
+
+    def _windows(self, window, overlap, height: int, width: int, cell: int) -> list[Window] | None:
+        if window is None:
+            if overlap is not None:
+                raise InputError("overlap= applies to windowed decoding only.", received=overlap,
+                                 fix="pass window='auto' (or window=(h, w)) with it, or drop overlap=")
+            return None
+        if isinstance(window, str) and window == "auto":
+            window = auto_window(height, width, self._window_sizes(), cell)
+        size, overlap = check_window(window, overlap, height, width, cell)
+        return plan_windows(height, width, size, overlap)
+
+    def _window_sizes(self) -> list[tuple[int, int]]:
+        """Sizes a window may take: the model's trained sizes, and an engine folder's buckets."""
+        manifest = getattr(self.runtime, "manifest", None)
+        buckets = [e.bucket for e in manifest.entries] if manifest is not None else []
+        return sorted({*map(tuple, self.config.trained_sizes), *buckets})
+
+    def _step(self, windows, **prepared):
+        if windows is None:
+            return self.runtime.backend(**prepared)
+        return WindowedStep(self.runtime, windows, **prepared)
 
     @staticmethod
     def default_steps(sampler: str) -> int:

@@ -59,6 +59,12 @@ case("latent", "NaN values")(lambda t, d: d.decode(torch.full(Z, float("nan"))))
 case("latent", "a finite 1e30")(lambda t, d: d.decode(torch.full(Z, 1e30)))
 case("latent", "an SDXL latent to a FLUX.1 model")(lambda t, d: d.decode(z(1, 4, 2, 2), latent_space="sdxl"))
 case("latent", "an unknown latent space")(lambda t, d: d.decode(z(), latent_space="sd9"))
+case("window", "a window of 50x64 pixels (not whole latent cells)")(
+    lambda t, d: d.decode(z(1, 16, 2, 5), window=(50, 64)))
+case("window", "an overlap as large as the window")(
+    lambda t, d: d.decode(z(1, 16, 2, 5), window=(64, 64), overlap=64))
+case("window", "overlap= without a window")(lambda t, d: d.decode(z(1, 16, 2, 5), overlap=32))
+case("window", "decode --window wide")(lambda t, d: _cli_decode(t, t / "o.png", "--window", "wide"))
 case("latent", "a sparse tensor")(lambda t, d: d.decode(torch.randn(Z).to_sparse()))
 case("latent", "a nested tensor")(
     lambda t, d: d.decode(torch.nested.nested_tensor([torch.zeros(16, 2, 2)], layout=torch.jagged)))

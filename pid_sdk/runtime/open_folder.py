@@ -199,7 +199,9 @@ def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None 
     # a backend the folder has no entries for is not one to fall back from (nor to warn about)
     kinds = tuple(k for k in FALLBACK_ORDER if k == "pytorch" or any(e.backend in ENTRY_KINDS[k]
                                                                      for e in manifest.entries))
-    return manifest, FallbackRuntime(open_kind, kinds)
+    runtime = FallbackRuntime(open_kind, kinds)
+    runtime.manifest = manifest  # its buckets: the sizes windowed decoding may use
+    return manifest, runtime
 
 
 TORCH_PRECISIONS = ("fp32", "bf16")
