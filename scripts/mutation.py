@@ -94,7 +94,7 @@ EQUIVALENT: dict[str, str] = {
     f"{_CMP}_step_fn__mutmut_15": _LAST_TWO,
     f"{_CMP}run_parity__mutmut_56": _LAST_TWO,
     **{f"{_CMP}compare_folder__mutmut_{n}": ("TorchRuntime autocasts for 'bf16' alone, and the reference's precision "
-                                             "is reported nowhere: 'XXfp32XX' runs and reads as 'fp32'")
+                                             "is reported nowhere: 'XXfp32XX' runs as fp32")
        for n in (106, 107)},
     f"{_CMP}compare_folder__mutmut_65": "the log function's return value is never read: None and 0 alike",
     f"{_INP}_native_array__mutmut_53": _LONG_DOUBLE,
