@@ -18,6 +18,7 @@ import torch
 from export.onnx_export import ATTENTION_COMPUTE
 from pid_sdk.checkpoints import sha256_file, usual_permissions
 from pid_sdk.errors import ConfigError, PiDError
+from pid_sdk.interrupts import call_interruptibly
 from pid_sdk.runtime.manifest import Entry, read_engine_manifest, verify_files, write_manifest
 from pid_sdk.runtime.selection import TARGETS, covers
 from pid_sdk.runtime.tensorrt_backend import plan_header
@@ -273,13 +274,44 @@ def build_plan(trt, backend: str, onnx_path: Path, sms: tuple[int, ...], options
     _target(trt, backend, config, sms, options)
     _flags(trt, config, options)
     cache = _timing_cache(config, options.timing_cache) if backend == "tensorrt" else None
-    plan = builder.build_serialized_network(network, config)
+    monitor = _stoppable_monitor(trt)
+    config.progress_monitor = monitor
+    try:
+        plan = call_interruptibly(lambda: builder.build_serialized_network(network, config), monitor.stop,
+                                  name=f"{backend}-build")
+    except KeyboardInterrupt:
+        del builder, network, parser, config, monitor  # freed now: a kept traceback would free them at exit
+        raise
     if plan is None:
         raise BuildError(f"{backend} failed to build {onnx_path.name}.", received=logger.last_error or "no message",
                          fix=_build_hint(backend, options))
     if cache is not None and options.timing_cache:
         options.timing_cache.write_bytes(bytes(cache.serialize()))
     return bytes(plan)
+
+
+def _stoppable_monitor(trt):
+    """A progress monitor whose next step answers "stop" once `stop()` is called: how a build is cancelled (the
+    library then returns no plan)."""
+
+    class Stoppable(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.stopped = False
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            pass
+
+        def step_complete(self, phase_name, step):
+            return not self.stopped
+
+        def phase_finish(self, phase_name):
+            pass
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    return Stoppable()
 
 
 def _strongly_typed(trt) -> int:

@@ -112,7 +112,7 @@ EQUIVALENT: dict[str, str] = {
     f"{_SEL}aoti_runs_on__mutmut_12": _UNREADABLE,
     f"{_SEL}runs_on__mutmut_32": _UNREADABLE,
     **{f"{_SEL}build_command__mutmut_{n}": _CPU_FIRST for n in (1, 2, 3, 16)},
-    **{f"{_SEL}select_entry__mutmut_{n}": _CPU_FIRST for n in (61, 67)},
+    **{f"{_SEL}select_entry__mutmut_{n}": _CPU_FIRST for n in (67, 73)},
     **{f"{_SEL}runs_on__mutmut_{n}": _RTX_RULE for n in (26, 30)},
     **{f"{_SEL}version_runs__mutmut_{n}": _RTX_RULE for n in (1, 2)},
     "pid_sdk/latents.py:x__channel__mutmut_9": _BROADCAST,

@@ -108,8 +108,8 @@ def test_a_warning_reads_as_one_line_without_source(tmp_path):
 
 
 def test_an_onnx_runtime_call_stops_at_ctrl_c_between_its_nodes():
-    """A real session over 400 chained 512x512 MatMuls (seconds of work): interrupted after 0.3 s, the call ends
-    within a second, told to stop (RunOptions.terminate) rather than run to its end."""
+    """A real session over 1200 chained 512x512 MatMuls (seconds of work): interrupted a fifth of the way in, the
+    call ends before half its time, told to stop (RunOptions.terminate) rather than run to its end."""
     import _thread
     import threading
 
@@ -122,9 +122,9 @@ def test_an_onnx_runtime_call_stops_at_ctrl_c_between_its_nodes():
     from pid_sdk.runtime.onnxruntime_backend import run_interruptibly
 
     w = numpy_helper.from_array(np.eye(512, dtype=np.float32) * 0.5, "w")
-    nodes = [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(400)]
+    nodes = [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(1200)]
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("h0", TensorProto.FLOAT, [512, 512])],
-                              [helper.make_tensor_value_info("h400", TensorProto.FLOAT, [512, 512])], [w])
+                              [helper.make_tensor_value_info("h1200", TensorProto.FLOAT, [512, 512])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every node
@@ -133,9 +133,9 @@ def test_an_onnx_runtime_call_stops_at_ctrl_c_between_its_nodes():
     started = time.monotonic()
     run_interruptibly(session, feeds)
     whole = time.monotonic() - started
-    assert whole > 1.0, f"the chain ran in {whole:.2f} s: too fast to interrupt"
-    threading.Timer(0.3, _thread.interrupt_main).start()
+    assert whole > 0.5, f"the chain ran in {whole:.2f} s: too fast to interrupt"
+    threading.Timer(whole / 5, _thread.interrupt_main).start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         run_interruptibly(session, feeds)
-    assert time.monotonic() - started < min(1.0, whole / 2)
+    assert time.monotonic() - started < whole / 2

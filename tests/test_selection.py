@@ -252,3 +252,13 @@ def test_every_reason_is_listed_and_the_size_is_height_by_width():
         "onnx:-:64x96:b1:fp8: CPUExecutionProvider has no fp8 kernels (it runs fp32, fp8-fp32, fp16)")
     assert err.value.expected == ("a onnxruntime entry for 64x96, batch 1 that CPUExecutionProvider runs (fp32, "
                                   "fp8-fp32, fp16)")
+
+
+def test_a_precision_keeps_selection_to_its_entries_of_the_backend_asked():
+    m = manifest(entry("onnx", "fp16"), entry("onnx", "fp32"), plan("rtx5090", (120,), "1.7.1", "tensorrt_rtx"))
+    assert select_entry(m, "f", "onnxruntime", (64, 64), 1, RTX).precision == "fp32"
+    assert select_entry(m, "f", "onnxruntime", (64, 64), 1, RTX, precision="fp16").precision == "fp16"
+    assert select_entry(m, "f", "tensorrt", (64, 64), 1, RTX, precision="bf16").backend == "tensorrt_rtx"
+    with pytest.raises(ConfigError) as err:  # the bf16 plan runs here, but it is not an ONNX Runtime entry
+        select_entry(m, "f", "onnxruntime", (64, 64), 1, RTX, precision="bf16")
+    assert err.value.expected.startswith("a onnxruntime entry for 64x64, batch 1, precision bf16 that ")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import posixpath
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from torch import Tensor
 
 from pid_sdk.errors import CheckpointError, ConfigError
+from pid_sdk.interrupts import call_interruptibly
 from pid_sdk.runtime.manifest import Entry, check_static_inputs, inside
 from pid_sdk.runtime.selection import TWIN_PRECISIONS, onnx_runs_on
 from pid_sdk.runtime.upcast import fp32_twin
@@ -113,33 +113,10 @@ class OnnxStep:
 
 
 def run_interruptibly(session, feeds: dict[str, np.ndarray]) -> list:
-    """`session.run`, which holds the thread until the whole graph has run (minutes at 2048-class sizes on a CPU),
-    run in a worker so that Ctrl-C reaches the main thread at once: the run is then told to stop between nodes
-    (RunOptions.terminate) and the KeyboardInterrupt goes on. Off the main thread, where no signal arrives, a
-    plain call."""
+    """`session.run`, stopped between nodes on Ctrl-C (RunOptions.terminate): pid_sdk/interrupts.py."""
     options = import_onnxruntime().RunOptions()
-    if threading.current_thread() is not threading.main_thread():
-        return session.run(None, feeds, options)
-    done: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            done["outputs"] = session.run(None, feeds, options)
-        except BaseException as exc:  # handed to the caller's thread below
-            done["error"] = exc
-
-    worker = threading.Thread(target=work, name="onnxruntime-run", daemon=True)
-    worker.start()
-    try:
-        while worker.is_alive():
-            worker.join(0.1)
-    except KeyboardInterrupt:
-        options.terminate = True
-        worker.join()
-        raise
-    if "error" in done:
-        raise done["error"]
-    return done["outputs"]
+    return call_interruptibly(lambda: session.run(None, feeds, options),
+                              lambda: setattr(options, "terminate", True), name="onnxruntime-run")
 
 
 def _np(t: Tensor) -> np.ndarray:
