@@ -226,6 +226,7 @@ def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | N
 
     from pid_sdk.decoder import Decoder
     from pid_sdk.errors import InputError, counted
+    from pid_sdk.flops import matmul_rate
     from pid_sdk.inputs import MAX_COMPARE_STEPS, check_flag, check_int
     from pid_sdk.latents import get_latent_space
     from pid_sdk.runtime.manifest import read_engine_manifest
@@ -247,12 +248,28 @@ def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | N
     reference = Decoder(manifest.config, torch_runtime(folder, manifest, verify, precision="fp32"), source=str(folder))
     run = _FolderRun(folder, manifest, backend, device_info or DeviceInfo.detect(), providers, verify, reference,
                      get_latent_space(reference.latent_space), latent, steps, seed)
+    if note := duration_note(manifest.config, entries, steps, matmul_rate()):  # before the first long entry
+        log(note)
     results = []
     for e in entries:
         started = time.monotonic()
         results.append(_compare_entry(e, run))
         log(f"{results[-1]}\n   ({time.monotonic() - started:.1f} s)")
     return results
+
+
+def duration_note(cfg, entries, steps: int, rate: float, long: float = 120.0) -> str:
+    """Where a compare will take longer than `long` seconds at `rate` FLOP/s: how long at least. Each entry runs
+    the denoiser 4 x `steps` times (both decoders per step, then both whole decodes); real runs are slower than the
+    matmul rate (attention, norms, the runtime's own work), so this is a floor."""
+    from pid_sdk.flops import decode_flops
+
+    flops = sum(4 * steps * decode_flops(cfg, *e.bucket, steps=steps, batch=e.batch).per_step for e in entries)
+    seconds = flops / rate
+    if seconds < long:
+        return ""
+    return (f"this takes at least {seconds / 60:.0f} min here ({flops / 1e12:.0f} TFLOP at the {rate / 1e9:.0f} "
+            "GFLOP/s this machine multiplies matrices at): --size HxW compares one size")
 
 
 @dataclass(frozen=True)

@@ -448,3 +448,22 @@ def test_the_sizes_announced_are_in_order_of_height_then_width(tiny_engine_folde
     compare_folder(folder, steps=1, log=lines.append)
     assert lines[0] == ("comparing 2 onnxruntime entries, 1 step each, at 64x64, 128x64 "
                         "(every size of the folder: --size HxW picks one)")
+
+
+def test_a_long_compare_says_how_long_it_takes_at_least():
+    from pid_sdk.compare import duration_note
+    from pid_sdk.config import PRESETS
+    from pid_sdk.flops import matmul_rate
+    from pid_sdk.runtime.manifest import Entry
+
+    def entries(*sizes):
+        return [Entry("onnx", size, 1, "fp32", {}, {}, {}) for size in sizes]
+
+    five = entries(*PRESETS["pid-2k"].trained_sizes)
+    note = duration_note(PRESETS["pid-2k"], five, 4, rate=1e11)
+    assert note.startswith("this takes at least ") and note.endswith("--size HxW compares one size")
+    minutes = float(note.split("at least ")[1].split(" min")[0])
+    one = duration_note(PRESETS["pid-2k"], five[:1], 4, rate=1e11)
+    assert 4 < minutes / float(one.split("at least ")[1].split(" min")[0]) < 6  # five sizes, about five times one
+    assert duration_note(PRESETS["tiny"], entries((64, 64)), 4, rate=1e11) == ""  # seconds: nothing to say
+    assert 1e8 < matmul_rate() < 1e14
