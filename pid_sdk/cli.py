@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,7 +28,8 @@ OPTION_EXAMPLES = (("--batch-wait-ms", "10"), ("--max-body-mb", "64"), ("--num-g
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line  # a message, not a line of source
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up as Ctrl-C does
+    main_thread = threading.current_thread() is threading.main_thread()  # where Python lets a handler be set
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # cleans up as Ctrl-C does
     try:
         return _command(args.run)(args)
     except PiDError as exc:
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         warnings.formatwarning = formatwarning
 
 

@@ -66,6 +66,24 @@ def _tiny_export(tmp_path_factory, variable: str, size: tuple[int, int], precisi
     return folder
 
 
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C raising KeyboardInterrupt in this process, as in a terminal: a suite started in the background of a
+    non-interactive shell inherits SIGINT ignored, and then `_thread.interrupt_main()` does nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def default_sigint() -> None:
+    """preexec_fn for a child that must see Ctrl-C whatever this process inherited (see `ctrl_c`)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def sealed(manifest: dict) -> dict:
     """A manifest edited by a test, given the right digest again: what an attacker who edits one can also do, so
     the checks behind the digest are reached."""

@@ -58,9 +58,11 @@ def test_the_speed_choices_are_the_speed_settings():
 def test_a_stopped_export_leaves_no_folder_behind(tmp_path, stop):
     pytest.importorskip("onnxscript")
     folder = tmp_path / "engines"
+    from conftest import default_sigint
+
     proc = subprocess.Popen([sys.executable, "-m", "pid_sdk.cli", "export", str(folder), "--preset", "tiny",
                              "--size", "64x64", "--size", "64x96", "--size", "96x64"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".engines-export-*")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -107,7 +109,7 @@ def test_a_warning_reads_as_one_line_without_source(tmp_path):
     assert done.stderr.splitlines() == ["warning: Decoding sd3 latents with a model trained for flux1."]
 
 
-def test_an_onnx_runtime_call_stops_at_ctrl_c_between_its_nodes():
+def test_an_onnx_runtime_call_stops_at_ctrl_c_between_its_nodes(ctrl_c):
     """A real session over 1200 chained 512x512 MatMuls (seconds of work): interrupted a fifth of the way in, the
     call ends before half its time, told to stop (RunOptions.terminate) rather than run to its end."""
     import _thread
