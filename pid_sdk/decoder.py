@@ -70,9 +70,10 @@ class Decoder:
 
         For an engine folder `backend` picks TensorRT, ONNX Runtime or PyTorch; "auto" takes, per decode, the first
         that runs here and warns with the reason for each one it skips; `precision` keeps to the folder's entries
-        of that precision (refused, naming the entries there are, where it has none). `engine` then says what ran. `speed` applies to the PyTorch backend (see
-        `Speed`). Every file loaded from a folder is checked against its manifest's sha256; `verify=False` is the
-        explicit opt-out for folders whose manifest has lost its hashes (paths are confined regardless).
+        of that precision (refused, naming the entries there are, where it has none); `engine` then says what ran.
+        `speed` applies to the PyTorch backend (see `Speed`). Every file loaded from a folder is checked against its
+        manifest's sha256; `verify=False` is the explicit opt-out for folders whose manifest has lost its hashes
+        (paths are confined regardless).
         """
         if path is None and preset is None:
             raise ConfigError("Decoder.load needs a path or a preset.",

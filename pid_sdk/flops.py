@@ -110,7 +110,8 @@ def _gate_width(cfg: PiDConfig) -> int:
 
 
 def matmul_rate() -> float:
-    """The measured side of a time estimate: FLOP/s of an fp32 1024x1024 matrix product on this machine's torch threads (a 30-100 ms measurement)."""
+    """The measured side of a time estimate: FLOP/s of an fp32 1024x1024 matrix product on this machine's torch
+    threads (a 30-100 ms measurement)."""
     a = torch.randn(1024, 1024)
     a @ a  # the first call pays for allocation
     started = time.perf_counter()

@@ -23,7 +23,9 @@ class Window:
 
     def crop(self, t: Tensor, cell: int = 1) -> Tensor:
         """This window of an image-sized tensor ([..., H, W]), or of a latent with `cell` output pixels per cell."""
-        return t[..., self.top // cell:(self.top + self.height) // cell, self.left // cell:(self.left + self.width) // cell]
+        rows = slice(self.top // cell, (self.top + self.height) // cell)
+        columns = slice(self.left // cell, (self.left + self.width) // cell)
+        return t[..., rows, columns]
 
 
 def check_window(window, overlap, height: int, width: int, cell: int) -> tuple[tuple[int, int], int]:

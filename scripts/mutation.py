@@ -140,9 +140,9 @@ EQUIVALENT: dict[str, str] = {
     "pid_sdk/latent_files.py:x__npy__mutmut_64": _NPY_PICKLE,
     "pid_sdk/latent_files.py:x__npy__mutmut_67": _NPY_PICKLE,
     "pid_sdk/latent_files.py:x__npy__mutmut_70": _NPY_PICKLE,
-    "pid_sdk/checkpoints.py:x__infer_adapter__mutmut_49": ("one candidate interval more, d + 1, gives ceil(d / (d + 1)) "
-                                                          "= 1 gate, which d already gave (d >= 1: check_read_shapes "
-                                                          "asks for patch_blocks.0)"),
+    "pid_sdk/checkpoints.py:x__infer_adapter__mutmut_49": (
+        "one candidate interval more, d + 1, gives ceil(d / (d + 1)) = 1 gate, which d already gave (d >= 1: "
+        "check_read_shapes asks for patch_blocks.0)"),
     "pid_sdk/checkpoints.py:x_canonical_state_dict__mutmut_64": (
         "the width only merges halves of a file without a usable pixel_embedder, which check_read_shapes then refuses "
         "whatever the merge gave (width 1 divides every size)"),
