@@ -193,6 +193,7 @@ def fp8_scales(folder: Path, work: Path, manifest: Manifest, loaded: LoadedModel
     moved into the folder with the export). `kind`: "linears" (modelopt, the FP8 linear layers) or "attention"
     (the amax of every attention's q, k and v)."""
     from export.fp8 import calibrate, calibrate_attention, load_scales, save_scales, student_forward_loop
+    from pid_sdk.flops import decode_flops, matmul_rate, time_floor
     from pid_sdk.latents import get_latent_space
 
     name = f"fp8_scales-{bucket.name}.json" if kind == "linears" else f"fp8_attention_scales-{bucket.name}.json"
@@ -207,7 +208,9 @@ def fp8_scales(folder: Path, work: Path, manifest: Manifest, loaded: LoadedModel
     if calib_latents is None:
         gen = torch.Generator().manual_seed(seed)
         calib_latents = [torch.randn(1, space.channels, lh, lw, generator=gen) for _ in range(samples)]
-    log(f"calibrating FP8 {kind} at {bucket.name}: {len(calib_latents)} latents x 4 steps of the PyTorch model")
+    floor = time_floor(len(calib_latents) * decode_flops(cfg, bucket.height, bucket.width).per_decode, matmul_rate())
+    log(f"calibrating FP8 {kind} at {bucket.name}: {len(calib_latents)} latents x 4 steps of the PyTorch model"
+        + (f", {floor}" if floor else ""))
     loop = student_forward_loop(list(calib_latents), bucket.height, bucket.width, cfg.backbone.txt_max_length,
                                 cfg.backbone.txt_embed_dim, seed)
     scales = (calibrate if kind == "linears" else calibrate_attention)(loaded.model, loop)

@@ -258,18 +258,14 @@ def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | N
     return results
 
 
-def duration_note(cfg, entries, steps: int, rate: float, long: float = 120.0) -> str:
-    """Where a compare will take longer than `long` seconds at `rate` FLOP/s: how long at least. Each entry runs
-    the denoiser 4 x `steps` times (both decoders per step, then both whole decodes); real runs are slower than the
-    matmul rate (attention, norms, the runtime's own work), so this is a floor."""
-    from pid_sdk.flops import decode_flops
+def duration_note(cfg, entries, steps: int, rate: float) -> str:
+    """Where a compare is long at `rate` FLOP/s: how long at least. Each entry runs the denoiser 4 x `steps` times
+    (both decoders per step, then both whole decodes)."""
+    from pid_sdk.flops import decode_flops, time_floor
 
-    flops = sum(4 * steps * decode_flops(cfg, *e.bucket, steps=steps, batch=e.batch).per_step for e in entries)
-    seconds = flops / rate
-    if seconds < long:
-        return ""
-    return (f"this takes at least {seconds / 60:.0f} min here ({flops / 1e12:.0f} TFLOP at the {rate / 1e9:.0f} "
-            "GFLOP/s this machine multiplies matrices at): --size HxW compares one size")
+    floor = time_floor(sum(4 * steps * decode_flops(cfg, *e.bucket, steps=steps, batch=e.batch).per_step
+                           for e in entries), rate)
+    return f"this takes {floor}: --size HxW compares one size" if floor else ""
 
 
 @dataclass(frozen=True)

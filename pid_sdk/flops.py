@@ -118,3 +118,13 @@ def matmul_rate() -> float:
     for _ in range(3):
         a @ a
     return 3 * 2 * 1024 ** 3 / max(time.perf_counter() - started, 1e-9)
+
+
+def time_floor(flops: float, rate: float, long: float = 120.0) -> str:
+    """'at least N min here (...)' where `flops` at `rate` FLOP/s take longer than `long` seconds, else ''. Real
+    runs are slower than the matmul rate (attention, norms, a runtime's own work): a floor, never a promise."""
+    seconds = flops / rate
+    if seconds < long:
+        return ""
+    return (f"at least {seconds / 60:.0f} min here ({flops / 1e12:.0f} TFLOP at the {rate / 1e9:.0f} GFLOP/s this "
+            "machine multiplies matrices at)")

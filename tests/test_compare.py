@@ -461,7 +461,8 @@ def test_a_long_compare_says_how_long_it_takes_at_least():
 
     five = entries(*PRESETS["pid-2k"].trained_sizes)
     note = duration_note(PRESETS["pid-2k"], five, 4, rate=1e11)
-    assert note.startswith("this takes at least ") and note.endswith("--size HxW compares one size")
+    assert note.startswith("this takes at least ") and note.endswith(" GFLOP/s this machine multiplies matrices "
+                                                                    "at): --size HxW compares one size")
     minutes = float(note.split("at least ")[1].split(" min")[0])
     one = duration_note(PRESETS["pid-2k"], five[:1], 4, rate=1e11)
     assert 4 < minutes / float(one.split("at least ")[1].split(" min")[0]) < 6  # five sizes, about five times one

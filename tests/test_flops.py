@@ -88,3 +88,12 @@ def test_full_model_matches_the_design_budget():
     assert 43e12 < count.per_step < 45e12
     assert 175e12 < count.per_decode < 178e12
     assert 23e12 < count.step["MM-DiT attention"] < 25e12
+
+
+def test_a_time_floor_is_said_only_when_long():
+    from pid_sdk.flops import time_floor
+
+    assert time_floor(1e12, 1e10) == ""  # 100 s
+    assert time_floor(6e13, 1e11) == "at least 10 min here (60 TFLOP at the 100 GFLOP/s this machine multiplies " \
+                                      "matrices at)"
+    assert time_floor(1e12, 1e10, long=60) != ""
