@@ -168,8 +168,8 @@ class Decoder:
         the undistilled DPM-Solver++ model with text-only guidance; `steps` defaults to the sampler's own (4 for
         the students, 50 for the teacher). `seed` defaults to 0, as in the CLI and the server (the C ABI takes it
         as an argument): a latent decodes to the same image everywhere (None draws a fresh one). It may list one
-        seed per latent: each image then draws the noise it would draw alone with that seed, and equals the lone decode up to the float
-        rounding of batched matrix products (a few 1e-6).
+        seed per latent: each image then draws the noise it would draw alone with that seed, and equals the lone
+        decode up to the float rounding of batched matrix products (a few 1e-6).
 
         `window=(h, w)` (output pixels) or "auto" denoises the output as overlapping windows of that size, each at
         the positions of a whole image of its size, their velocities blended at every step across `overlap` pixels
