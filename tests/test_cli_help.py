@@ -141,3 +141,38 @@ def test_an_onnx_runtime_call_stops_at_ctrl_c_between_its_nodes(ctrl_c):
     with pytest.raises(KeyboardInterrupt):
         run_interruptibly(session, feeds)
     assert time.monotonic() - started < whole / 2
+
+
+def test_creating_an_onnx_runtime_session_is_left_at_ctrl_c(tmp_path, ctrl_c):
+    """ONNX Runtime cannot stop a session being made, so the caller leaves it: a graph whose 600 chained MatMuls of
+    constants are folded while the session is made (seconds), interrupted a fifth of the way in, gives
+    KeyboardInterrupt before half that time."""
+    import _thread
+    import threading
+
+    import numpy as np
+
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from pid_sdk.runtime.onnxruntime_backend import open_session
+
+    constants = [numpy_helper.from_array(np.eye(512, dtype=np.float32) * 0.5, "w"),
+                 numpy_helper.from_array(np.ones((512, 512), np.float32), "h0")]
+    nodes = [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(600)]
+    nodes.append(helper.make_node("Add", ["h600", "x"], ["y"]))
+    graph = helper.make_graph(nodes, "folded", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [512, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [512, 512])], constants)
+    path = tmp_path / "folded.onnx"
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    options = ort.SessionOptions()
+    started = time.monotonic()
+    open_session(path, options, ["CPUExecutionProvider"])
+    whole = time.monotonic() - started
+    assert whole > 0.5, f"the session was made in {whole:.2f} s: too fast to interrupt"
+    threading.Timer(whole / 5, _thread.interrupt_main).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        open_session(path, options, ["CPUExecutionProvider"])
+    assert time.monotonic() - started < whole / 2

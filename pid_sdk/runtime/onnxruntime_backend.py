@@ -77,7 +77,7 @@ class OnnxRuntimeBackend:
             paths = {g: inside(folder, rel) for g, rel in entry.files.items()}
             if self.upcast:
                 paths = {g: fp32_twin(p, Path(tmp) / p.name) for g, p in paths.items()}
-            self.sessions = {g: ort.InferenceSession(str(p), options, providers=wanted) for g, p in paths.items()}
+            self.sessions = {g: open_session(p, options, wanted) for g, p in paths.items()}
         # ONNX Runtime drops a provider it cannot load without an error: report what each session really uses.
         self.providers_in_use = {g: s.get_providers()[0] for g, s in self.sessions.items()}
         if providers and self.providers_in_use["denoiser"] != providers[0]:
@@ -110,6 +110,14 @@ class OnnxStep:
         sigma = torch.as_tensor(feeds["sigma"], dtype=torch.float32).reshape(-1).expand(feeds["x"].shape[0])
         (v,) = run_interruptibly(self.session, {"x": _np(feeds["x"]), "sigma": _np(sigma), **self.conditioning})
         return {"v": torch.from_numpy(v)}
+
+
+def open_session(path: Path, options, providers: list[str]):
+    """An InferenceSession (seconds to minutes for a 1.3B graph: optimisation, weights read) that Ctrl-C leaves
+    at once: ONNX Runtime has no way to stop it, so the half-made session is abandoned (pid_sdk/interrupts.py)."""
+    ort = import_onnxruntime()
+    return call_interruptibly(lambda: ort.InferenceSession(str(path), options, providers=providers), None,
+                              name="onnxruntime-session")
 
 
 def run_interruptibly(session, feeds: dict[str, np.ndarray]) -> list:
