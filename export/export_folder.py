@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -145,6 +146,7 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-export-", dir=parent))
     try:
         manifest = open_or_create(folder, work, loaded)
+        progress = Progress(len(sizes) * len(variants), "graph set")
         for bucket in sizes:
             for precision, attention_dtype in variants:
                 scales, attention_scales = None, None
@@ -163,12 +165,33 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
                                              attention_dtype=attention_dtype, fp8_scales=scales,
                                              attention_scales=attention_scales, log=log)
                 manifest.add(entry)
+                log(progress.done(f"{bucket.name} {entry.variant}"))
                 del net
         _move_into_place(work, folder, manifest, new)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return manifest
+
+
+class Progress:
+    """'graph set 2 of 10 (KEY) in 41 s; about 5 min left': the estimate is the mean time of the units done so far
+    (sizes differ in cost, so it is rough until a few are done)."""
+
+    def __init__(self, total: int, unit: str):
+        self.total, self.unit, self.count, self.started = total, unit, 0, time.perf_counter()
+        self.last = self.started
+
+    def done(self, what: str) -> str:
+        now = time.perf_counter()
+        self.count, took, self.last = self.count + 1, now - self.last, now
+        left = (now - self.started) / self.count * (self.total - self.count)
+        return (f"{self.unit} {self.count} of {self.total} ({what}) in {took:.0f} s"
+                + (f"; about {_duration(left)} left" if self.count < self.total else ""))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _move_into_place(work: Path, folder: Path, manifest: Manifest, new: bool) -> None:

@@ -3,6 +3,7 @@ differs from the decode without it), every refusal names the flag; `export` with
 `on_step` and `providers=`."""
 
 import datetime
+import re
 
 import numpy as np
 import pytest
@@ -118,6 +119,16 @@ def test_export_without_sizes_exports_the_models_trained_sizes(tmp_path, capsys)
     assert [e.bucket for e in read_engine_manifest(tmp_path / "e").entries] == [(64, 64)]  # tiny's trained size
     assert capsys.readouterr().out.splitlines()[0] == (
         "exporting 1 graph set (onnx): 64x64 (the model's trained sizes: --size HxW picks others) x fp32")
+
+
+def test_export_says_each_graph_set_it_ends_and_how_long_the_rest_will_take(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "e"), "--preset", "tiny", "--size", "64x64", "--size", "64x128"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    progress = [line for line in lines if line.startswith("graph set ")]
+    assert len(progress) == 2, lines
+    assert re.fullmatch(r"graph set 1 of 2 \(64x64 fp32\) in \d+ s; about \d+ s left", progress[0]), progress
+    assert re.fullmatch(r"graph set 2 of 2 \(64x128 fp32\) in \d+ s", progress[1]), progress
+    assert lines.index(progress[0]) < lines.index(progress[1]) and "exported" in lines[lines.index(progress[0]) - 1]
 
 
 def test_on_step_is_called_after_every_step_and_its_error_stops_the_decode():

@@ -299,3 +299,16 @@ def test_external_weights_are_hashed_and_checked(tmp_path, monkeypatch):
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(CheckpointError, match=".onnx.data of"):
         pid_sdk.Decoder.load(tmp_path, backend="onnxruntime").decode(z)
+
+
+def test_the_estimate_of_the_time_left_is_the_mean_time_so_far_times_the_units_left(monkeypatch):
+    import export.export_folder as ef
+
+    clock = iter([100.0, 130.0, 220.0, 300.0])  # started; then three units end after 30 s, 90 s and 80 s
+    monkeypatch.setattr(ef.time, "perf_counter", lambda: next(clock))
+    progress = ef.Progress(3, "graph set")
+    assert progress.done("a") == "graph set 1 of 3 (a) in 30 s; about 60 s left"
+    assert progress.done("b") == "graph set 2 of 3 (b) in 90 s; about 60 s left"
+    assert progress.done("c") == "graph set 3 of 3 (c) in 80 s"
+    clock = iter([0.0, 100.0])
+    assert ef.Progress(40, "graph set").done("d") == "graph set 1 of 40 (d) in 100 s; about 65 min left"
