@@ -33,7 +33,7 @@ def lib() -> ctypes.CDLL:
         pytest.skip(f"the bindings cannot be built here: {run.stderr.strip()}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lib = ctypes_abi.load(BUILD / "libpid_sdk.so")
-    assert lib.pid_abi_version() == 1
+    assert lib.pid_abi_version() == 2  # 2: windowed decoding
     return lib
 
 
@@ -95,6 +95,51 @@ def c_and_python_images(lib, folder, device: bytes) -> tuple[np.ndarray, np.ndar
     python = pid_sdk.Decoder.load(folder, backend="aoti")
     assert python.device.type == device.decode()
     return image, python.decode(torch.from_numpy(sample_latent()), seed=3, output="numpy")
+
+
+def test_a_windowed_decode_through_the_abi_equals_pythons_exactly(lib, aoti_folder, tmp_path):
+    """A 1024x512 output from a folder of 512x512 only: three windows of 512x512 sharing 128 rows, in C and in
+    Python's aoti backend, byte for byte; auto picks the same window, the C sample writes the same image."""
+    from PIL import Image
+
+    z = np.random.default_rng(5).standard_normal((1, 16, 32, 16)).astype(np.float32)
+    handle = Handle(lib, aoti_folder)
+    status, c_image = handle.decode(z, seed=3, window=(512, 512))
+    assert status == OK, error(lib)
+    python = pid_sdk.Decoder.load(aoti_folder, backend="aoti")
+    assert c_image.shape == (1, 1024, 512, 3)
+    np.testing.assert_array_equal(c_image, python.decode(torch.from_numpy(z), seed=3, window=(512, 512),
+                                                         output="numpy"))
+    assert handle.decode(z, seed=3, window=(0, 0), overlap=128)[1].tobytes() == c_image.tobytes()
+    other = handle.decode(z, seed=3, window=(512, 512), overlap=64)[1]
+    np.testing.assert_array_equal(other, python.decode(torch.from_numpy(z), seed=3, window=(512, 512), overlap=64,
+                                                       output="numpy"))
+    assert np.abs(other.astype(int) - c_image.astype(int)).max() > 0  # the overlap is heard
+    whole = handle.decode(sample_latent(), seed=3)[1]  # a window covering the output is the whole-image decode
+    assert handle.decode(sample_latent(), seed=3, window=(512, 512))[1].tobytes() == whole.tobytes()
+    handle.close()
+    from safetensors.numpy import save_file
+
+    save_file({"latent": z[0]}, str(tmp_path / "z.safetensors"))
+    run = subprocess.run([str(BUILD / "pid_decode"), str(aoti_folder), str(tmp_path / "z.safetensors"),
+                          str(tmp_path / "w.png"), "--seed", "3", "--window", "auto"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert np.asarray(Image.open(tmp_path / "w.png")).tobytes() == c_image[0].tobytes()
+
+
+@pytest.mark.parametrize("shape,window,overlap,message", [
+    ((1, 16, 32, 16), (500, 512), -1, "whole latent cells"),
+    ((1, 16, 32, 16), (512, 512), 512, "The overlap takes output pixels"),
+    ((1, 16, 32, 16), (512, 512), 48, "The overlap takes output pixels"),
+    ((1, 16, 8, 8), (0, 0), -1, "No entry of"),
+    ((1, 16, 32, 16), (256, 256), -1, "No graph set of this engine folder takes a latent of this shape"),
+])
+def test_bad_windows_through_the_abi_are_input_errors(lib, aoti_folder, shape, window, overlap, message):
+    handle = Handle(lib, aoti_folder)
+    status, image = handle.decode(np.zeros(shape, np.float32), window=window, overlap=overlap)
+    handle.close()
+    assert status == INPUT and image is None and message in error(lib), error(lib)
+    assert "fix:" in error(lib)
 
 
 @pytest.mark.gpu
@@ -248,6 +293,14 @@ def test_null_pointers_return_an_error(lib, aoti_folder):
     assert lib.pid_decode(handle.ptr, z_p, shape, None, 0.0, 0, None, out.size) == INPUT
     assert "out_rgb8 is NULL" in error(lib)
     assert lib.pid_output_size(handle.ptr, shape, None) == INPUT
+    window = (ctypes.c_int64 * 2)(512, 512)
+    assert lib.pid_decode_windowed(None, z_p, shape, None, 0.0, 0, window, -1, out_p, out.size) == INPUT
+    assert lib.pid_decode_windowed(handle.ptr, None, shape, None, 0.0, 0, window, -1, out_p, out.size) == INPUT
+    assert lib.pid_decode_windowed(handle.ptr, z_p, None, None, 0.0, 0, window, -1, out_p, out.size) == INPUT
+    assert lib.pid_decode_windowed(handle.ptr, z_p, shape, None, 0.0, 0, None, -1, out_p, out.size) == INPUT
+    assert "window_hw is NULL" in error(lib)
+    assert lib.pid_decode_windowed(handle.ptr, z_p, shape, None, 0.0, 0, window, -1, None, out.size) == INPUT
+    assert lib.pid_windowed_output_size(handle.ptr, None, window) == INPUT
     handle.close()
 
 

@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define PID_ABI_VERSION 1
+#define PID_ABI_VERSION 2
 
 #if defined(PID_SDK_BUILD)
 #define PID_API __attribute__((visibility("default")))
@@ -57,6 +57,16 @@ PID_API int pid_output_size(const pid_decoder *decoder, const int64_t shape[4], 
  * Python decoder's seed= on the CPU. No caption: the zero text embedding. 4 student steps, sde sampler. */
 PID_API int pid_decode(pid_decoder *decoder, const float *latent, const int64_t shape[4], const char *latent_space,
                float latent_sigma, int64_t seed, uint8_t *out_rgb8, size_t out_size);
+
+/* Windowed decoding (docs/guide.md, "Large images"): a latent of any size {B, C, h, w} decoded as overlapping windows
+ * of window_hw = {height, width} output pixels, each an entry of the folder ({0, 0}: the largest entry that fits
+ * inside the output), neighbours sharing `overlap` pixels (-1: a quarter of the window's shorter side), blended
+ * linearly at every step; the noise is drawn for the whole image from `seed`. Equal to the Python decoder's
+ * decode(window=..., overlap=...) on the CPU. pid_windowed_output_size gives {H, W}: h and w times the latent cell. */
+PID_API int pid_windowed_output_size(const pid_decoder *decoder, const int64_t shape[4], int64_t out_hw[2]);
+PID_API int pid_decode_windowed(pid_decoder *decoder, const float *latent, const int64_t shape[4],
+                                const char *latent_space, float latent_sigma, int64_t seed, const int64_t window_hw[2],
+                                int64_t overlap, uint8_t *out_rgb8, size_t out_size);
 
 /* Release a handle and its graphs. NULL is allowed; a handle already closed (or never opened) is left alone and
  * sets pid_last_error(). Any call on a closed handle returns PID_ERROR_INPUT. */

@@ -63,6 +63,18 @@ void require(const void* pointer, const char* name) {
 
 std::vector<int64_t> shape_of(const int64_t shape[4]) { return {shape[0], shape[1], shape[2], shape[3]}; }
 
+// out_hw = size(decoder, shape): the output size of a whole-image or a windowed decode.
+template <typename Size>
+int output_size(const pid_decoder* decoder, const int64_t shape[4], int64_t out_hw[2], Size size) {
+  return guarded([&] {
+    require(decoder, "decoder");
+    require(shape, "shape");
+    require(out_hw, "out_hw");
+    auto [height, width] = size(open_handle(decoder)->decoder, shape_of(shape));
+    out_hw[0] = height, out_hw[1] = width;
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -82,12 +94,8 @@ int pid_open(const char* folder, const char* device, pid_decoder** out) {
 }
 
 int pid_output_size(const pid_decoder* decoder, const int64_t shape[4], int64_t out_hw[2]) {
-  return guarded([&] {
-    require(decoder, "decoder");
-    require(shape, "shape");
-    require(out_hw, "out_hw");
-    auto [height, width] = open_handle(decoder)->decoder.output_size(shape_of(shape));
-    out_hw[0] = height, out_hw[1] = width;
+  return output_size(decoder, shape, out_hw, [](const pid::Decoder& d, const std::vector<int64_t>& s) {
+    return d.output_size(s);
   });
 }
 
@@ -98,6 +106,25 @@ int pid_decode(pid_decoder* decoder, const float* latent, const int64_t shape[4]
     require(shape, "shape");
     open_handle(decoder)->decoder.decode(latent, shape_of(shape), latent_space ? latent_space : "", latent_sigma,
                                          seed, out_rgb8, out_size);
+  });
+}
+
+int pid_windowed_output_size(const pid_decoder* decoder, const int64_t shape[4], int64_t out_hw[2]) {
+  return output_size(decoder, shape, out_hw, [](const pid::Decoder& d, const std::vector<int64_t>& s) {
+    return d.windowed_output_size(s);
+  });
+}
+
+int pid_decode_windowed(pid_decoder* decoder, const float* latent, const int64_t shape[4], const char* latent_space,
+                        float latent_sigma, int64_t seed, const int64_t window_hw[2], int64_t overlap,
+                        uint8_t* out_rgb8, size_t out_size) {
+  return guarded([&] {
+    require(decoder, "decoder");
+    require(shape, "shape");
+    require(window_hw, "window_hw");
+    open_handle(decoder)->decoder.decode_windowed(latent, shape_of(shape), latent_space ? latent_space : "",
+                                                  latent_sigma, seed, {window_hw[0], window_hw[1]}, overlap,
+                                                  out_rgb8, out_size);
   });
 }
 

@@ -14,6 +14,7 @@
 #include "manifest.h"
 #include "sampling.h"
 #include "shape.h"
+#include "windows.h"
 
 namespace pid {
 namespace {
@@ -97,6 +98,35 @@ void check_package(Loader& loader, const Entry& entry, const std::string& graph)
 
 }  // namespace
 
+// The checked latent (in the frame the gates were trained on) and its noise level, [B] on the host.
+struct Input {
+  at::Tensor z, sigma;
+  int64_t batch;
+};
+
+// One entry's graphs with a window's (or the image's) conditioning: the denoiser as a step v(x, sigma).
+struct Step {
+  GraphSet* graphs;
+  const Entry* entry;
+  at::Tensor tokens;
+  std::vector<at::Tensor> latent_features;
+
+  at::Tensor operator()(const at::Tensor& x, double s, int64_t batch, int& calls) const {
+    at::Tensor step_sigma = at::full({batch}, float(s), at::TensorOptions().dtype(at::kFloat).device(x.device()));
+    at::Tensor v = graphs->denoiser->run({x, step_sigma, tokens, latent_features[0], latent_features[1]})[0];
+    ++calls;
+    if (!v.sizes().equals(x.sizes()))  // a package of another size would be read past its end
+      throw Error(ErrorKind::checkpoint, "The denoiser of " + entry->key + " returned another shape than its input.",
+                  format_shape(v.sizes().vec()), format_shape(x.sizes().vec()),
+                  "rebuild the entry (pid-sdk export FOLDER --format aoti)");
+    if (!at::isfinite(v).all().item<bool>())
+      throw Error(ErrorKind::numerics, "The decode produced NaN or Inf values.",
+                  "first non-finite network output at call " + std::to_string(calls), "a finite image",
+                  "check the model's weights for Inf / NaN (pid-sdk info MODEL loads them)");
+    return v.to(at::kFloat);
+  }
+};
+
 struct Decoder::Impl {
   std::string folder;
   at::Device device = at::kCPU;
@@ -145,6 +175,12 @@ struct Decoder::Impl {
                 "pass a latent of one of these shapes, or export this size: pid-sdk export " + folder +
                     " --format aoti --size " + size + " --batch " + (shape.empty() ? "1" : std::to_string(shape[0])));
   }
+
+  Input input(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
+              float latent_sigma, int64_t seed, const uint8_t* out);
+  Step step(const Entry& entry, const at::Tensor& z, const at::Tensor& sigma);
+  int64_t cell() const;
+  std::pair<int64_t, int64_t> auto_window(int64_t height, int64_t width) const;
 
   GraphSet& graphs(const Entry& entry) {
     auto found = open.find(entry.key);
@@ -234,10 +270,9 @@ void check_values(const at::Tensor& z) {
 
 }  // namespace
 
-void Decoder::decode(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
-                     float latent_sigma, int64_t seed, uint8_t* out, size_t out_size) {
-  std::lock_guard<std::mutex> lock(impl_->mutex);
-  const Space& model_space = find_space(impl_->manifest.latent_space);
+Input Decoder::Impl::input(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
+                           float latent_sigma, int64_t seed, const uint8_t* out) {
+  const Space& model_space = find_space(manifest.latent_space);
   const Space& space = find_space(latent_space.empty() ? model_space.name : latent_space);
   if (space.name != model_space.name)
     throw Error(ErrorKind::input, "This engine folder decodes " + model_space.name + " latents.",
@@ -245,49 +280,114 @@ void Decoder::decode(const float* latent, const std::vector<int64_t>& shape, con
                 "pass latent_space \"" + model_space.name + "\" (or NULL), or open a folder exported for " +
                     space.name);
   check_arguments(latent, shape, space, latent_sigma, seed, out);
-  const Entry& entry = impl_->entry_for(shape);
-  int64_t batch = shape[0];
-  size_t need = size_t(bounded_product({batch, entry.height, entry.width, 3}, MAX_OUTPUT_BYTES));
-  if (need > size_t(MAX_OUTPUT_BYTES))
-    throw Error(ErrorKind::input, "The batch asks for more output than one call may write.",
-                std::to_string(batch) + " x " + std::to_string(entry.height) + "x" + std::to_string(entry.width),
-                "at most " + std::to_string(MAX_OUTPUT_BYTES) + " bytes of RGB", "decode the batch in smaller parts");
-  if (out_size < need)
-    throw Error(ErrorKind::input, "The output buffer is too small.", std::to_string(out_size) + " bytes",
-                std::to_string(need) + " bytes (B x H x W x 3)", "allocate B*H*W*3 bytes (see pid_output_size)");
-
   at::Tensor z = at::from_blob(const_cast<float*>(latent), shape, at::kFloat).clone();  // never keep their pointer
   check_values(z);
-  at::Tensor sigma = at::full({batch}, latent_sigma, at::kFloat);
+  at::Tensor sigma = at::full({shape[0]}, latent_sigma, at::kFloat);
   if (space.vp) {  // the Euler-frame capture -> the frame the gates were trained on
     at::Tensor norm = at::sqrt(sigma.to(at::kDouble).pow(2) + 1).to(at::kFloat);
     z = z / norm.view({-1, 1, 1, 1});
     sigma = sigma / norm;
   }
-  GraphSet& g = impl_->graphs(entry);
-  const at::Device& device = impl_->device;
-  at::Tensor text = at::zeros(entry.input_shape("text", "text"), at::kFloat).to(device);  // no caption
-  at::Tensor tokens = g.text->run({text})[0];
-  std::vector<at::Tensor> latent_features = g.adapter->run({z.to(device), sigma.to(device)});
-  int calls = 0;
-  ModelFn model = [&](const at::Tensor& x, double s) {
-    at::Tensor step_sigma = at::full({batch}, float(s), at::TensorOptions().dtype(at::kFloat).device(device));
-    at::Tensor v = g.denoiser->run({x, step_sigma, tokens, latent_features[0], latent_features[1]})[0];
-    ++calls;
-    if (!v.sizes().equals(x.sizes()))  // a package of another size would be read past its end below
-      throw Error(ErrorKind::checkpoint, "The denoiser of " + entry.key + " returned another shape than its input.",
-                  format_shape(v.sizes().vec()), format_shape(x.sizes().vec()),
-                  "rebuild the entry (pid-sdk export FOLDER --format aoti)");
-    if (!at::isfinite(v).all().item<bool>())
-      throw Error(ErrorKind::numerics, "The decode produced NaN or Inf values.",
-                  "first non-finite network output at call " + std::to_string(calls), "a finite image",
-                  "check the model's weights for Inf / NaN (pid-sdk info MODEL loads them)");
-    return v;
-  };
-  at::Generator generator = seeded_generator(device, seed);
-  at::Tensor image = sample_student(model, {batch, 3, entry.height, entry.width}, STEPS, generator, device);
+  return {z, sigma, shape[0]};
+}
+
+namespace {
+
+size_t output_bytes(int64_t batch, int64_t height, int64_t width, size_t out_size) {
+  size_t need = size_t(bounded_product({batch, height, width, 3}, MAX_OUTPUT_BYTES));
+  if (need > size_t(MAX_OUTPUT_BYTES))
+    throw Error(ErrorKind::input, "The batch asks for more output than one call may write.",
+                std::to_string(batch) + " x " + std::to_string(height) + "x" + std::to_string(width),
+                "at most " + std::to_string(MAX_OUTPUT_BYTES) + " bytes of RGB", "decode the batch in smaller parts");
+  if (out_size < need)
+    throw Error(ErrorKind::input, "The output buffer is too small.", std::to_string(out_size) + " bytes",
+                std::to_string(need) + " bytes (B x H x W x 3)", "allocate B*H*W*3 bytes (see pid_output_size)");
+  return need;
+}
+
+void write_rgb(const at::Tensor& image, uint8_t* out, size_t need) {
   at::Tensor rgb = ((image.clamp(-1, 1) + 1) * 127.5).round().to(at::kByte).permute({0, 2, 3, 1}).contiguous();
   std::memcpy(out, rgb.cpu().data_ptr<uint8_t>(), need);
+}
+
+}  // namespace
+
+Step Decoder::Impl::step(const Entry& entry, const at::Tensor& z, const at::Tensor& sigma) {
+  GraphSet& g = graphs(entry);
+  at::Tensor text = at::zeros(entry.input_shape("text", "text"), at::kFloat).to(device);  // no caption
+  at::Tensor tokens = g.text->run({text})[0];
+  return {&g, &entry, tokens, g.adapter->run({z.contiguous().to(device), sigma.to(device)})};
+}
+
+void Decoder::decode(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
+                     float latent_sigma, int64_t seed, uint8_t* out, size_t out_size) {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  Input in = impl_->input(latent, shape, latent_space, latent_sigma, seed, out);
+  const Entry& entry = impl_->entry_for(shape);
+  size_t need = output_bytes(in.batch, entry.height, entry.width, out_size);
+  Step step = impl_->step(entry, in.z, in.sigma);
+  int calls = 0;
+  ModelFn model = [&](const at::Tensor& x, double s) { return step(x, s, in.batch, calls); };
+  at::Generator generator = seeded_generator(impl_->device, seed);
+  write_rgb(sample_student(model, {in.batch, 3, entry.height, entry.width}, STEPS, generator, impl_->device), out,
+            need);
+}
+
+int64_t Decoder::Impl::cell() const {
+  const Entry& any = entries.front();
+  return any.height / any.input_shape("adapter", "latent")[2];
+}
+
+std::pair<int64_t, int64_t> Decoder::windowed_output_size(const std::vector<int64_t>& shape) const {
+  if (shape.size() != 4 || bounded_count(shape) > MAX_LATENT_ELEMENTS)
+    throw Error(ErrorKind::input, "The latent shape is wrong.", format_shape(shape), "{B, C, h, w}, each >= 1",
+                "pass the latent's shape: a 2048x2048 FLUX.1 image's latent is {1, 16, 128, 128}");
+  return {shape[2] * impl_->cell(), shape[3] * impl_->cell()};
+}
+
+// {0, 0}: the largest entry that fits inside the output (the output itself where an entry has its size).
+std::pair<int64_t, int64_t> Decoder::Impl::auto_window(int64_t height, int64_t width) const {
+  std::pair<int64_t, int64_t> best{0, 0};
+  for (const auto& e : entries) {
+    if (e.height == height && e.width == width) return {height, width};
+    if (e.height <= height && e.width <= width && e.height * e.width > best.first * best.second)
+      best = {e.height, e.width};
+  }
+  if (best.first == 0)
+    throw Error(ErrorKind::input, "No entry of " + folder + " fits inside the output.",
+                std::to_string(height) + "x" + std::to_string(width), "an output at least one entry's size",
+                "decode a larger latent, or export a smaller size: pid-sdk export " + folder +
+                    " --format aoti --size HxW");
+  return best;
+}
+
+void Decoder::decode_windowed(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
+                              float latent_sigma, int64_t seed, std::pair<int64_t, int64_t> window, int64_t overlap,
+                              uint8_t* out, size_t out_size) {
+  auto [height, width] = windowed_output_size(shape);
+  if (window == std::pair<int64_t, int64_t>{0, 0}) window = impl_->auto_window(height, width);
+  int64_t cell = impl_->cell();
+  auto [size, shared] = check_window(window, overlap, height, width, cell);
+  std::vector<Window> windows = plan_windows(height, width, size, shared);
+  if (windows.size() == 1)  // the window is the image: the whole-image decode itself
+    return decode(latent, shape, latent_space, latent_sigma, seed, out, out_size);
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  Input in = impl_->input(latent, shape, latent_space, latent_sigma, seed, out);
+  size_t need = output_bytes(in.batch, height, width, out_size);
+  const Entry& entry = impl_->entry_for({in.batch, shape[1], size.first / cell, size.second / cell});
+  std::vector<Step> steps;
+  for (const auto& w : windows) steps.push_back(impl_->step(entry, w.crop(in.z, cell), in.sigma));
+  std::vector<at::Tensor> weights = blend_weights(windows, height, width);
+  for (auto& weight : weights) weight = weight.to(impl_->device);
+  int calls = 0;
+  ModelFn model = [&](const at::Tensor& x, double s) {
+    at::Tensor v = at::zeros_like(x);
+    for (size_t i = 0; i < windows.size(); ++i)
+      windows[i].crop(v).add_(steps[i](windows[i].crop(x).contiguous(), s, in.batch, calls) * weights[i]);
+    return v;
+  };
+  at::Generator generator = seeded_generator(impl_->device, seed);
+  write_rgb(sample_student(model, {in.batch, 3, height, width}, STEPS, generator, impl_->device), out, need);
 }
 
 }  // namespace pid

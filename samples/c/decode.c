@@ -66,13 +66,14 @@ static int same_file(const char *a, const char *b) {
 int main(int argc, char **argv) {
   if (argc < 4) {
     fprintf(stderr, "usage: %s FOLDER LATENT.safetensors OUT.png [--seed N] [--device cpu|cuda] "
-                    "[--latent-space NAME] [--sigma S]\n", argv[0]);
+                    "[--latent-space NAME] [--sigma S] [--window HxW|auto] [--overlap N]\n", argv[0]);
     return 2;
   }
   const char *folder = argv[1], *latent_path = argv[2], *out_path = argv[3];
   const char *device = "cpu", *latent_space = NULL;
-  long long seed = 0;
+  long long seed = 0, overlap = -1;
   float sigma = 0.0f;
+  int64_t window[2] = {-1, -1};  /* -1: the whole image; {0, 0}: auto */
   for (int i = 4; i < argc; i += 2) {
     char *end = NULL;
     const char *value = i + 1 < argc ? argv[i + 1] : NULL;
@@ -80,6 +81,18 @@ int main(int argc, char **argv) {
     else if (value && !strcmp(argv[i], "--sigma")) sigma = strtof(value, &end);
     else if (value && !strcmp(argv[i], "--device")) device = value;
     else if (value && !strcmp(argv[i], "--latent-space")) latent_space = value;
+    else if (value && !strcmp(argv[i], "--overlap")) overlap = strtoll(value, &end, 10);
+    else if (value && !strcmp(argv[i], "--window")) {
+      long long h = 0, w = 0;
+      char tail = 0;
+      if (!strcmp(value, "auto")) window[0] = window[1] = 0;
+      else if (sscanf(value, "%lldx%lld%c", &h, &w, &tail) == 2 && h > 0 && w > 0) window[0] = h, window[1] = w;
+      else {
+        fprintf(stderr, "error: --window takes HxW or auto, received '%s'\n  fix: pass e.g. --window 512x512\n",
+                value);
+        return 2;
+      }
+    }
     else {
       fprintf(stderr, "error: unknown option or missing value: %s\n  fix: see the usage line (run without "
                       "arguments)\n", argv[i]);
@@ -104,10 +117,15 @@ int main(int argc, char **argv) {
 
   pid_decoder *decoder = NULL;
   if (pid_open(folder, device, &decoder) != PID_OK) return fail("opening the engine folder");
-  if (pid_output_size(decoder, shape, out_hw) != PID_OK) return fail("sizing the output");
+  int windowed = window[0] >= 0;
+  if ((windowed ? pid_windowed_output_size : pid_output_size)(decoder, shape, out_hw) != PID_OK)
+    return fail("sizing the output");
   size_t image_bytes = (size_t)(out_hw[0] * out_hw[1] * 3);
   uint8_t *rgb = malloc(image_bytes * (size_t)shape[0]);
-  int status = pid_decode(decoder, latent, shape, latent_space, sigma, seed, rgb, image_bytes * (size_t)shape[0]);
+  size_t rgb_bytes = image_bytes * (size_t)shape[0];
+  int status = windowed ? pid_decode_windowed(decoder, latent, shape, latent_space, sigma, seed, window, overlap,
+                                              rgb, rgb_bytes)
+                        : pid_decode(decoder, latent, shape, latent_space, sigma, seed, rgb, rgb_bytes);
   pid_close(decoder);
   free(latent);
   if (status != PID_OK) {
