@@ -133,10 +133,12 @@ def test_a_windowed_decode_through_the_abi_equals_pythons_exactly(lib, aoti_fold
     ((1, 16, 32, 16), (512, 512), 48, "The overlap takes output pixels"),
     ((1, 16, 8, 8), (0, 0), -1, "No entry of"),
     ((1, 16, 32, 16), (256, 256), -1, "No graph set of this engine folder takes a latent of this shape"),
+    ((1, 1, 1 << 27, 1), (512, 512), -1, "more output than one call may write"),  # before any window is planned
 ])
 def test_bad_windows_through_the_abi_are_input_errors(lib, aoti_folder, shape, window, overlap, message):
     handle = Handle(lib, aoti_folder)
-    status, image = handle.decode(np.zeros(shape, np.float32), window=window, overlap=overlap)
+    status, image = handle.decode(np.zeros((1, 16, 32, 16), np.float32), shape=shape, out_bytes=3 << 20,
+                                  window=window, overlap=overlap)  # the shape the ABI is told
     handle.close()
     assert status == INPUT and image is None and message in error(lib), error(lib)
     assert "fix:" in error(lib)

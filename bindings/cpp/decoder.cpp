@@ -365,6 +365,7 @@ void Decoder::decode_windowed(const float* latent, const std::vector<int64_t>& s
                               float latent_sigma, int64_t seed, std::pair<int64_t, int64_t> window, int64_t overlap,
                               uint8_t* out, size_t out_size) {
   auto [height, width] = windowed_output_size(shape);
+  size_t need = output_bytes(shape[0], height, width, out_size);  // bounds the output before windows are planned
   if (window == std::pair<int64_t, int64_t>{0, 0}) window = impl_->auto_window(height, width);
   int64_t cell = impl_->cell();
   auto [size, shared] = check_window(window, overlap, height, width, cell);
@@ -373,7 +374,6 @@ void Decoder::decode_windowed(const float* latent, const std::vector<int64_t>& s
     return decode(latent, shape, latent_space, latent_sigma, seed, out, out_size);
   std::lock_guard<std::mutex> lock(impl_->mutex);
   Input in = impl_->input(latent, shape, latent_space, latent_sigma, seed, out);
-  size_t need = output_bytes(in.batch, height, width, out_size);
   const Entry& entry = impl_->entry_for({in.batch, shape[1], size.first / cell, size.second / cell});
   std::vector<Step> steps;
   for (const auto& w : windows) steps.push_back(impl_->step(entry, w.crop(in.z, cell), in.sigma));
