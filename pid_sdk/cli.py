@@ -290,6 +290,8 @@ def _compare_arguments(sub) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "aoti"])
     p.add_argument("--steps", type=int, default=4)
     _add(p, "engine-sizes", "seed", "no-verify")
+    p.add_argument("--windowed", action="append", metavar="HxW", help="also decode this output size as windows of "
+                   "each entry's size, against the PyTorch windowed decode (repeatable)")
     p.set_defaults(run=_compare)
 
 
@@ -365,10 +367,13 @@ def describe(cfg, params: int | None, source: str) -> str:
         lines.append(f"adapter:       {a.latent_channels} ch /{a.latent_factor} -> width {a.hidden_dim}, "
                      f"{cfg.num_gates} gates ({a.gate}), x{a.sr_scale}, padding {a.padding_mode}"
                      + (", PiT injection" if a.pit_inject else ""))
-    for side in (1024, 2048, 4096):
-        m = estimate_memory(cfg, params, side, side)
+    window = max(cfg.trained_sizes, key=lambda s: s[0] * s[1])  # what window="auto" takes for larger outputs
+    for side in (1024, 2048, 4096, 8192):
+        m, w = estimate_memory(cfg, params, side, side), estimate_memory(cfg, params, side, side, window=window)
         lines.append(f"memory {side}x{side}: weights bf16 {m['weights_bf16'] / 2**30:.2f} GiB, "
-                     f"peak activations ~{m['activations_bf16'] / 2**30:.2f} GiB (bf16, batch 1, estimate)")
+                     f"peak activations ~{m['activations_bf16'] / 2**30:.2f} GiB (bf16, batch 1, estimate)"
+                     + (f"; as windows of {window[0]}x{window[1]} ~{w['activations_bf16'] / 2**30:.2f} GiB"
+                        if side * side > window[0] * window[1] else ""))
     return "\n".join(lines)
 
 
@@ -398,7 +403,8 @@ def _compare(args) -> int:
     check_int("--steps", args.steps, 1, MAX_COMPARE_STEPS, "4 (default), or 1, 2, 3, ...")
 
     results = compare_folder(args.folder, args.backend, sizes=args.size, steps=args.steps, seed=args.seed,
-                             verify=not args.no_verify, log=lambda line: print(line, flush=True))  # as each ends
+                             verify=not args.no_verify, windowed=args.windowed,
+                             log=lambda line: print(line, flush=True))  # as each ends
     print(summary(results))
     if not any(r.status != "skipped" for r in results):
         print("nothing ran: every entry was skipped on this machine", file=sys.stderr)
@@ -498,7 +504,9 @@ def _decode(args) -> int:
         warnings.simplefilter("ignore")
         for chunk in chunks:  # every chunk refused or accepted before the first one is decoded
             dec.check(chunk, latent_space=args.latent_space, latent_sigma=args.latent_sigma, normalized=not args.raw)
-    window = _window(args.window)
+    from pid_sdk.windows import parse_window
+
+    window = parse_window(args.window)
     paths = output_paths(out, count)
     steps = args.steps or dec.default_steps(args.sampler)
     with _progress(count, steps, args.quiet) as bar:
@@ -523,19 +531,6 @@ def engine_line(engine: dict) -> str:
     entry = f"{engine['entry']} on " if engine["entry"] else ""
     return f"{entry}{engine['backend']} ({engine['provider']}), precision {engine['precision']}"
 
-
-def _window(text: str | None) -> tuple[int, int] | str | None:
-    """--window: None, "auto", or HxW as (height, width); the decoder judges the numbers."""
-    if text is None or text == "auto":
-        return text
-    from pid_sdk.buckets import Bucket
-
-    try:
-        bucket = Bucket.parse(text)
-    except PiDError:
-        raise InputError("--window takes HxW or auto.", received=text, expected="e.g. 512x512, or auto",
-                         fix="pass --window 512x512 (a size the model was trained at) or --window auto") from None
-    return bucket.height, bucket.width
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

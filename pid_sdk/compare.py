@@ -164,13 +164,17 @@ def run_parity(reference, candidate, latent: Tensor, *, precision: str, steps: i
 
 def _step_fn(decoder, latent: Tensor, kwargs: dict):
     from pid_sdk.latents import get_latent_space
+    from pid_sdk.windows import WindowedStep
 
     space = get_latent_space(kwargs.get("latent_space") or decoder.latent_space)
     z = space.to_model_form(latent.float())
     b = decoder.config.backbone
     h, w = decoder.output_size(latent.shape[-2:], space.name)
     text = torch.zeros(z.shape[0], b.txt_max_length, b.txt_embed_dim)
-    step = decoder.runtime.backend(text=text, latent=z, latent_sigma=torch.zeros(z.shape[0]), height=h, width=w)
+    prepared = dict(text=text, latent=z, latent_sigma=torch.zeros(z.shape[0]), height=h, width=w)
+    windows = decoder._windows(kwargs.get("window"), kwargs.get("overlap"), h, w, h // z.shape[-2])
+    step = decoder.runtime.backend(**prepared) if windows is None else WindowedStep(decoder.runtime, windows,
+                                                                                    **prepared)
     return lambda feeds: {"v": step.infer({**feeds, "x": feeds["x"].to(decoder.device)})["v"].cpu()}
 
 
@@ -215,15 +219,18 @@ def summary(results: list[EntryResult]) -> str:
 
 def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | None = None, steps: int = 4,
                    seed: int = 0, providers=None, device_info=None, verify: bool = True,
-                   latent: Tensor | None = None, log=None) -> list[EntryResult]:
+                   latent: Tensor | None = None, windowed: list[str] | None = None, log=None) -> list[EntryResult]:
     """Each entry of the backend on its own graph against the PyTorch reference from the folder's weights (fp32),
     on the same seeded latent per size (or `latent`, model form [B, C, h, w], for the entries of its size). Entries
     this machine cannot run are skipped with the reason; a bf16 graph on a provider without bf16 kernels runs as
     its fp32 twin and is judged and reported as such. `log` (a function of one line) hears the entries to come,
-    then each result as it is known, with its time."""
+    then each result as it is known, with its time. `windowed` ("HxW" outputs) adds, per entry, the decode of each
+    of those sizes as windows of the entry's bucket (docs/guide.md, "Large images"), against the PyTorch windowed
+    decode with the same windows."""
     import time
     from pathlib import Path
 
+    from pid_sdk.buckets import Bucket
     from pid_sdk.decoder import Decoder
     from pid_sdk.errors import InputError, counted
     from pid_sdk.flops import matmul_rate
@@ -246,15 +253,21 @@ def compare_folder(folder, backend: str = "onnxruntime", *, sizes: list[str] | N
     log(f"comparing {counted(len(entries), backend + ' entry')}, {counted(steps, 'step')} each, at "
         f"{', '.join(sizes_run)}" + ("" if sizes else " (every size of the folder: --size HxW picks one)"))
     reference = Decoder(manifest.config, torch_runtime(folder, manifest, verify, precision="fp32"), source=str(folder))
+    space = get_latent_space(reference.latent_space)
+    outputs = [Bucket.parse(size) for size in windowed or []]
+    for output in outputs:
+        output.latent_size(space.factor, manifest.config.adapter.sr_scale)  # whole latent cells, or the fix
     run = _FolderRun(folder, manifest, backend, device_info or DeviceInfo.detect(), providers, verify, reference,
-                     get_latent_space(reference.latent_space), latent, steps, seed)
+                     space, latent, steps, seed, outputs)
     if note := duration_note(manifest.config, entries, steps, matmul_rate()):  # before the first long entry
         log(note)
     results = []
     for e in entries:
         started = time.monotonic()
-        results.append(_compare_entry(e, run))
-        log(f"{results[-1]}\n   ({time.monotonic() - started:.1f} s)")
+        for result in _compare_entry(e, run):
+            results.append(result)
+            log(f"{result}\n   ({time.monotonic() - started:.1f} s)")
+            started = time.monotonic()
     return results
 
 
@@ -283,10 +296,12 @@ class _FolderRun:
     latent: Tensor | None
     steps: int
     seed: int
+    windowed: list  # Bucket outputs decoded as windows of each entry's bucket
 
 
-def _compare_entry(e, run: _FolderRun) -> EntryResult:
-    """One entry: skipped where this machine cannot run it, failed where its files are damaged, else its parity."""
+def _compare_entry(e, run: _FolderRun) -> list[EntryResult]:
+    """One entry: skipped where this machine cannot run it, failed where its files are damaged, else its parity
+    (and its windowed parities)."""
     from pid_sdk.decoder import Decoder
     from pid_sdk.errors import CheckpointError, ConfigError
     from pid_sdk.runtime.open_folder import EngineRuntime, skip_reason
@@ -295,20 +310,32 @@ def _compare_entry(e, run: _FolderRun) -> EntryResult:
     if run.backend != "onnxruntime":  # ONNX Runtime runs any graph: a bf16 one as its fp32 twin
         ok, why = entry_runs(e, run.device)
         if not ok:
-            return EntryResult(e.key, "skipped", reason=why)
+            return [EntryResult(e.key, "skipped", reason=why)]
     runtime = EngineRuntime(run.folder, run.manifest, run.backend, run.device, run.providers, entry=e,
                             verify=run.verify, upcast=True)
     try:
         opened = runtime.open_entry(*e.bucket, e.batch)
     except CheckpointError as exc:
-        return EntryResult(e.key, "failed", reason=skip_reason(exc) + f"; fix: {exc.fix}")
+        return [EntryResult(e.key, "failed", reason=skip_reason(exc) + f"; fix: {exc.fix}")]
     except ConfigError as exc:
-        return EntryResult(e.key, "skipped", reason=skip_reason(exc))
-    space, latent = run.space, run.latent
-    lh, lw = (s // (space.factor * run.reference.config.adapter.sr_scale) for s in e.bucket)
-    z = latent if latent is not None and tuple(latent.shape) == (e.batch, space.channels, lh, lw) else \
-        torch.randn(e.batch, space.channels, lh, lw, generator=torch.Generator().manual_seed(run.seed))
+        return [EntryResult(e.key, "skipped", reason=skip_reason(exc))]
     candidate = Decoder(run.manifest.config, runtime)
     judged = judged_precision(e, getattr(opened, "upcast", False))
-    report = run_parity(run.reference, candidate, z, precision=judged, steps=run.steps, seed=run.seed)
-    return EntryResult(e.key, "passed" if report.passed else "failed", opened.ran, report)
+    results = []
+    for output in [None, *run.windowed]:
+        h, w = (output.height, output.width) if output else e.bucket
+        window = {"window": e.bucket} if output else {}
+        report = run_parity(run.reference, candidate, _latent_for(run, e, h, w), precision=judged, steps=run.steps,
+                            seed=run.seed, **window)
+        name = e.key + (f", {h}x{w} as its windows" if output else "")
+        results.append(EntryResult(name, "passed" if report.passed else "failed", opened.ran, report))
+    return results
+
+
+def _latent_for(run: _FolderRun, e, height: int, width: int) -> Tensor:
+    """`run.latent` where it has the entry's shape, else the seeded latent of an output of height x width."""
+    space = run.space
+    lh, lw = (s // (space.factor * run.reference.config.adapter.sr_scale) for s in (height, width))
+    if run.latent is not None and tuple(run.latent.shape) == (e.batch, space.channels, lh, lw):
+        return run.latent
+    return torch.randn(e.batch, space.channels, lh, lw, generator=torch.Generator().manual_seed(run.seed))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -11,14 +13,14 @@ from torch import Tensor
 from pid_sdk import inputs
 from pid_sdk.checkpoints import LoadedModel, load_checkpoint
 from pid_sdk.config import PiDConfig, get_preset
-from pid_sdk.errors import ConfigError, InputError, NumericsError
+from pid_sdk.errors import ConfigError, InputError, NumericsError, counted
 from pid_sdk.latents import LatentSpace, get_latent_space
 from pid_sdk.model import build_model, randomize
 from pid_sdk.runtime.manifest import is_engine_dir
 from pid_sdk.runtime.speed import Speed, get_speed, prepare_model
 from pid_sdk.runtime.torch_backend import TorchRuntime
 from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
-from pid_sdk.windows import Window, WindowedStep, auto_window, check_window, plan_windows
+from pid_sdk.windows import BLENDS, Window, WindowedStep, auto_window, check_window, plan_windows
 
 SAMPLERS = ("sde", "ode", "teacher")
 STEPS = {"sde": 4, "ode": 4, "teacher": 50}  # the distilled students' 4 steps; the teacher's own default (spec 6.2)
@@ -38,6 +40,7 @@ class Decoder:
         self.text_encoder = _text_encoder(text_encoder, runtime.device, config.backbone.txt_max_length)
         self.max_output_side = inputs.MAX_OUTPUT_SIDE
         self.max_pixels = inputs.MAX_PIXELS  # output pixels of one call: bounds the memory a request can take
+        self._told_windows: set[tuple[int, int]] = set()  # sizes an engine folder decodes through windows
 
     @classmethod
     def from_model(cls, loaded: LoadedModel, *, device: str | torch.device | None = None,
@@ -134,12 +137,15 @@ class Decoder:
         return space.output_size(*latent_hw, self.config.adapter.sr_scale)
 
     def check(self, latent, *, latent_space: str | None = None, latent_sigma: float | Tensor = 0.0,
-              normalized: bool = True, stats: dict[str, Tensor] | None = None) -> None:
-        """Raise the InputError `decode` would raise for this latent, without decoding: to refuse a request before
-        it waits for the GPU, or before a progress bar opens."""
+              normalized: bool = True, stats: dict[str, Tensor] | None = None, window=None,
+              overlap: int | None = None) -> None:
+        """Raise the InputError `decode` would raise for this latent (and windows), without decoding: to refuse a
+        request before it waits for the GPU, or before a progress bar opens."""
         space = get_latent_space(latent_space or self._require_space())
         z = self._check_latent(latent, space, normalized, stats)
         inputs.check_sigma(latent_sigma, z.shape[0], space)
+        height, width = space.output_size(z.shape[-2], z.shape[-1], self.config.adapter.sr_scale)
+        self._windows(window, overlap, height, width, height // z.shape[-2])
 
     def decode(
         self,
@@ -160,6 +166,8 @@ class Decoder:
         on_step: Callable[[int, int], None] | None = None,
         window: tuple[int, int] | str | None = None,
         overlap: int | None = None,
+        blend: str = "linear",
+        windows_per_call: int = 1,
     ):
         """Decode [B, C, h, w] (or [C, h, w]) latents. Returns [B, 3, H, W] in [-1, 1], uint8 [B, H, W, 3] or PIL.
 
@@ -174,12 +182,20 @@ class Decoder:
         `window=(h, w)` (output pixels) or "auto" denoises the output as overlapping windows of that size, each at
         the positions of a whole image of its size, their velocities blended at every step across `overlap` pixels
         (default: a quarter of the window): any output size in the memory of one window, and on an engine folder
-        any size through its buckets (pid_sdk/windows.py). "auto" takes the largest trained size or bucket that
-        fits the output. A window covering the whole output is the whole-image decode.
+        any size through its buckets (pid_sdk/windows.py). "auto" takes the largest trained size (an engine
+        folder: bucket) that fits the output. A window covering the whole output is the whole-image decode. An
+        engine folder without an entry of the output's size decodes it through windows by itself (and says so
+        once); a whole-image output larger than the model's trained sizes warns, with this fix. `blend` shapes
+        the weights across an overlap: "linear" (default, chosen by bench/windows.py: docs/guide.md), "cosine" or
+        "flat". `windows_per_call` stacks that many windows on the batch axis of one network call (the PyTorch backend;
+        an engine folder needs entries of that batch): faster where one window leaves the GPU idle, with that
+        many windows' activations in memory.
         """
         inputs.check_choice("sampler", sampler, SAMPLERS)
         inputs.check_choice("output", output, OUTPUTS)
         inputs.check_callback("on_step", on_step)
+        inputs.check_choice("blend", blend, BLENDS)
+        per_call = inputs.check_int("windows_per_call", windows_per_call, 1, 1024, "1 (default), or 2, 4, ...")
         steps = inputs.check_steps(self.default_steps(sampler) if steps is None else steps)
         guidance = inputs.check_guidance(guidance)
         space = get_latent_space(latent_space or self._require_space())
@@ -190,8 +206,13 @@ class Decoder:
         text = self._text(prompt, text_embeddings, z.shape[0])
         height, width = space.output_size(z.shape[-2], z.shape[-1], self.config.adapter.sr_scale)
         shape = (z.shape[0], 3, height, width)
-        windows = self._windows(window, overlap, height, width, height // z.shape[-2])
-        cond = self._step(windows, text=text, latent=z, latent_sigma=sigma, height=height, width=width)
+        cell = height // z.shape[-2]
+        windows = self._windows(window, overlap, height, width, cell) or self._bucket_windows(height, width, cell)
+        if windows is None:
+            self._warn_if_untrained(height, width)
+        step = partial(self._step, windows, blend, per_call, latent=z, latent_sigma=sigma, height=height,
+                       width=width)
+        cond = step(text=text)
         gen = _generators(seed, self.device)  # after the backend: with backend="auto" it may have fallen back
         watch = _FiniteWatch()
         fn = watch.wrap(_model_fn(cond))
@@ -199,7 +220,7 @@ class Decoder:
             uncond_fn = None
             if guidance != 1.0:  # guidance 1 is the conditional model alone: no negative pass
                 negative = self._negative(negative_embeddings, text)
-                uncond = self._step(windows, text=negative, latent=z, latent_sigma=sigma, height=height, width=width)
+                uncond = step(text=negative)
                 uncond_fn = watch.wrap(_model_fn(uncond))
             image = sample_teacher(fn, shape, steps=steps, shift=dynamic_shift(height, width), guidance=guidance,
                                    uncond_fn=uncond_fn, generator=gen, device=self.device, on_step=on_step)
@@ -220,16 +241,46 @@ class Decoder:
         size, overlap = check_window(window, overlap, height, width, cell)
         return plan_windows(height, width, size, overlap)
 
-    def _window_sizes(self) -> list[tuple[int, int]]:
-        """Sizes a window may take: the model's trained sizes, and an engine folder's buckets."""
-        manifest = getattr(self.runtime, "manifest", None)
-        buckets = [e.bucket for e in manifest.entries] if manifest is not None else []
-        return sorted({*map(tuple, self.config.trained_sizes), *buckets})
+    def _warn_if_untrained(self, height: int, width: int) -> None:
+        """Larger outputs than the model saw in training drift in colour and detail as a whole image (RoPE and
+        attention past their trained range): say so, with the windowed decode that keeps to trained sizes."""
+        trained = self.config.trained_sizes
+        largest = max(trained, key=lambda s: s[0] * s[1]) if trained else None
+        if largest is None or height * width <= largest[0] * largest[1] * 9 // 8:
+            return
+        warnings.warn(f"{height}x{width} is larger than any size {self.config.name} was trained at (largest "
+                      f"{largest[0]}x{largest[1]}): a whole-image decode drifts there; pass window='auto' "
+                      "(CLI: --window auto) to decode it as windows of trained sizes", stacklevel=3)
 
-    def _step(self, windows, **prepared):
+    def _window_sizes(self) -> list[tuple[int, int]]:
+        """Sizes a window may take: an engine folder's buckets (its engines run no others), else the model's
+        trained sizes."""
+        manifest = getattr(self.runtime, "manifest", None)
+        if manifest is not None:
+            return sorted({e.bucket for e in manifest.entries})
+        return sorted(set(map(tuple, self.config.trained_sizes)))
+
+    def _bucket_windows(self, height: int, width: int, cell: int) -> list[Window] | None:
+        """An engine folder without an engine of this size decodes it through windows of its buckets (said once
+        per size), where one fits inside the output; otherwise None, and selection explains what is missing."""
+        manifest = getattr(self.runtime, "manifest", None)
+        if manifest is None or (height, width) in {e.bucket for e in manifest.entries}:
+            return None
+        size = auto_window(height, width, self._window_sizes(), cell)
+        if size not in self._window_sizes():
+            return None
+        windows = self._windows(size, None, height, width, cell)
+        if (height, width) not in self._told_windows:
+            self._told_windows.add((height, width))
+            warnings.warn(f"{self.source} has no engine of {height}x{width}: decoding it as "
+                          f"{counted(len(windows), 'window')} of {size[0]}x{size[1]} (pid-sdk export "
+                          f"{self.source} --size {height}x{width} adds a whole-image engine)", stacklevel=3)
+        return windows
+
+    def _step(self, windows, blend: str, per_call: int, **prepared):
         if windows is None:
             return self.runtime.backend(**prepared)
-        return WindowedStep(self.runtime, windows, **prepared)
+        return WindowedStep(self.runtime, windows, blend=blend, per_call=per_call, **prepared)
 
     @staticmethod
     def default_steps(sampler: str) -> int:

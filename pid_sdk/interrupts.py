@@ -1,8 +1,8 @@
 """Ctrl-C during a long native call (an ONNX Runtime run, a TensorRT build): the call runs in a worker thread so
 that the interrupt reaches the main thread at once; the call is then told to stop by its own means and the
 KeyboardInterrupt goes on; a call the library cannot stop (creating an ONNX Runtime session) is abandoned to
-finish in its daemon thread, its result dropped. Python delivers signals to the main thread only, between bytecodes, so a native call
-made there would hold them until it returns (minutes at 2048-class sizes on a CPU)."""
+finish in its daemon thread, its result dropped. Python delivers signals to the main thread only, between
+bytecodes, so a native call made there would hold them until it returns (minutes at 2048-class sizes on a CPU)."""
 
 from __future__ import annotations
 

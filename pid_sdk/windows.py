@@ -28,6 +28,22 @@ class Window:
         return t[..., rows, columns]
 
 
+def parse_window(text: str | None, name: str = "--window") -> tuple[int, int] | str | None:
+    """The CLI's / the server's text: None, "auto", or HxW as (height, width); `check_window` judges the numbers."""
+    if text is None or text == "auto":
+        return text
+    from pid_sdk.buckets import Bucket
+    from pid_sdk.errors import PiDError
+
+    sep = "" if name.endswith("=") else " "
+    try:
+        bucket = Bucket.parse(text)
+    except PiDError:
+        raise InputError(f"{name} takes HxW or auto.", received=text, expected="e.g. 512x512, or auto",
+                         fix=f"pass {name}{sep}512x512 (a size the model was trained at) or {name}{sep}auto") from None
+    return bucket.height, bucket.width
+
+
 def check_window(window, overlap, height: int, width: int, cell: int) -> tuple[tuple[int, int], int]:
     """(window height, window width), overlap: whole latent cells, the window no larger than the output."""
     ok = isinstance(window, (tuple, list)) and len(window) == 2 and all(
@@ -38,17 +54,17 @@ def check_window(window, overlap, height: int, width: int, cell: int) -> tuple[t
                          fix=f"pass window='auto' (a trained size or engine bucket that fits the output), or "
                              f"(h, w) in multiples of {cell}")
     wh, ww = min(window[0], height), min(window[1], width)
-    overlap = _default_overlap(wh, ww, cell) if overlap is None else overlap
+    overlap = default_overlap(wh, ww, cell) if overlap is None else overlap
     if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0 or overlap % cell \
             or (overlap >= min(wh, ww) and (wh, ww) != (height, width)):
         raise InputError("overlap= takes output pixels shared by neighbouring windows, whole latent cells.",
                          received=repr(overlap), expected=f"a multiple of {cell} in [0, {min(wh, ww)})",
-                         fix=f"pass overlap={_default_overlap(wh, ww, cell)} (the default for this window), or "
+                         fix=f"pass overlap={default_overlap(wh, ww, cell)} (the default for this window), or "
                              "leave it out")
     return (wh, ww), overlap
 
 
-def _default_overlap(wh: int, ww: int, cell: int) -> int:
+def default_overlap(wh: int, ww: int, cell: int) -> int:
     """A quarter of the window's shorter side, in whole cells (at least one)."""
     return max(cell, min(wh, ww) // 4 // cell * cell)
 
@@ -77,21 +93,31 @@ def _starts(size: int, window: int, overlap: int) -> list[int]:
     return starts + [size - window]
 
 
-def blend_weights(windows: list[Window], height: int, width: int) -> list[Tensor]:
-    """Per window, [H_w, W_w] weights that ramp linearly across each overlap with a neighbour (none at the image's
-    own edges), normalised so that the weights of all windows sum to one at every pixel."""
-    raw = [_ramp(w.height, w.top, height)[:, None] * _ramp(w.width, w.left, width)[None, :] for w in windows]
+BLENDS = ("linear", "cosine", "flat")
+
+
+def blend_weights(windows: list[Window], height: int, width: int, blend: str = "linear") -> list[Tensor]:
+    """Per window, [H_w, W_w] weights that ramp across each overlap with a neighbour (none at the image's own
+    edges), normalised so that the weights of all windows sum to one at every pixel. `blend`: the ramp's shape,
+    "linear", "cosine" (flat at both ends), or "flat" (no ramp: the overlap is the windows' plain mean)."""
+    raw = [_ramp(w.height, w.top, height, blend)[:, None] * _ramp(w.width, w.left, width, blend)[None, :]
+           for w in windows]
     total = torch.zeros(height, width, dtype=torch.float64)
     for w, r in zip(windows, raw):
         total[w.top:w.top + w.height, w.left:w.left + w.width] += r
     return [(r / w.crop(total)).float() for w, r in zip(windows, raw)]
 
 
-def _ramp(length: int, start: int, size: int) -> Tensor:
-    """1 inside, rising from near 0 on a side that another window covers (the ramp spans half the window at most)."""
+def _ramp(length: int, start: int, size: int, blend: str = "linear") -> Tensor:
+    """1 inside, rising from near 0 on a side that another window covers (the ramp spans half the window: only
+    its part inside the overlap counts, where one window alone covers a pixel its weight is normalised to 1)."""
     ramp = torch.ones(length, dtype=torch.float64)
+    if blend == "flat":
+        return ramp
     span = max(1, length // 2)
     rising = (torch.arange(span, dtype=torch.float64) + 0.5) / span
+    if blend == "cosine":
+        rising = torch.sin(rising * torch.pi / 2) ** 2
     if start > 0:
         ramp[:span] = torch.minimum(ramp[:span], rising)
     if start + length < size:
@@ -100,22 +126,36 @@ def _ramp(length: int, start: int, size: int) -> Tensor:
 
 
 class WindowedStep:
-    """The denoiser over windows, `infer({x, sigma}) -> {v}` like a whole-image step: each window's backend
-    prepared once with its latent crop, its velocity weighted into the image-wide one."""
+    """The denoiser over windows, `infer({x, sigma}) -> {v}` like a whole-image step: the backend prepared once per
+    call of `per_call` windows (stacked on the batch axis) with their latent crops, each window's velocity weighted
+    into the image-wide one."""
 
     def __init__(self, runtime, windows: list[Window], *, text: Tensor, latent: Tensor, latent_sigma: Tensor,
-                 height: int, width: int):
+                 height: int, width: int, blend: str = "linear", per_call: int = 1):
         cell = height // latent.shape[-2]
-        self.windows, self.weights = windows, blend_weights(windows, height, width)
-        self.steps = [runtime.backend(text=text, latent=w.crop(latent, cell), latent_sigma=latent_sigma,
-                                      height=w.height, width=w.width) for w in windows]
+        self.windows, self.weights = windows, blend_weights(windows, height, width, blend)
+        self.calls = [windows[i:i + per_call] for i in range(0, len(windows), per_call)]
+        self.steps = [runtime.backend(text=_stacked(text, len(call)),
+                                      latent=torch.cat([w.crop(latent, cell) for w in call]),  # [k*B, C, h_w, w_w]
+                                      latent_sigma=_stacked(latent_sigma, len(call)),
+                                      height=call[0].height, width=call[0].width) for call in self.calls]
 
     def infer(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
         x = feeds["x"]
         if len(self.windows) == 1:  # the window is the image: the whole-image step itself
             return self.steps[0].infer(feeds)
-        v = torch.zeros_like(x)
-        for w, weight, step in zip(self.windows, self.weights, self.steps):
-            part = step.infer({**feeds, "x": w.crop(x).contiguous()})["v"].to(x.device, x.dtype)
-            w.crop(v).add_(part * weight.to(x.device))  # [B, 3, H_w, W_w] into its place
+        v, batch, weights = torch.zeros_like(x), x.shape[0], iter(self.weights)
+        for call, step in zip(self.calls, self.steps):
+            crops = torch.cat([w.crop(x) for w in call])  # [k*B, 3, H_w, W_w]
+            parts = step.infer({**feeds, "x": crops, "sigma": _stacked(feeds["sigma"], len(call))})["v"]
+            for i, w in enumerate(call):
+                part = parts[i * batch:(i + 1) * batch].to(x.device, x.dtype)
+                w.crop(v).add_(part * next(weights).to(x.device))  # [B, 3, H_w, W_w] into its place
         return {"v": v}
+
+
+def _stacked(t, copies: int):
+    """A per-item tensor repeated for `copies` windows on the batch axis; a scalar as it is."""
+    if copies == 1 or not isinstance(t, Tensor) or t.ndim == 0 or t.numel() == 1:
+        return t
+    return torch.cat([t] * copies)

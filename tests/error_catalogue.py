@@ -64,6 +64,7 @@ case("window", "a window of 50x64 pixels (not whole latent cells)")(
 case("window", "an overlap as large as the window")(
     lambda t, d: d.decode(z(1, 16, 2, 5), window=(64, 64), overlap=64))
 case("window", "overlap= without a window")(lambda t, d: d.decode(z(1, 16, 2, 5), overlap=32))
+case("window", "an unknown blend")(lambda t, d: d.decode(z(1, 16, 2, 5), window=(64, 64), blend="soft"))
 case("window", "decode --window wide")(lambda t, d: _cli_decode(t, t / "o.png", "--window", "wide"))
 case("latent", "a sparse tensor")(lambda t, d: d.decode(torch.randn(Z).to_sparse()))
 case("latent", "a nested tensor")(

@@ -59,6 +59,18 @@ def test_a_windowed_decode_is_reproducible_and_each_seed_is_its_own(tiny):
     assert not torch.equal(first, tiny.decode(z))  # the windows are not the whole image
 
 
+def test_windows_stacked_in_one_call_give_the_windows_decoded_one_by_one(tiny):
+    z = latent(3, 5, seed=4, batch=2)
+    one_by_one = tiny.decode(z, window=(64, 64), seed=[1, 2])
+    for per_call in (2, 3, 8):  # 8 windows: calls of 2, of 3 + 3 + 2, and all at once
+        stacked = tiny.decode(z, window=(64, 64), seed=[1, 2], windows_per_call=per_call)
+        torch.testing.assert_close(stacked, one_by_one, rtol=0, atol=1e-4)  # batched GEMMs round differently
+    assert not torch.allclose(tiny.decode(z, window=(64, 64), seed=[2, 1], windows_per_call=3), one_by_one,
+                              atol=1e-2)  # a check that sees the seeds swapped
+    with pytest.raises(InputError, match="windows_per_call must be an integer"):
+        tiny.decode(z, window=(64, 64), windows_per_call=0)
+
+
 def test_auto_takes_the_largest_trained_size_that_fits(tiny):
     z = latent(2, 5)
     assert torch.equal(tiny.decode(z, window="auto"), tiny.decode(z, window=(64, 64)))  # tiny: trained at 64x64
@@ -92,12 +104,43 @@ def test_an_engine_folder_of_one_bucket_decodes_other_sizes_through_its_windows(
     onnx = pid_sdk.Decoder.load(tiny_engine_folder, backend="onnxruntime")
     torch_ref = pid_sdk.Decoder.load(tiny_engine_folder, backend="pytorch")
     z = latent(3, 5, seed=2)
-    with pytest.raises(ConfigError, match="No onnxruntime engine for a 96x160 output"):
-        onnx.decode(z)
     image = onnx.decode(z, window="auto")
     result = compare("image", image, torch_ref.decode(z, window=(64, 64)), "fp32")
     assert image.shape == (1, 3, 96, 160) and result.passed, str(result)
     assert not compare("image", image, torch_ref.decode(z, window=(64, 64), seed=1), "fp32").passed  # control
+    with pytest.raises(ConfigError, match="No onnxruntime engine for a 32x96 output"):  # no bucket fits inside
+        onnx.decode(latent(1, 3))
+
+
+def test_a_size_the_folder_lacks_decodes_through_its_buckets_and_says_so_once(tiny_engine_folder):
+    pytest.importorskip("onnxruntime")
+    import warnings
+
+    onnx = pid_sdk.Decoder.load(tiny_engine_folder, backend="onnxruntime")
+    z = latent(3, 5, seed=2)
+    with pytest.warns(UserWarning, match=r"has no engine of 96x160: decoding it as 8 windows of 64x64 \(pid-sdk "
+                                         r"export .* --size 96x160 adds a whole-image engine\)"):
+        first = onnx.decode(z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per size
+        assert torch.equal(onnx.decode(z), first)
+    assert torch.equal(first, onnx.decode(z, window="auto"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnx.decode(latent(2, 2))  # the bucket itself: the whole-image engine, no warning
+
+
+def test_a_whole_image_larger_than_the_trained_sizes_warns_with_the_windowed_fix(tiny):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"128x128 is larger than any size tiny was trained at "
+                                         r"\(largest 64x64\).*window='auto'"):
+        tiny.decode(latent(4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny.decode(latent(4, 4), window="auto")  # windows of trained sizes: nothing to warn about
+        tiny.decode(latent(2, 2))
+        tiny.decode(latent(2, 1))  # smaller than trained: no drift to warn of
 
 
 def test_the_cli_decodes_through_windows(tmp_path, capsys):
@@ -114,3 +157,20 @@ def test_the_cli_decodes_through_windows(tmp_path, capsys):
     assert (tmp_path / "w.png").read_bytes() == (tmp_path / "a.png").read_bytes()
     assert main([*args, "-o", str(tmp_path / "bad.png"), "--window", "wide"]) == 2
     assert "--window takes HxW or auto." in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
+
+
+def test_compare_judges_a_folders_windowed_decode_step_by_step(tiny_engine_folder, capsys):
+    pytest.importorskip("onnxruntime")
+    from pid_sdk.cli import main
+    from pid_sdk.compare import compare_folder
+
+    whole, windowed = compare_folder(tiny_engine_folder, steps=2, seed=3, windowed=["96x160"])
+    assert whole.entry == "onnx:-:64x64:b1:fp32" and windowed.entry == "onnx:-:64x64:b1:fp32, 96x160 as its windows"
+    assert windowed.status == "passed" and len(windowed.report.steps) == 2
+    assert all(0 < c.max_abs < 1e-3 for c in windowed.report.steps)  # velocities of two real, different runs
+    assert windowed.report.image.max_abs != whole.report.image.max_abs
+    assert main(["compare", str(tiny_engine_folder), "--steps", "1", "--windowed", "96x160"]) == 0
+    out = capsys.readouterr().out
+    assert "== onnx:-:64x64:b1:fp32, 96x160 as its windows: PASSED" in out and "2 passed, 0 failed" in out
+    assert main(["compare", str(tiny_engine_folder), "--windowed", "100x160"]) == 2
+    assert "100x160 is not a whole number of latent cells" in capsys.readouterr().err

@@ -108,8 +108,8 @@ class FallbackRuntime:
     TensorRT -> ONNX Runtime -> PyTorch; a warning names every backend skipped and why (no GPU, no engine of this
     size, a damaged file...)."""
 
-    def __init__(self, open_kind, kinds: tuple[str, ...] = FALLBACK_ORDER):
-        self._open_kind, self.kinds = open_kind, kinds
+    def __init__(self, open_kind, manifest: Manifest, kinds: tuple[str, ...] = FALLBACK_ORDER):
+        self._open_kind, self.manifest, self.kinds = open_kind, manifest, kinds  # manifest: its sizes, for windows
         self._runtimes: dict[str, object] = {}  # kind -> runtime, or the PiDError it failed to open with
         self.active = None
         reasons = []
@@ -199,9 +199,7 @@ def open_engine_set(folder: str | Path, backend: str, device: DeviceInfo | None 
     # a backend the folder has no entries for is not one to fall back from (nor to warn about)
     kinds = tuple(k for k in FALLBACK_ORDER if k == "pytorch" or any(e.backend in ENTRY_KINDS[k]
                                                                      for e in manifest.entries))
-    runtime = FallbackRuntime(open_kind, kinds)
-    runtime.manifest = manifest  # its buckets: the sizes windowed decoding may use
-    return manifest, runtime
+    return manifest, FallbackRuntime(open_kind, manifest, kinds)
 
 
 TORCH_PRECISIONS = ("fp32", "bf16")
