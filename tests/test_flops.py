@@ -97,3 +97,25 @@ def test_a_time_floor_is_said_only_when_long():
     assert time_floor(6e13, 1e11) == "at least 10 min here (60 TFLOP at the 100 GFLOP/s this machine multiplies " \
                                       "matrices at)"
     assert time_floor(1e12, 1e10, long=60) != ""
+
+
+def test_a_windowed_decode_counts_each_window_as_a_decode_of_its_size():
+    cfg = PRESETS["tiny"]
+    one = decode_flops(cfg, 64, 64)
+    eight = decode_flops(cfg, 96, 160, window=(64, 64), overlap=32)  # 2 rows x 4 columns of 64x64 windows
+    assert eight.per_decode == 8 * one.per_decode and eight.step == {k: 8 * v for k, v in one.step.items()}
+    assert decode_flops(cfg, 64, 64, window=(128, 128)).per_decode == one.per_decode  # a window cut to the image
+    big = PRESETS["pid-2k"]
+    whole, windows = decode_flops(big, 4096, 4096), decode_flops(big, 4096, 4096, window=(2048, 2048), overlap=512)
+    assert windows.per_decode < whole.per_decode  # 9 windows of 2048: less attention than one 4096 image
+
+
+def test_windowed_memory_keeps_the_activations_of_one_window():
+    from pid_sdk.memory import estimate_memory
+
+    cfg = PRESETS["tiny"]
+    small, large = (estimate_memory(cfg, 1000, s, s, window=(64, 64)) for s in (128, 512))
+    assert small["activations_bf16"] == large["activations_bf16"] == estimate_memory(cfg, 1000, 64, 64)[
+        "activations_bf16"]
+    assert large["image_state_fp32"] == 16 * small["image_state_fp32"] == 4 * 4 * 3 * 512 * 512
+    assert estimate_memory(cfg, 1000, 512, 512)["activations_bf16"] > large["activations_bf16"]
