@@ -1,7 +1,7 @@
 """`pid-sdk serve`: the decoder as a Ray Serve application with a FastAPI ingress (optional extra `serve`).
 
     GET  /healthz                                  200 once this replica's model is loaded
-    POST /v1/decode?latent_space=&seed=&latent_sigma=&steps=   body: a latent file -> 200 image/png
+    POST /v1/decode?latent_space=&seed=&latent_sigma=&steps=&window=&overlap=   body: a latent file -> image/png
 
 The query is a typed model (`DecodeQuery`): every field checked for kind and range, an unknown parameter refused,
 before the body is read. Requests of the same output size and options that arrive together are decoded as one batch
@@ -59,6 +59,8 @@ class DecodeQuery(BaseModel):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     latent_sigma: float = Field(0.0, ge=0, allow_inf_nan=False, description="noise level of a partial capture")
     steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="network calls (default: the sampler's, 4)")
+    window: str | None = Field(None, max_length=16, description="HxW or auto: decode as overlapping windows")
+    overlap: int | None = Field(None, ge=0, le=65536, description="pixels windows share (default: a quarter)")
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,14 @@ class DecodeRequest:
     seed: int
     latent_sigma: float
     steps: int
+    window: tuple[int, int] | str | None = None
+    overlap: int | None = None
 
     def batch_key(self, decoder) -> tuple:
         """Requests that can share one batched decode: same output size and options, any seed."""
         size = decoder.output_size(tuple(self.latent.shape[-2:]), self.latent_space)
-        return (size, tuple(self.latent.shape[1:]), self.latent_space, self.latent_sigma, self.steps)
+        return (size, tuple(self.latent.shape[1:]), self.latent_space, self.latent_sigma, self.steps, self.window,
+                self.overlap)
 
 
 class _TooLarge(Exception):
@@ -153,9 +158,13 @@ class DecoderServer:
         if latent.ndim != 4 or latent.shape[0] != 1:
             raise InputError("A request decodes one latent.", received=f"shape {tuple(latent.shape)}",
                              expected="[C, h, w] or [1, C, h, w]", fix="send one request per latent")
-        self.decoder.check(latent, latent_space=query.latent_space, latent_sigma=query.latent_sigma)
+        from pid_sdk.windows import parse_window
+
+        window = parse_window(query.window, "window=")
+        self.decoder.check(latent, latent_space=query.latent_space, latent_sigma=query.latent_sigma, window=window,
+                           overlap=query.overlap)
         steps = query.steps or self.decoder.default_steps("sde")
-        return DecodeRequest(latent, query.latent_space, query.seed, query.latent_sigma, steps)
+        return DecodeRequest(latent, query.latent_space, query.seed, query.latent_sigma, steps, window, query.overlap)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def decode_batch(self, items: list[DecodeRequest]) -> list:
@@ -188,7 +197,7 @@ class DecoderServer:
         first = group[0]
         images = self.decoder.decode(torch.cat([g.latent for g in group]), latent_space=first.latent_space,
                                      latent_sigma=first.latent_sigma, steps=first.steps, seed=[g.seed for g in group],
-                                     output="pil")
+                                     window=first.window, overlap=first.overlap, output="pil")
         return [_png(image) for image in images]
 
 

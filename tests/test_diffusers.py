@@ -72,6 +72,18 @@ def test_early_exit_stops_at_the_right_step_with_its_sigma():
     assert image.shape == (1, 3, 4 * HEIGHT, 4 * WIDTH) and torch.isfinite(image).all()
 
 
+def test_a_pipelines_packed_latents_decode_through_windows_as_the_unpacked_ones_do():
+    torch.manual_seed(0)
+    pipe, embeddings = PIPELINES["flux1"]()
+    latents = run(pipe, embeddings, num_inference_steps=2, output_type="latent").images  # packed [1, 24, 64]
+    dec = pid_sdk.Decoder.load(pid_sdk.DEMO_MODEL)
+    image = decode_pipeline_latents(dec, latents, pipe=pipe, height=HEIGHT, width=WIDTH, window=(128, 128), seed=0)
+    z, _ = pipeline_latents(latents, pipe=pipe, height=HEIGHT, width=WIDTH)
+    assert image.shape == (1, 3, 4 * HEIGHT, 4 * WIDTH)
+    assert torch.equal(image, dec.decode(z.float(), window=(128, 128), seed=0))
+    assert not torch.equal(image, dec.decode(z.float(), seed=0))  # 256x384 as 12 windows, not the whole image
+
+
 def test_refusals():
     with pytest.raises(InputError, match="does not know the latent layout"):
         pipeline_latents(torch.zeros(1, 16, 2, 2), pipe=object())

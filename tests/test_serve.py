@@ -159,6 +159,21 @@ def test_unknown_query_parameters_and_a_bad_content_length_are_400(server):
     assert post(url, latent(2, 1))[0] == 200
 
 
+def test_a_request_decodes_through_windows_as_the_api_does(server):
+    url, _, _ = server
+    status, _, png = post(url, latent(4, 7), "?seed=7&window=64x64&overlap=32")  # 128x128 from the demo
+    assert status == 200, png[:300]
+    z = torch.randn(1, 16, 4, 4, generator=torch.Generator().manual_seed(7))
+    alone = pid_sdk.Decoder.load(pid_sdk.DEMO_MODEL)
+    want = alone.decode(z, seed=7, window=(64, 64), overlap=32, output="numpy")[0].astype(int)
+    assert np.abs(pixels(png) - want).max() <= 1
+    assert np.abs(pixels(png) - alone.decode(z, seed=7, output="numpy")[0].astype(int)).max() > 8  # not whole
+    for query, match in [("?window=wide", "window= takes HxW or auto"), ("?window=64x64&overlap=16", "overlap="),
+                         ("?overlap=32", "overlap= applies to windowed decoding only")]:
+        status, _, data = post(url, latent(4, 7), query)
+        assert status == 400 and match in json.loads(data)["error"], (query, data[:300])
+
+
 def test_bad_requests_in_a_batch_fail_alone(server):
     """Requests that arrive together: the bad ones (a seed out of range, steps 0) are refused with 400 before they
     join a batch, the good ones are decoded as they would be alone."""
