@@ -14,7 +14,8 @@ Each (mode, size) is timed over `--runs` decodes after warm-up with CUDA events,
 (latent in host memory, image back to host memory, 4 steps, batch 1), and its image is compared with the same decode
 in eager bf16 (`image_vs_bf16`, judged against the FP8 row of the parity table, `pid_sdk.compare.TOLERANCES`).
 `--budget-s` skips what would not finish in time (a 4096x4096 decode in eager mode takes seconds); a mode that fails
-is a row with its error, and the run goes on.
+is a row with its error, and the run goes on. `--windowed 8192:2048` adds an 8192x8192 decode as windows of 2048x2048
+(pid_sdk/windows.py; the FLOPs are the windows', so TFLOP/s stays comparable) in every mode.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from pid_sdk.latents import get_latent_space  # noqa: E402
 from pid_sdk.model import build_model, randomize  # noqa: E402
 from pid_sdk.runtime.attention import kernels_used  # noqa: E402
 from pid_sdk.runtime.speed import FAST, SPEEDS, Speed  # noqa: E402
+from pid_sdk.windows import default_overlap  # noqa: E402
 
 MODES = {  # the library's named settings, and the variants measured beside them
     "reference": SPEEDS["reference"],
@@ -75,57 +77,62 @@ def latent_for(dec: Decoder, side: int) -> torch.Tensor:
     return torch.randn(1, space.channels, h, h, generator=torch.Generator().manual_seed(0))
 
 
-def time_decodes(dec: Decoder, z: torch.Tensor, runs: int) -> list[float]:
+def time_decodes(dec: Decoder, z: torch.Tensor, runs: int, **decode) -> list[float]:
     cuda = dec.device.type == "cuda"
     times = []
     for _ in range(runs):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            dec.decode(z, seed=0)
+            dec.decode(z, seed=0, **decode)
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
-            dec.decode(z, seed=0)
+            dec.decode(z, seed=0, **decode)
             times.append(1000 * (time.perf_counter() - t0))
     return times
 
 
-def profiled(dec: Decoder, z: torch.Tensor, profiler):
+def profiled(dec: Decoder, z: torch.Tensor, profiler, **decode):
     """The profiler sees operators, and a CUDA-graph replay has none: profile the same step outside the graph
     (the kernel choice is made by the same dispatch)."""
     speed = dec.runtime.speed
     dec.runtime.speed = replace(speed, cuda_graphs=False)
     try:
-        return profiler(lambda: dec.decode(z, seed=0))
+        return profiler(lambda: dec.decode(z, seed=0, **decode))
     finally:
         dec.runtime.speed = speed
 
 
 def measure(dec: Decoder, side: int, runs: int, warmup: int, breakdown: bool = False, baseline: int = 0,
-            reference: torch.Tensor | None = None) -> dict:
+            reference: torch.Tensor | None = None, window: int | None = None) -> dict:
     """`baseline`: bytes allocated before the model was built, not counted in the peak (nothing, unless an earlier
-    mode left memory behind). `reference`: the eager bf16 image of this size, to judge this mode's image by."""
+    mode left memory behind). `reference`: the eager bf16 image of this size, to judge this mode's image by.
+    `window`: decode as windows of that side (their default overlap, a quarter)."""
+    decode = {"window": (window, window)} if window else {}
     z = latent_for(dec, side)
     cuda = dec.device.type == "cuda"
     t0 = time.perf_counter()
     image = None
     for _ in range(max(warmup, 1)):  # compiles and captures at the first decode of a size
-        image = dec.decode(z, seed=0)
+        image = dec.decode(z, seed=0, **decode)
     warm_s = time.perf_counter() - t0
     parity = image_parity(image, reference) if reference is not None else None
     del image
-    kernels = profiled(dec, z, kernels_used)
-    by_kind = profiled(dec, z, time_by_kind) if breakdown else None
+    kernels = profiled(dec, z, kernels_used, **decode)
+    by_kind = profiled(dec, z, time_by_kind, **decode) if breakdown else None
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = time_decodes(dec, z, runs)
-    flops = decode_flops(dec.config, side, side).per_decode  # no prompt: the zero caption, all text positions
+    times = time_decodes(dec, z, runs, **decode)
+    overlap = default_overlap(window, window, side // z.shape[-1]) if window else 0  # the decode's own
+    windows = {"window": (window, window), "overlap": overlap} if window else {}
+    flops = decode_flops(dec.config, side, side, **windows).per_decode  # no prompt: the zero caption, all text
     median = statistics.median(times)
-    return {"size": side, "median_ms": median, "min_ms": min(times), "max_ms": max(times), "runs": runs,
+    return {"size": side, **({"window": window} if window else {}), "median_ms": median, "min_ms": min(times),
+            "max_ms": max(times), "runs": runs,
             "warmup_s": warm_s, "peak_gib": (torch.cuda.max_memory_allocated() - baseline) / 2**30 if cuda else None,
             "tflop": flops / 1e12, "tflops_per_s": flops / (median / 1000) / 1e12,
             "attention": ", ".join(f"{k} x{v}" for k, v in sorted(kernels.items())) or "none seen",
@@ -199,17 +206,27 @@ def run(args, save=lambda meta, rows: None) -> tuple[dict, list[dict]]:
                 rows.append({"mode": label, **measured(dec, side, args, baseline, references.get(side))})
                 print(format_row(rows[-1]), flush=True)
             save(meta, rows)
+        for side, window in args.windowed:  # windowed decodes: no parity reference (the eager image is whole)
+            if time.perf_counter() > deadline:
+                rows.append({"mode": label, "size": side, "window": window,
+                             "skipped": f"time budget ({args.budget_s:.0f} s) spent"})
+            else:
+                rows.append({"mode": label, **measured(dec, side, args, baseline, None, window)})
+                print(format_row(rows[-1]), flush=True)
+            save(meta, rows)
         del dec, loaded
         release_memory(device)
     return meta, rows
 
 
-def measured(dec: Decoder, side: int, args, baseline: int, reference: torch.Tensor | None) -> dict:
+def measured(dec: Decoder, side: int, args, baseline: int, reference: torch.Tensor | None,
+             window: int | None = None) -> dict:
     """`measure`, or the failure as a row: one mode that fails on a GPU host must not cost the rest of the run."""
     try:
-        return measure(dec, side, args.runs, args.warmup, side in args.breakdown_sizes, baseline, reference)
+        return measure(dec, side, args.runs, args.warmup, side in args.breakdown_sizes and not window, baseline,
+                       reference, window)
     except Exception as err:  # noqa: BLE001 (recorded, and the run goes on)
-        return {"size": side, "failed": failure(err)}
+        return {"size": side, **({"window": window} if window else {}), "failed": failure(err)}
 
 
 def failure(err: Exception) -> str:
@@ -237,16 +254,18 @@ def device_name(device: str) -> str:
 
 
 def format_row(r: dict) -> str:
+    output = f"{r['size']}x{r['size']}" if "size" in r else "all"
+    output += f" in {r['window']}x{r['window']} windows" if "window" in r else ""
     if "skipped" in r or "failed" in r:
         why = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r['failed']}"
-        return f"| {r['mode']} | {r.get('size', 'all')} | {why} | | | | | | |"
+        return f"| {r['mode']} | {output} | {why} | | | | | | |"
     size = r["size"]
     peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
     paper = f"{PAPER[size][0]} ms, {PAPER[size][1]} GB" if size in PAPER else ""
-    target = f"<= {TARGET_MS[size]:.0f} ms" if size in TARGET_MS else ""
+    target = f"<= {TARGET_MS[size]:.0f} ms" if size in TARGET_MS and "window" not in r else ""
     parity = r.get("image_vs_bf16")
     vs_bf16 = f"{parity['psnr_db']:.1f} dB, cos {parity['cosine']:.5f}" if parity else "-"
-    return (f"| {r['mode']} | {size}x{size} | {r['median_ms']:.1f} | {peak} | {r['tflops_per_s']:.3g} | "
+    return (f"| {r['mode']} | {output} | {r['median_ms']:.1f} | {peak} | {r['tflops_per_s']:.3g} | "
             f"{r['attention']} | {vs_bf16} | {paper} | {target} |")
 
 
@@ -287,9 +306,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="at these sizes also profile one decode and add up kernel time by kind")
     p.add_argument("--no-parity", dest="parity", action="store_false",
                    help="skip the eager bf16 reference decode per size and the image comparison against it")
+    p.add_argument("--windowed", nargs="*", default=[], metavar="SIDE:WINDOW",
+                   help="also decode SIDExSIDE as windows of WINDOWxWINDOW in every mode, e.g. 8192:2048")
     p.add_argument("--json")
     p.add_argument("--markdown")
     args = p.parse_args(argv)
+    args.windowed = [tuple(int(v) for v in pair.split(":")) for pair in args.windowed]
     def save(meta: dict, rows: list[dict]) -> None:
         if args.json:
             Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

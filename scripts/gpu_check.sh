@@ -2,10 +2,10 @@
 # Everything that needs a CUDA GPU, in one call of under 9 minutes: the latency benchmark (the issue's targets first),
 # attention alone at a decode's shapes, then the marked GPU tests. Runs on a GPU host with torch installed (no pid-sdk install needed).
 # Results go to $OUT (default ./out); each step writes as it goes, so a step cut short keeps what it measured.
-# A dry run of the harness on the CPU: BENCH="--tiny" SIZES="128 64" LARGE=256 bash scripts/gpu_check.sh
+# A dry run of the harness on the CPU: BENCH="--tiny" SIZES="128 64" LARGE=256 WINDOWED=256:128 bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out} BENCH=${BENCH:-} SIZES=${SIZES:-2048 1024} LARGE=${LARGE:-4096}
+OUT=${OUT:-out} BENCH=${BENCH:-} SIZES=${SIZES:-2048 1024} LARGE=${LARGE:-4096} WINDOWED=${WINDOWED:-4096:2048 8192:2048}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 
@@ -30,7 +30,7 @@ for lib in tensorrt_rtx tensorrt; do
 done
 
 # the first size in every mode is the headline target; no new measurement starts after --budget-s
-export -f bench; export OUT BENCH
+export -f bench; export OUT BENCH WINDOWED
 # a 2048² mode compiles for about a minute: the baseline first, then the new settings by what they may win
 until_mark 290 bash -c "bench --sizes ${SIZES%% *} --modes fast-cudnn fp8-all fp8-attention fast-cudnn-split \
   fp8-torchao fast-autotune fp8 fast compile eager --breakdown-sizes ${SIZES%% *} --budget-s 200 \
@@ -39,7 +39,8 @@ until_mark 350 bash -c "bench --sizes ${SIZES#* } --modes fp8-all fast-cudnn --b
   --json $OUT/latency-small.json --markdown $OUT/latency-small.md"
 until_mark 380 bash -c "python3 bench/attention.py $BENCH --json $OUT/attention.json 2>&1 | grep -v -i warn \
   | tee -a $OUT/latency.log"
-until_mark 450 bash -c "bench --sizes $LARGE --modes fp8-all --runs 3 --warmup 1 \
+# the whole 4096² image, then 4096² and 8192² as windows of 2048² (pid_sdk/windows.py): time and peak memory
+until_mark 490 bash -c "bench --sizes $LARGE --modes fp8-all --windowed $WINDOWED --runs 3 --warmup 1 \
   --json $OUT/latency-large.json --markdown $OUT/latency-large.md"
 until_mark 540 python3 -m pytest -q -m gpu tests -p no:cacheprovider -rA --show-capture=no 2>&1 | tee "$OUT/gpu_tests.log"
 echo "gpu_check: ${SECONDS} s"
