@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -299,9 +300,9 @@ class _FolderRun:
     windowed: list  # Bucket outputs decoded as windows of each entry's bucket
 
 
-def _compare_entry(e, run: _FolderRun) -> list[EntryResult]:
+def _compare_entry(e, run: _FolderRun) -> Iterator[EntryResult]:
     """One entry: skipped where this machine cannot run it, failed where its files are damaged, else its parity
-    (and its windowed parities)."""
+    (and its windowed parities), each as it is known."""
     from pid_sdk.decoder import Decoder
     from pid_sdk.errors import CheckpointError, ConfigError
     from pid_sdk.runtime.open_folder import EngineRuntime, skip_reason
@@ -310,26 +311,27 @@ def _compare_entry(e, run: _FolderRun) -> list[EntryResult]:
     if run.backend != "onnxruntime":  # ONNX Runtime runs any graph: a bf16 one as its fp32 twin
         ok, why = entry_runs(e, run.device)
         if not ok:
-            return [EntryResult(e.key, "skipped", reason=why)]
+            yield EntryResult(e.key, "skipped", reason=why)
+            return
     runtime = EngineRuntime(run.folder, run.manifest, run.backend, run.device, run.providers, entry=e,
                             verify=run.verify, upcast=True)
     try:
         opened = runtime.open_entry(*e.bucket, e.batch)
     except CheckpointError as exc:
-        return [EntryResult(e.key, "failed", reason=skip_reason(exc) + f"; fix: {exc.fix}")]
+        yield EntryResult(e.key, "failed", reason=skip_reason(exc) + f"; fix: {exc.fix}")
+        return
     except ConfigError as exc:
-        return [EntryResult(e.key, "skipped", reason=skip_reason(exc))]
+        yield EntryResult(e.key, "skipped", reason=skip_reason(exc))
+        return
     candidate = Decoder(run.manifest.config, runtime)
     judged = judged_precision(e, getattr(opened, "upcast", False))
-    results = []
     for output in [None, *run.windowed]:
         h, w = (output.height, output.width) if output else e.bucket
         window = {"window": e.bucket} if output else {}
         report = run_parity(run.reference, candidate, _latent_for(run, e, h, w), precision=judged, steps=run.steps,
                             seed=run.seed, **window)
         name = e.key + (f", {h}x{w} as its windows" if output else "")
-        results.append(EntryResult(name, "passed" if report.passed else "failed", opened.ran, report))
-    return results
+        yield EntryResult(name, "passed" if report.passed else "failed", opened.ran, report)
 
 
 def _latent_for(run: _FolderRun, e, height: int, width: int) -> Tensor:
