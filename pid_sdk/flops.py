@@ -52,14 +52,19 @@ def decode_flops(cfg: PiDConfig, height: int, width: int, *, steps: int = 4, bat
                  text_len: int | None = None, window: tuple[int, int] | None = None,
                  overlap: int = 0) -> FlopCount:
     """The FLOPs of decoding `batch` images of height x width in `steps` network calls (no guidance); with
-    `window`, those of its windows (pid_sdk/windows.py: each window is a whole decode of its size, text included)."""
+    `window`, those of its windows (pid_sdk/windows.py: each window a whole decode of its size, its conditioning made
+    at every step)."""
     if window is not None:
         from pid_sdk.windows import plan_windows
 
         plan = plan_windows(height, width, (min(window[0], height), min(window[1], width)), overlap)
         one = decode_flops(cfg, plan[0].height, plan[0].width, steps=steps, batch=batch, text_len=text_len)
-        return FlopCount({k: len(plan) * v for k, v in one.step.items()},
-                         {k: len(plan) * v for k, v in one.once.items()}, steps)
+        if len(plan) == 1:
+            return one
+        step = {k: len(plan) * v for k, v in one.step.items()}
+        for k, v in one.once.items():  # a window's conditioning is made again at every step (WindowedStep)
+            step[k] = step.get(k, 0) + len(plan) * v
+        return FlopCount(step, {}, steps)
     b = cfg.backbone
     n_txt = b.txt_max_length if text_len is None else min(text_len, b.txt_max_length)
     count = FlopCount(steps=steps)

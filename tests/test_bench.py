@@ -49,7 +49,8 @@ def test_windowed_rows_count_the_windows_flops(tmp_path):
     rows = json.loads(out_json.read_text())["rows"]
     assert [(r["size"], r.get("window")) for r in rows] == [(64, None), (128, 64)]
     flops = decode_flops(PRESETS["tiny"], 128, 128, window=(64, 64), overlap=32).per_decode
-    assert flops == 9 * decode_flops(PRESETS["tiny"], 64, 64).per_decode  # 3 x 3 windows (tiny's cell: 32 px)
+    one = decode_flops(PRESETS["tiny"], 64, 64)
+    assert flops == 9 * (one.per_decode + 3 * sum(one.once.values()))  # 3 x 3 windows (tiny's cell: 32 px)
     assert abs(rows[1]["tflops_per_s"] - flops / (rows[1]["median_ms"] / 1000) / 1e12) < 1e-9
     assert rows[1]["attention"] == "flash (CPU) x144"  # 4 attentions x 4 steps x 9 windows
     assert "| reference | 128x128 in 64x64 windows |" in out_md.read_text()

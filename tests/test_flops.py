@@ -103,7 +103,9 @@ def test_a_windowed_decode_counts_each_window_as_a_decode_of_its_size():
     cfg = PRESETS["tiny"]
     one = decode_flops(cfg, 64, 64)
     eight = decode_flops(cfg, 96, 160, window=(64, 64), overlap=32)  # 2 rows x 4 columns of 64x64 windows
-    assert eight.per_decode == 8 * one.per_decode and eight.step == {k: 8 * v for k, v in one.step.items()}
+    once = sum(one.once.values())  # each window's conditioning, made at every step
+    assert eight.per_decode == 8 * (one.per_decode + 3 * once) and eight.once == {}
+    assert eight.step == {**{k: 8 * v for k, v in one.step.items()}, **{k: 8 * v for k, v in one.once.items()}}
     assert decode_flops(cfg, 64, 64, window=(128, 128)).per_decode == one.per_decode  # a window cut to the image
     big = PRESETS["pid-2k"]
     whole, windows = decode_flops(big, 4096, 4096), decode_flops(big, 4096, 4096, window=(2048, 2048), overlap=512)

@@ -375,15 +375,15 @@ void Decoder::decode_windowed(const float* latent, const std::vector<int64_t>& s
   std::lock_guard<std::mutex> lock(impl_->mutex);
   Input in = impl_->input(latent, shape, latent_space, latent_sigma, seed, out);
   const Entry& entry = impl_->entry_for({in.batch, shape[1], size.first / cell, size.second / cell});
-  std::vector<Step> steps;
-  for (const auto& w : windows) steps.push_back(impl_->step(entry, w.crop(in.z, cell), in.sigma));
   std::vector<at::Tensor> weights = blend_weights(windows, height, width);
   for (auto& weight : weights) weight = weight.to(impl_->device);
   int calls = 0;
   ModelFn model = [&](const at::Tensor& x, double s) {
     at::Tensor v = at::zeros_like(x);
-    for (size_t i = 0; i < windows.size(); ++i)
-      windows[i].crop(v).add_(steps[i](windows[i].crop(x).contiguous(), s, in.batch, calls) * weights[i]);
+    for (size_t i = 0; i < windows.size(); ++i) {  // a window's conditioning made at each step: one in memory
+      Step step = impl_->step(entry, windows[i].crop(in.z, cell), in.sigma);
+      windows[i].crop(v).add_(step(windows[i].crop(x).contiguous(), s, in.batch, calls) * weights[i]);
+    }
     return v;
   };
   at::Generator generator = seeded_generator(impl_->device, seed);
