@@ -305,3 +305,14 @@ def test_the_student_draws_exactly_one_noise_per_step_after_the_first():
     for _ in range(4):  # the starting noise and the re-noise of steps 1-3
         torch.randn(1, 3, 2, 2, generator=ref)
     assert torch.equal(torch.randn(5, generator=g), torch.randn(5, generator=ref))
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 22])
+def test_x0_by_blocks_of_rows_is_the_whole_float64_computation_bit_for_bit(block):
+    from pid_sdk.sampling import denoised
+
+    gen = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 3, 10, 6, generator=gen), torch.randn(2, 3, 10, 6, generator=gen) * 3
+    whole = (x.double() - 0.866 * v.double()).float()
+    assert torch.equal(denoised(x, v, 0.866, block=block), whole)
+    assert not torch.equal((x - 0.866 * v), whole)  # float32 arithmetic rounds differently: the check can fail
