@@ -301,3 +301,18 @@ def test_attention_parity_report_at_test_size(tmp_path):
     assert all(0 < r["median_head_rel"] <= r["worst_head_rel"] < 0.5 for r in report["head_skew"])
     assert split["passed"] and split["image"]["precision"] == "fp32" and split["image"]["max_abs"] < 1e-4
     assert len(fp8["steps"]) == 4
+
+
+def test_the_window_seam_measure_sees_a_step_on_a_window_edge_and_nothing_on_a_smooth_image():
+    bench = load_bench("windows")
+    assert bench.window_edges(1024, 1024, 512, 128) == ([384, 512, 896], [384, 512, 896])  # 3 x 3 windows
+    assert bench.window_edges(512, 512, 512, 128) == ([], [])  # one window: no inner edge
+    rng = np.random.default_rng(0)
+    texture = rng.integers(100, 140, (64, 96, 3)).astype(np.uint8)
+    assert 0.8 < bench.seam_ratio(texture, [32], [48]) < 1.2  # an edge like any other line
+    stepped = texture.copy()
+    stepped[:, 48:] += 60  # what a window with another colour leaves
+    assert bench.seam_ratio(stepped, [], [48]) > 3
+    assert bench.grid_lines(64, [32]) == [16, 48]
+    scores = bench.score(stepped, texture, ([], [48]))
+    assert scores["seams"] > 3 and scores["grid"] < 1.5 and scores["psnr"] < 20
