@@ -2,10 +2,12 @@
 # Everything that needs a CUDA GPU, in one call of under 9 minutes: the latency benchmark (the issue's targets first),
 # attention alone at a decode's shapes, then the marked GPU tests. Runs on a GPU host with torch installed (no pid-sdk install needed).
 # Results go to $OUT (default ./out); each step writes as it goes, so a step cut short keeps what it measured.
-# A dry run of the harness on the CPU: BENCH="--tiny" SIZES="128 64" LARGE=256 WINDOWED=256:128 bash scripts/gpu_check.sh
+# A dry run of the harness on the CPU:
+#   BENCH="--tiny" SIZES="128 64" LARGE=256 WINDOWED=256:128 bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out} BENCH=${BENCH:-} SIZES=${SIZES:-2048 1024} LARGE=${LARGE:-4096} WINDOWED=${WINDOWED:-4096:2048 8192:2048}
+OUT=${OUT:-out} BENCH=${BENCH:-} SIZES=${SIZES:-2048 1024} LARGE=${LARGE:-4096}
+WINDOWED=${WINDOWED:-4096:2048 8192:2048}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 
