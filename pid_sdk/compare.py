@@ -165,7 +165,6 @@ def run_parity(reference, candidate, latent: Tensor, *, precision: str, steps: i
 
 def _step_fn(decoder, latent: Tensor, kwargs: dict):
     from pid_sdk.latents import get_latent_space
-    from pid_sdk.windows import WindowedStep
 
     space = get_latent_space(kwargs.get("latent_space") or decoder.latent_space)
     z = space.to_model_form(latent.float())
@@ -174,8 +173,7 @@ def _step_fn(decoder, latent: Tensor, kwargs: dict):
     text = torch.zeros(z.shape[0], b.txt_max_length, b.txt_embed_dim)
     prepared = dict(text=text, latent=z, latent_sigma=torch.zeros(z.shape[0]), height=h, width=w)
     windows = decoder._windows(kwargs.get("window"), kwargs.get("overlap"), h, w, h // z.shape[-2])
-    step = decoder.runtime.backend(**prepared) if windows is None else WindowedStep(decoder.runtime, windows,
-                                                                                    **prepared)
+    step = decoder._step(windows, kwargs.get("blend", "linear"), kwargs.get("windows_per_call", 1), **prepared)
     return lambda feeds: {"v": step.infer({**feeds, "x": feeds["x"].to(decoder.device)})["v"].cpu()}
 
 

@@ -263,11 +263,11 @@ class Decoder:
     def _bucket_windows(self, height: int, width: int, cell: int) -> list[Window] | None:
         """An engine folder without an engine of this size decodes it through windows of its buckets (said once
         per size), where one fits inside the output; otherwise None, and selection explains what is missing."""
-        manifest = getattr(self.runtime, "manifest", None)
-        if manifest is None or (height, width) in {e.bucket for e in manifest.entries}:
+        if getattr(self.runtime, "manifest", None) is None:
             return None
-        size = auto_window(height, width, self._window_sizes(), cell)
-        if size not in self._window_sizes():
+        buckets = self._window_sizes()
+        size = auto_window(height, width, buckets, cell)
+        if (height, width) in buckets or size not in buckets:
             return None
         windows = self._windows(size, None, height, width, cell)
         if (height, width) not in self._told_windows:
