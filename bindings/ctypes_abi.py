@@ -23,6 +23,9 @@ def load(path: str | Path = LIBRARY) -> ctypes.CDLL:
     lib.pid_windowed_output_size.argtypes = [p, i64p, i64p]
     lib.pid_decode_windowed.argtypes = [p, f32p, i64p, ctypes.c_char_p, ctypes.c_float, ctypes.c_int64, i64p,
                                         ctypes.c_int64, ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t]
+    lib.pid_decode_windowed_blend.argtypes = [p, f32p, i64p, ctypes.c_char_p, ctypes.c_float, ctypes.c_int64, i64p,
+                                              ctypes.c_int64, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint8),
+                                              ctypes.c_size_t]
     lib.pid_close.argtypes, lib.pid_close.restype = [p], None
     lib.pid_last_error.argtypes, lib.pid_last_error.restype = [], ctypes.c_char_p
     lib.pid_read_latent.argtypes = [ctypes.c_char_p, f32p, ctypes.c_size_t, i64p]
@@ -42,8 +45,9 @@ class Handle:
 
     def decode(self, latent: np.ndarray, *, space: bytes | None = b"flux1", sigma: float = 0.0, seed: int = 0,
                out_bytes: int | None = None, shape=None, window: tuple[int, int] | None = None,
-               overlap: int = -1) -> tuple[int, np.ndarray | None]:
-        """`window` (h, w), (0, 0) for auto: pid_decode_windowed; else pid_decode."""
+               overlap: int = -1, blend: bytes | None = None) -> tuple[int, np.ndarray | None]:
+        """`window` (h, w), (0, 0) for auto: pid_decode_windowed (with `blend`: pid_decode_windowed_blend); else
+        pid_decode."""
         latent = np.ascontiguousarray(latent, dtype=np.float32)
         dims = (ctypes.c_int64 * 4)(*(shape or latent.shape))
         hw = (ctypes.c_int64 * 2)()
@@ -55,9 +59,12 @@ class Handle:
             ctypes.POINTER(ctypes.c_uint8))
         if window is None:
             status = self.lib.pid_decode(self.ptr, data, dims, space, sigma, seed, rgb, size)
-        else:
+        elif blend is None:
             status = self.lib.pid_decode_windowed(self.ptr, data, dims, space, sigma, seed,
                                                   (ctypes.c_int64 * 2)(*window), overlap, rgb, size)
+        else:
+            status = self.lib.pid_decode_windowed_blend(self.ptr, data, dims, space, sigma, seed,
+                                                        (ctypes.c_int64 * 2)(*window), overlap, blend, rgb, size)
         if status != OK:
             return status, None
         return status, out[:size].reshape(latent.shape[0], hw[0], hw[1], 3)

@@ -171,6 +171,8 @@ def _decode_arguments(sub) -> None:
     p.add_argument("--window", help="HxW or auto: decode as overlapping windows of that size (output pixels; auto: "
                    "the largest trained size or engine bucket that fits), for sizes the model or folder lacks")
     p.add_argument("--overlap", type=int, help="pixels neighbouring windows share (default: a quarter of the window)")
+    p.add_argument("--max-memory", help="e.g. 16GiB: the estimated peak a decode may reach, weights included; "
+                   "larger images decode as windows that fit, and a decode that cannot fit is refused")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no line saying what ran")
     _add(p, "seed", "trust-pickle", "no-verify")
     p.set_defaults(run=_decode)
@@ -281,6 +283,8 @@ def _serve_arguments(sub) -> None:
     p.add_argument("--autoscaling", help="Ray Serve autoscaling_config as JSON, e.g. "
                                          "'{\"min_replicas\": 1, \"max_replicas\": 4}'")
     p.add_argument("--address", help="join this Ray cluster (default: start a local Ray instance)")
+    p.add_argument("--max-memory", help="e.g. 16GiB per replica: larger requests decode as windows that fit, "
+                                        "those that cannot fit get 400")
     p.set_defaults(run=_serve)
 
 
@@ -349,7 +353,7 @@ def entry_table(entries) -> str:
 
 
 def describe(cfg, params: int | None, source: str) -> str:
-    from pid_sdk.memory import estimate_memory
+    from pid_sdk.memory import estimate_memory, format_bytes
     from pid_sdk.model import build_model
 
     if params is None:
@@ -368,11 +372,11 @@ def describe(cfg, params: int | None, source: str) -> str:
                      f"{cfg.num_gates} gates ({a.gate}), x{a.sr_scale}, padding {a.padding_mode}"
                      + (", PiT injection" if a.pit_inject else ""))
     window = max(cfg.trained_sizes, key=lambda s: s[0] * s[1])  # what window="auto" takes for larger outputs
+    lines.append("memory (estimated peak, bf16 weights and activations, batch 1; decode(max_memory=) keeps to it):")
     for side in (1024, 2048, 4096, 8192):
         m, w = estimate_memory(cfg, params, side, side), estimate_memory(cfg, params, side, side, window=window)
-        lines.append(f"memory {side}x{side}: weights bf16 {m['weights_bf16'] / 2**30:.2f} GiB, "
-                     f"peak activations ~{m['activations_bf16'] / 2**30:.2f} GiB (bf16, batch 1, estimate)"
-                     + (f"; as windows of {window[0]}x{window[1]} ~{w['activations_bf16'] / 2**30:.2f} GiB"
+        lines.append(f"  {side}x{side}: {format_bytes(m.total)} whole (activations {format_bytes(m.activations)})"
+                     + (f"; {format_bytes(w.total)} as windows of {window[0]}x{window[1]}"
                         if side * side > window[0] * window[1] else ""))
     return "\n".join(lines)
 
@@ -434,11 +438,18 @@ def _serve(args) -> int:
     except ImportError as exc:
         raise ConfigError("pid-sdk serve needs Ray Serve.", received=str(exc),
                           fix="pip install 'pid-sdk[serve]'") from None
+    max_memory = _memory(args.max_memory)
     _check_model(args.model)  # refused here with its message, not as a failed replica
     run_server(ServeOptions(args.model, args.host, args.port, args.replicas, args.max_batch, args.batch_wait_ms,
                             args.backend, int(args.max_body_mb * 2**20), args.max_queue, args.num_gpus, autoscaling,
-                            args.address))
+                            args.address, max_memory=max_memory))
     return 0
+
+
+def _memory(text: str | None) -> int | None:
+    from pid_sdk.memory import parse_memory
+
+    return None if text is None else parse_memory(text, "--max-memory")
 
 
 def _check_model(path: str) -> None:
@@ -496,7 +507,7 @@ def _decode(args) -> int:
     text = read_latent_file(args.text_embeddings, what="text embeddings") if args.text_embeddings else None
     dec = Decoder.load(args.model, preset=args.preset, backend=args.backend, device=args.device,
                        precision=args.precision, trust_pickle=args.trust_pickle, text_encoder=args.text_encoder,
-                       speed=args.speed, verify=not args.no_verify)
+                       speed=args.speed, verify=not args.no_verify, max_memory=_memory(args.max_memory))
     size = args.batch_size
     starts = range(0, count, size) if latents.ndim == 4 else [0]
     chunks = [latents[i:i + size] if latents.ndim == 4 else latents for i in starts]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -15,12 +15,13 @@ from pid_sdk.checkpoints import LoadedModel, load_checkpoint
 from pid_sdk.config import PiDConfig, get_preset
 from pid_sdk.errors import ConfigError, InputError, NumericsError, counted
 from pid_sdk.latents import LatentSpace, get_latent_space
+from pid_sdk.memory import MemoryEstimate, estimate_memory, format_bytes, parse_memory
 from pid_sdk.model import build_model, randomize
 from pid_sdk.runtime.manifest import is_engine_dir
 from pid_sdk.runtime.speed import Speed, get_speed, prepare_model
 from pid_sdk.runtime.torch_backend import TorchRuntime
 from pid_sdk.sampling import dynamic_shift, sample_student, sample_teacher
-from pid_sdk.windows import BLENDS, Window, WindowedStep, auto_window, check_window, plan_windows
+from pid_sdk.windows import BLENDS, Window, WindowedStep, auto_window, check_window, default_overlap, plan_windows
 
 SAMPLERS = ("sde", "ode", "teacher")
 STEPS = {"sde": 4, "ode": 4, "teacher": 50}  # the distilled students' 4 steps; the teacher's own default (spec 6.2)
@@ -41,13 +42,17 @@ class Decoder:
         self.max_output_side = inputs.MAX_OUTPUT_SIDE
         self.max_pixels = inputs.MAX_PIXELS  # output pixels of one call: bounds the memory a request can take
         self._told_windows: set[tuple[int, int]] = set()  # sizes an engine folder decodes through windows
+        self.max_memory: int | None = None  # bytes a decode may take (estimated), unless decode(max_memory=) says
+        self._params: int | None = None
 
     @classmethod
     def from_model(cls, loaded: LoadedModel, *, device: str | torch.device | None = None,
-                   precision: str | None = None, text_encoder=None, speed: Speed | str | None = None) -> "Decoder":
+                   precision: str | None = None, text_encoder=None, speed: Speed | str | None = None,
+                   max_memory: int | str | None = None) -> Decoder:
         """The PyTorch backend over a loaded model: CPU fp32; CUDA with fp32 parameters under bf16 autocast.
 
-        `speed` trades the reference setting for a faster one ("bf16", "fast", "fp8" or a `Speed`).
+        `speed` trades the reference setting for a faster one ("bf16", "fast", "fp8" or a `Speed`); `max_memory` as
+        in `load`.
         """
         dev = _resolve_device(device)
         chosen = get_speed(speed, dev)
@@ -62,13 +67,14 @@ class Decoder:
             return cls(loaded.config, None, source=loaded.path)
         # By default parameters stay fp32 and bf16 comes from autocast: the official precision policy (spec 7.4).
         runtime = TorchRuntime(prepare_model(loaded.model, chosen, dev), dev, precision, chosen)
-        return cls(loaded.config, runtime, text_encoder=text_encoder, source=loaded.path)
+        return cls(loaded.config, runtime, text_encoder=text_encoder, source=loaded.path)._budget(max_memory)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, preset: str | None = None, seed: int = 0,
              backend: str = "auto", device: str | torch.device | None = None, precision: str | None = None,
              trust_pickle: bool = False, text_encoder=None, device_info=None, providers=None,
-             speed: Speed | str | None = None, verify: bool = True) -> "Decoder":
+             speed: Speed | str | None = None, verify: bool = True,
+             max_memory: int | str | None = None) -> Decoder:
         """An engine folder, an artefact folder, an official/repacked checkpoint, or `preset=` with random weights.
 
         For an engine folder `backend` picks TensorRT, ONNX Runtime or PyTorch; "auto" takes, per decode, the first
@@ -76,7 +82,8 @@ class Decoder:
         of that precision (refused, naming the entries there are, where it has none); `engine` then says what ran.
         `speed` applies to the PyTorch backend (see `Speed`). Every file loaded from a folder is checked against its
         manifest's sha256; `verify=False` is the explicit opt-out for folders whose manifest has lost its hashes
-        (paths are confined regardless).
+        (paths are confined regardless). `max_memory` (bytes, or "16GiB") bounds every decode's estimated peak
+        (`estimate_memory`): larger outputs decode as windows that fit, windows run batched as far as it allows.
         """
         if path is None and preset is None:
             raise ConfigError("Decoder.load needs a path or a preset.",
@@ -86,6 +93,7 @@ class Decoder:
                               expected="a str or pathlib.Path: an engine folder, artefact folder or checkpoint",
                               fix="Decoder.load('path/to/model')")
         trust_pickle, verify = inputs.check_flag("trust_pickle", trust_pickle), inputs.check_flag("verify", verify)
+        max_memory = None if max_memory is None else parse_memory(max_memory)  # refused before loading anything
         _check_text_encoder(text_encoder)
         if path is not None and is_engine_dir(path):
             from pid_sdk.runtime.open_folder import open_engine_set
@@ -98,7 +106,7 @@ class Decoder:
 
             manifest, runtime = open_engine_set(path, backend, device_info, providers, verify=verify,
                                                 precision=precision)
-            return cls(manifest.config, runtime, text_encoder=text_encoder, source=str(path))
+            return cls(manifest.config, runtime, text_encoder=text_encoder, source=str(path))._budget(max_memory)
         if backend not in ("auto", "pytorch"):
             raise ConfigError(f"A checkpoint runs on the PyTorch backend, not {backend}.", received=str(path),
                               fix="export and build engines first (pid-sdk export / pid-sdk build)")
@@ -108,7 +116,12 @@ class Decoder:
             loaded = LoadedModel(model, cfg, "random", f"preset:{preset} (seeded random weights, seed {seed})", [])
         else:
             loaded = load_checkpoint(path, preset=preset, trust_pickle=trust_pickle, verify=verify)
-        return cls.from_model(loaded, device=device, precision=precision, text_encoder=text_encoder, speed=speed)
+        return cls.from_model(loaded, device=device, precision=precision, text_encoder=text_encoder, speed=speed,
+                              max_memory=max_memory)
+
+    def _budget(self, max_memory) -> Decoder:
+        self.max_memory = None if max_memory is None else parse_memory(max_memory)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -167,7 +180,8 @@ class Decoder:
         window: tuple[int, int] | str | None = None,
         overlap: int | None = None,
         blend: str = "linear",
-        windows_per_call: int = 1,
+        windows_per_call: int | str = "auto",
+        max_memory: int | str | None = None,
     ):
         """Decode [B, C, h, w] (or [C, h, w]) latents. Returns [B, 3, H, W] in [-1, 1], uint8 [B, H, W, 3] or PIL.
 
@@ -187,15 +201,21 @@ class Decoder:
         engine folder without an entry of the output's size decodes it through windows by itself (and says so
         once); a whole-image output larger than the model's trained sizes warns, with this fix. `blend` shapes
         the weights across an overlap: "linear" (default, chosen by bench/windows.py: docs/guide.md), "cosine" or
-        "flat". `windows_per_call` stacks that many windows on the batch axis of one network call (the PyTorch backend;
-        an engine folder needs entries of that batch): faster where one window leaves the GPU idle, with that
-        many windows' activations in memory.
+        "flat". `windows_per_call` stacks that many windows on the batch axis of one network call (an engine folder
+        needs entries of that batch): faster where one window leaves the GPU idle, with that many windows'
+        activations in memory; "auto" (default) stacks as many as `max_memory` allows (one without a budget).
+
+        `max_memory` (bytes, or "16GiB"; default: the one given to `load`) bounds the decode's estimated peak
+        (`estimate_memory`, weights included): an output whose whole-image decode would pass it decodes as windows
+        (window="auto" takes the largest size that fits); a decode that cannot fit is refused before it starts.
         """
         inputs.check_choice("sampler", sampler, SAMPLERS)
         inputs.check_choice("output", output, OUTPUTS)
         inputs.check_callback("on_step", on_step)
         inputs.check_choice("blend", blend, BLENDS)
-        per_call = inputs.check_int("windows_per_call", windows_per_call, 1, 1024, "1 (default), or 2, 4, ...")
+        per_call = windows_per_call if windows_per_call == "auto" else inputs.check_int(
+            "windows_per_call", windows_per_call, 1, 1024, "auto (default), or 1, 2, 4, ...")
+        budget = self.max_memory if max_memory is None else parse_memory(max_memory)
         steps = inputs.check_steps(self.default_steps(sampler) if steps is None else steps)
         guidance = inputs.check_guidance(guidance)
         space = get_latent_space(latent_space or self._require_space())
@@ -206,10 +226,7 @@ class Decoder:
         text = self._text(prompt, text_embeddings, z.shape[0])
         height, width = space.output_size(z.shape[-2], z.shape[-1], self.config.adapter.sr_scale)
         shape = (z.shape[0], 3, height, width)
-        cell = height // z.shape[-2]
-        windows = self._windows(window, overlap, height, width, cell) or self._bucket_windows(height, width, cell)
-        if windows is None:
-            self._warn_if_untrained(height, width)
+        windows, per_call = self._plan(window, overlap, per_call, budget, shape, cell=height // z.shape[-2])
         step = partial(self._step, windows, blend, per_call, latent=z, latent_sigma=sigma, height=height,
                        width=width)
         cond = step(text=text)
@@ -229,6 +246,33 @@ class Decoder:
                                    on_step=on_step)
         watch.check(image, self.backend_name)
         return to_output(image.cpu(), output)
+
+    def _plan(self, window, overlap, per_call, budget: int | None, shape: tuple[int, ...], cell: int):
+        """(windows or None for the whole image, windows per call) for outputs of `shape`, within `budget`."""
+        batch, _, height, width = shape
+        need = partial(self.estimate_memory, height, width, batch=batch, overlap=overlap)
+        why = None
+        if window is None and budget is not None and need().total > budget:  # windows that fit instead
+            whole = format_bytes(need().total)
+            window, why = "auto", f"its whole-image decode (~{whole}) would pass max_memory={format_bytes(budget)}"
+        if window == "auto" and budget is not None:
+            window = self._window_within(shape, cell, budget, need)
+        windows = self._windows(window, overlap, height, width, cell)
+        if windows is None:
+            windows = self._bucket_windows(shape, cell, budget, need)
+            why = f"{self.source} has no engine of {height}x{width} (pid-sdk export {self.source} --size " \
+                  f"{height}x{width} adds a whole-image engine)"
+        if windows is None:
+            self._warn_if_untrained(height, width)
+            return None, 1
+        if why is not None:
+            self._tell_windows(windows, why)
+        size = (windows[0].height, windows[0].width)
+        if per_call == "auto":
+            per_call = self._windows_per_call(size, len(windows), batch, budget, need)
+        if budget is not None and need(window=size, windows_per_call=per_call).total > budget:
+            raise _over_budget(budget, size, need(window=size, windows_per_call=per_call), shape, per_call)
+        return windows, per_call
 
     def _windows(self, window, overlap, height: int, width: int, cell: int) -> list[Window] | None:
         if window is None:
@@ -250,7 +294,7 @@ class Decoder:
             return
         warnings.warn(f"{height}x{width} is larger than any size {self.config.name} was trained at (largest "
                       f"{largest[0]}x{largest[1]}): a whole-image decode drifts there; pass window='auto' "
-                      "(CLI: --window auto) to decode it as windows of trained sizes", stacklevel=3)
+                      "(CLI: --window auto) to decode it as windows of trained sizes", stacklevel=4)
 
     def _window_sizes(self) -> list[tuple[int, int]]:
         """Sizes a window may take: an engine folder's buckets (its engines run no others), else the model's
@@ -260,22 +304,68 @@ class Decoder:
             return sorted({e.bucket for e in manifest.entries})
         return sorted(set(map(tuple, self.config.trained_sizes)))
 
-    def _bucket_windows(self, height: int, width: int, cell: int) -> list[Window] | None:
+    def _bucket_windows(self, shape: tuple[int, ...], cell: int, budget: int | None, need):
         """An engine folder without an engine of this size decodes it through windows of its buckets (said once
         per size), where one fits inside the output; otherwise None, and selection explains what is missing."""
         if getattr(self.runtime, "manifest", None) is None:
             return None
+        height, width = shape[2:]
         buckets = self._window_sizes()
-        size = auto_window(height, width, buckets, cell)
+        size = auto_window(height, width, buckets, cell) if budget is None else \
+            self._window_within(shape, cell, budget, need)
         if (height, width) in buckets or size not in buckets:
             return None
-        windows = self._windows(size, None, height, width, cell)
+        return self._windows(size, None, height, width, cell)
+
+    def _tell_windows(self, windows: list[Window], why: str) -> None:
+        """Say once per output size that a decode nobody asked to window runs as windows, and why."""
+        w = windows[-1]
+        height, width = w.top + w.height, w.left + w.width
         if (height, width) not in self._told_windows:
             self._told_windows.add((height, width))
-            warnings.warn(f"{self.source} has no engine of {height}x{width}: decoding it as "
-                          f"{counted(len(windows), 'window')} of {size[0]}x{size[1]} (pid-sdk export "
-                          f"{self.source} --size {height}x{width} adds a whole-image engine)", stacklevel=3)
-        return windows
+            warnings.warn(f"decoding {height}x{width} as {counted(len(windows), 'window')} of {w.height}x{w.width}: "
+                          f"{why}", stacklevel=4)
+
+    # --- memory ----------------------------------------------------------------------------------------------
+    def estimate_memory(self, height: int, width: int, *, batch: int = 1, window: tuple[int, int] | None = None,
+                        overlap: int | None = None, windows_per_call: int = 1) -> MemoryEstimate:
+        """The estimated peak of decoding [batch] HxW outputs here, whole or as windows (pid_sdk/memory.py), at
+        this backend's precision: on the CPU fp32, on the GPU bf16 activations (fp32 weights under autocast)."""
+        if window is not None and overlap is None:
+            cell = self.config.adapter.latent_factor * self.config.adapter.sr_scale
+            overlap = default_overlap(min(window[0], height), min(window[1], width), cell)
+        if self._params is None:
+            model = getattr(self.runtime, "model", None)
+            if model is None:
+                with torch.device("meta"):
+                    model = build_model(self.config)
+            self._params = sum(p.numel() for p in model.parameters())
+        model = getattr(self.runtime, "model", None)
+        weight_bytes = next(model.parameters()).element_size() if model is not None else \
+            {"fp32": 4, "fp8": 1}.get(self.precision, 2)
+        activation_bytes = 4 if self.precision == "fp32" else 2
+        return estimate_memory(self.config, self._params, height, width, batch=batch, window=window, overlap=overlap,
+                               per_call=windows_per_call, weight_bytes=weight_bytes,
+                               activation_bytes=activation_bytes)
+
+    def _window_within(self, shape: tuple[int, ...], cell: int, budget: int, need) -> tuple[int, int]:
+        """The largest window size (trained sizes, engine buckets) inside the output whose decode fits `budget`."""
+        height, width = shape[2:]
+        sizes = self._window_sizes()
+        inside = [s for s in sizes if s[0] <= height and s[1] <= width] or [auto_window(height, width, sizes, cell)]
+        fits = [s for s in inside if need(window=s).total <= budget]
+        if fits:
+            return max(fits, key=lambda s: s[0] * s[1])
+        least = min(inside, key=lambda s: need(window=s).total)
+        raise _over_budget(budget, least, need(window=least), shape)
+
+    def _windows_per_call(self, size: tuple[int, int], count: int, batch: int, budget: int | None, need) -> int:
+        """As many windows per call as the budget allows (and an engine folder has batches for); one without."""
+        manifest = getattr(self.runtime, "manifest", None)
+        allowed = range(1, min(count, 16) + 1) if manifest is None else sorted(
+            e.batch // batch for e in manifest.entries if e.bucket == size and e.batch % batch == 0)
+        fits = [k for k in allowed if budget is not None and need(window=size, windows_per_call=k).total <= budget]
+        return max(fits, default=1)
 
     def _step(self, windows, blend: str, per_call: int, **prepared):
         if windows is None:
@@ -418,3 +508,15 @@ def to_output(image: Tensor, output: str):
     from PIL import Image
 
     return [Image.fromarray(a) for a in array]
+
+
+def _over_budget(budget: int, size, need: MemoryEstimate, shape: tuple[int, ...], per_call: int = 1) -> InputError:
+    calls = f", {per_call} per call" if per_call > 1 else ""
+    batch = f"{shape[0]} x " if shape[0] > 1 else ""
+    return InputError(f"A decode of {batch}{shape[2]}x{shape[3]} needs more memory than max_memory allows.",
+                      received=f"max_memory={format_bytes(budget)}",
+                      expected=f"at least {format_bytes(need.total)} (windows of {size[0]}x{size[1]}{calls}: weights "
+                               f"{format_bytes(need.weights)}, activations {format_bytes(need.activations)}, image "
+                               f"state {format_bytes(need.image_state)})",
+                      fix="raise max_memory, pass a smaller window= (or windows_per_call=1), or decode fewer or "
+                          "smaller latents per call")

@@ -48,6 +48,7 @@ class ServeOptions:
     autoscaling: dict | None = None  # Ray Serve's autoscaling_config, passed through
     address: str | None = None  # an existing Ray cluster; None starts a local instance
     threads: int | None = None  # CPU threads per replica (torch); None: the command's share of the machine
+    max_memory: int | None = None  # bytes a decode may take (Decoder.load(max_memory=)): larger ones as windows
 
 
 class DecodeQuery(BaseModel):
@@ -128,7 +129,8 @@ class DecoderServer:
         self.options = ServeOptions(**options)
         if self.options.threads:  # Ray starts replicas with one thread: the command's share, as a CLI decode has
             torch.set_num_threads(self.options.threads)
-        self.decoder = Decoder.load(self.options.model, backend=self.options.backend)
+        self.decoder = Decoder.load(self.options.model, backend=self.options.backend,
+                                    max_memory=self.options.max_memory)
         self.pending = 0
         self.decode_batch.set_max_batch_size(self.options.max_batch)
         self.decode_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000)

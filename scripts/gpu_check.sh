@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, in one call of under 9 minutes: the latency benchmark (the issue's targets first),
-# attention alone at a decode's shapes, then the marked GPU tests. Runs on a GPU host with torch installed (no pid-sdk install needed).
+# attention alone at a decode's shapes, the memory estimate, then the marked GPU tests. Runs on a GPU host with torch installed (no pid-sdk install needed).
 # Results go to $OUT (default ./out); each step writes as it goes, so a step cut short keeps what it measured.
 # A dry run of the harness on the CPU:
-#   BENCH="--tiny" SIZES="128 64" LARGE=256 WINDOWED=256:128 bash scripts/gpu_check.sh
+#   BENCH="--tiny" SIZES="128 64" LARGE=256 WINDOWED=256:128 MEMORY="--preset tiny --device cpu --cases 128 256/64" \
+#     bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out} BENCH=${BENCH:-} SIZES=${SIZES:-2048 1024} LARGE=${LARGE:-4096}
 WINDOWED=${WINDOWED:-4096:2048 8192:2048}
+MEMORY=${MEMORY:---preset pid-2k --device cuda --cases 1024 2048 4096/2048}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 
@@ -44,5 +46,8 @@ until_mark 380 bash -c "python3 bench/attention.py $BENCH --json $OUT/attention.
 # the whole 4096² image, then 4096² and 8192² as windows of 2048² (pid_sdk/windows.py): time and peak memory
 until_mark 490 bash -c "bench --sizes $LARGE --modes fp8-all --windowed $WINDOWED --runs 3 --warmup 1 \
   --json $OUT/latency-large.json --markdown $OUT/latency-large.md"
+# the memory estimate (max_memory= keeps to it) against torch.cuda.max_memory_allocated on the 1.3B model
+until_mark 510 bash -c "python3 bench/memory.py $MEMORY --json $OUT/memory.json 2>&1 | grep -v -i warn \
+  | tee -a $OUT/latency.log"
 until_mark 540 python3 -m pytest -q -m gpu tests -p no:cacheprovider -rA --show-capture=no 2>&1 | tee "$OUT/gpu_tests.log"
 echo "gpu_check: ${SECONDS} s"

@@ -66,6 +66,9 @@ case("window", "an overlap as large as the window")(
 case("window", "overlap= without a window")(lambda t, d: d.decode(z(1, 16, 2, 5), overlap=32))
 case("window", "an unknown blend")(lambda t, d: d.decode(z(1, 16, 2, 5), window=(64, 64), blend="soft"))
 case("window", "decode --window wide")(lambda t, d: _cli_decode(t, t / "o.png", "--window", "wide"))
+case("window", "max_memory='lots'")(lambda t, d: d.decode(z(1, 16, 2, 5), max_memory="lots"))
+case("window", "a max_memory no window of the output fits in")(
+    lambda t, d: d.decode(z(1, 16, 6, 6), max_memory="1MiB"))
 case("latent", "a sparse tensor")(lambda t, d: d.decode(torch.randn(Z).to_sparse()))
 case("latent", "a nested tensor")(
     lambda t, d: d.decode(torch.nested.nested_tensor([torch.zeros(16, 2, 2)], layout=torch.jagged)))

@@ -33,7 +33,7 @@ def lib() -> ctypes.CDLL:
         pytest.skip(f"the bindings cannot be built here: {run.stderr.strip()}")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     lib = ctypes_abi.load(BUILD / "libpid_sdk.so")
-    assert lib.pid_abi_version() == 2  # 2: windowed decoding
+    assert lib.pid_abi_version() == 3  # 2: windowed decoding; 3: pid_decode_windowed_blend
     return lib
 
 
@@ -125,6 +125,26 @@ def test_a_windowed_decode_through_the_abi_equals_pythons_exactly(lib, aoti_fold
                           str(tmp_path / "w.png"), "--seed", "3", "--window", "auto"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert np.asarray(Image.open(tmp_path / "w.png")).tobytes() == c_image[0].tobytes()
+
+
+def test_every_blend_through_the_abi_equals_pythons_exactly(lib, aoti_folder):
+    """pid_decode_windowed_blend: the cosine and flat ramps byte for byte as Python's blend=; linear as
+    pid_decode_windowed; an unknown blend is an INPUT error naming the three."""
+    z = np.random.default_rng(6).standard_normal((1, 16, 16, 24)).astype(np.float32)
+    handle = Handle(lib, aoti_folder)
+    python = pid_sdk.Decoder.load(aoti_folder, backend="aoti")
+    images = {}
+    for blend in ("cosine", "flat"):
+        status, images[blend] = handle.decode(z, seed=1, window=(512, 512), blend=blend.encode())
+        assert status == OK, error(lib)
+        np.testing.assert_array_equal(images[blend], python.decode(torch.from_numpy(z), seed=1, window=(512, 512),
+                                                                   blend=blend, output="numpy"))
+    linear = handle.decode(z, seed=1, window=(512, 512))[1]
+    assert handle.decode(z, seed=1, window=(512, 512), blend=b"linear")[1].tobytes() == linear.tobytes()
+    assert len({images["cosine"].tobytes(), images["flat"].tobytes(), linear.tobytes()}) == 3  # the blend is heard
+    assert handle.decode(z, seed=1, window=(512, 512), blend=b"gaussian")[0] == INPUT
+    assert "Unknown blend." in error(lib) and "linear, cosine or flat" in error(lib)
+    handle.close()
 
 
 @pytest.mark.parametrize("shape,window,overlap,message", [

@@ -122,8 +122,8 @@ def test_convert_then_info_then_decode(tmp_path, capsys):
     code, stdout, err = run(capsys, "convert", ckpt, tmp_path / "art", "--dtype", "fp32", "--latent-space", "sd3")
     assert code == 0, err
     code, stdout, _ = run(capsys, "info", tmp_path / "art")
-    assert code == 0 and "latent space:  sd3" in stdout and "parameters:" in stdout and "memory 2048x2048" in stdout
-    assert "memory 8192x8192" in stdout and "as windows of" in stdout.split("memory 8192x8192")[1]
+    assert code == 0 and "latent space:  sd3" in stdout and "parameters:" in stdout and "  2048x2048: " in stdout
+    assert "as windows of" in stdout.split("  8192x8192: ")[1]
     code, _, err = run(capsys, "decode", SAMPLE, "--model", tmp_path / "art", "-o", tmp_path / "x.png", "--quiet")
     assert code == 0, err
 

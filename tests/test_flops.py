@@ -110,14 +110,3 @@ def test_a_windowed_decode_counts_each_window_as_a_decode_of_its_size():
     big = PRESETS["pid-2k"]
     whole, windows = decode_flops(big, 4096, 4096), decode_flops(big, 4096, 4096, window=(2048, 2048), overlap=512)
     assert windows.per_decode < whole.per_decode  # 9 windows of 2048: less attention than one 4096 image
-
-
-def test_windowed_memory_keeps_the_activations_of_one_window():
-    from pid_sdk.memory import estimate_memory
-
-    cfg = PRESETS["tiny"]
-    small, large = (estimate_memory(cfg, 1000, s, s, window=(64, 64)) for s in (128, 512))
-    assert small["activations_bf16"] == large["activations_bf16"] == estimate_memory(cfg, 1000, 64, 64)[
-        "activations_bf16"]
-    assert large["image_state_fp32"] == 16 * small["image_state_fp32"] == 4 * 4 * 3 * 512 * 512
-    assert estimate_memory(cfg, 1000, 512, 512)["activations_bf16"] > large["activations_bf16"]

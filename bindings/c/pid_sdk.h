@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define PID_ABI_VERSION 2
+#define PID_ABI_VERSION 3
 
 #if defined(PID_SDK_BUILD)
 #define PID_API __attribute__((visibility("default")))
@@ -67,6 +67,13 @@ PID_API int pid_windowed_output_size(const pid_decoder *decoder, const int64_t s
 PID_API int pid_decode_windowed(pid_decoder *decoder, const float *latent, const int64_t shape[4],
                                 const char *latent_space, float latent_sigma, int64_t seed, const int64_t window_hw[2],
                                 int64_t overlap, uint8_t *out_rgb8, size_t out_size);
+
+/* pid_decode_windowed with the ramp across overlaps named: "linear" (NULL: the default), "cosine" (flat at both
+ * ends) or "flat" (the windows' plain mean); Python's decode(..., blend=). Since ABI version 3. */
+PID_API int pid_decode_windowed_blend(pid_decoder *decoder, const float *latent, const int64_t shape[4],
+                                      const char *latent_space, float latent_sigma, int64_t seed,
+                                      const int64_t window_hw[2], int64_t overlap, const char *blend,
+                                      uint8_t *out_rgb8, size_t out_size);
 
 /* Release a handle and its graphs. NULL is allowed; a handle already closed (or never opened) is left alone and
  * sets pid_last_error(). Any call on a closed handle returns PID_ERROR_INPUT. */

@@ -118,13 +118,21 @@ int pid_windowed_output_size(const pid_decoder* decoder, const int64_t shape[4],
 int pid_decode_windowed(pid_decoder* decoder, const float* latent, const int64_t shape[4], const char* latent_space,
                         float latent_sigma, int64_t seed, const int64_t window_hw[2], int64_t overlap,
                         uint8_t* out_rgb8, size_t out_size) {
+  return pid_decode_windowed_blend(decoder, latent, shape, latent_space, latent_sigma, seed, window_hw, overlap,
+                                   nullptr, out_rgb8, out_size);
+}
+
+int pid_decode_windowed_blend(pid_decoder* decoder, const float* latent, const int64_t shape[4],
+                              const char* latent_space, float latent_sigma, int64_t seed, const int64_t window_hw[2],
+                              int64_t overlap, const char* blend, uint8_t* out_rgb8, size_t out_size) {
   return guarded([&] {
     require(decoder, "decoder");
     require(shape, "shape");
     require(window_hw, "window_hw");
+    pid::Blend ramp = pid::parse_blend(blend);
     open_handle(decoder)->decoder.decode_windowed(latent, shape_of(shape), latent_space ? latent_space : "",
                                                   latent_sigma, seed, {window_hw[0], window_hw[1]}, overlap,
-                                                  out_rgb8, out_size);
+                                                  out_rgb8, out_size, ramp);
   });
 }
 

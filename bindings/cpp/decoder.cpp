@@ -363,7 +363,7 @@ std::pair<int64_t, int64_t> Decoder::Impl::auto_window(int64_t height, int64_t w
 
 void Decoder::decode_windowed(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
                               float latent_sigma, int64_t seed, std::pair<int64_t, int64_t> window, int64_t overlap,
-                              uint8_t* out, size_t out_size) {
+                              uint8_t* out, size_t out_size, Blend blend) {
   auto [height, width] = windowed_output_size(shape);
   size_t need = output_bytes(shape[0], height, width, out_size);  // bounds the output before windows are planned
   if (window == std::pair<int64_t, int64_t>{0, 0}) window = impl_->auto_window(height, width);
@@ -375,7 +375,7 @@ void Decoder::decode_windowed(const float* latent, const std::vector<int64_t>& s
   std::lock_guard<std::mutex> lock(impl_->mutex);
   Input in = impl_->input(latent, shape, latent_space, latent_sigma, seed, out);
   const Entry& entry = impl_->entry_for({in.batch, shape[1], size.first / cell, size.second / cell});
-  std::vector<at::Tensor> weights = blend_weights(windows, height, width);
+  std::vector<at::Tensor> weights = blend_weights(windows, height, width, blend);
   for (auto& weight : weights) weight = weight.to(impl_->device);
   int calls = 0;
   ModelFn model = [&](const at::Tensor& x, double s) {

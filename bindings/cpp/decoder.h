@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include "windows.h"
+
 namespace pid {
 
 class Decoder {
@@ -27,13 +29,13 @@ class Decoder {
   void decode(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
               float latent_sigma, int64_t seed, uint8_t* out, size_t out_size);
 
-  // Windowed decoding (pid_sdk/windows.py, the linear blend): any latent size, through windows of `window` output
-  // pixels ({0, 0}: the largest entry that fits inside the output) whose neighbours share `overlap` pixels (-1: a
-  // quarter of the window's shorter side, in whole latent cells). Equal to Python's decode(window=, overlap=) on
-  // the CPU; a window covering the output is `decode`.
+  // Windowed decoding (pid_sdk/windows.py): any latent size, through windows of `window` output pixels ({0, 0}: the
+  // largest entry that fits inside the output) whose neighbours share `overlap` pixels (-1: a quarter of the
+  // window's shorter side, in whole latent cells), blended by `blend`. Equal to Python's decode(window=, overlap=,
+  // blend=) on the CPU; a window covering the output is `decode`.
   void decode_windowed(const float* latent, const std::vector<int64_t>& shape, const std::string& latent_space,
                        float latent_sigma, int64_t seed, std::pair<int64_t, int64_t> window, int64_t overlap,
-                       uint8_t* out, size_t out_size);
+                       uint8_t* out, size_t out_size, Blend blend = Blend::linear);
 
   // {H, W} of a windowed decode of a latent of shape {B, C, h, w}: h and w times the folder's latent cell.
   std::pair<int64_t, int64_t> windowed_output_size(const std::vector<int64_t>& shape) const;

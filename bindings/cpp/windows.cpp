@@ -20,11 +20,15 @@ std::vector<int64_t> starts(int64_t size, int64_t window, int64_t overlap) {
   return out;
 }
 
+constexpr double kPi = 3.141592653589793;  // math.pi
+
 // 1 inside, rising from near 0 over half the window on a side another window covers.
-at::Tensor ramp(int64_t length, int64_t start, int64_t size) {
+at::Tensor ramp(int64_t length, int64_t start, int64_t size, Blend blend) {
   at::Tensor r = at::ones({length}, at::kDouble);
+  if (blend == Blend::flat) return r;
   int64_t span = std::max<int64_t>(1, length / 2);
   at::Tensor rising = (at::arange(span, at::kDouble) + 0.5) / double(span);
+  if (blend == Blend::cosine) rising = at::sin(rising * kPi / 2).pow(2);  // as Python: sin(r * pi / 2) ** 2
   if (start > 0) r.slice(0, 0, span).copy_(at::minimum(r.slice(0, 0, span), rising));
   if (start + length < size) {
     at::Tensor tail = r.slice(0, length - span, length);
@@ -62,11 +66,22 @@ std::vector<Window> plan_windows(int64_t height, int64_t width, std::pair<int64_
   return out;
 }
 
-std::vector<at::Tensor> blend_weights(const std::vector<Window>& windows, int64_t height, int64_t width) {
+Blend parse_blend(const char* name) {
+  std::string text = name ? name : "";
+  if (text.empty() || text == "linear") return Blend::linear;
+  if (text == "cosine") return Blend::cosine;
+  if (text == "flat") return Blend::flat;
+  throw Error(ErrorKind::input, "Unknown blend.", text.substr(0, 80), "linear, cosine or flat",
+              "pass \"linear\" (the default: docs/guide.md, Large images), or NULL");
+}
+
+std::vector<at::Tensor> blend_weights(const std::vector<Window>& windows, int64_t height, int64_t width,
+                                      Blend blend) {
   std::vector<at::Tensor> raw;
   at::Tensor total = at::zeros({height, width}, at::kDouble);
   for (const auto& w : windows) {
-    raw.push_back(ramp(w.height, w.top, height).unsqueeze(1) * ramp(w.width, w.left, width).unsqueeze(0));
+    raw.push_back(ramp(w.height, w.top, height, blend).unsqueeze(1) *
+                  ramp(w.width, w.left, width, blend).unsqueeze(0));
     w.crop(total).add_(raw.back());
   }
   std::vector<at::Tensor> weights;

@@ -1,10 +1,11 @@
-// Windowed decoding as pid_sdk/windows.py plans and blends it (the linear blend): the same windows, in the same
-// order, with weights computed in float64 the same way, so a windowed decode equals Python's on the CPU.
+// Windowed decoding as pid_sdk/windows.py plans and blends it: the same windows, in the same order, with weights
+// computed in float64 the same way for each blend, so a windowed decode equals Python's on the CPU.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -26,7 +27,15 @@ std::pair<std::pair<int64_t, int64_t>, int64_t> check_window(std::pair<int64_t, 
 // Windows covering the output row by row, the last of a row or column flush with the far edge.
 std::vector<Window> plan_windows(int64_t height, int64_t width, std::pair<int64_t, int64_t> window, int64_t overlap);
 
+// The ramp's shape across an overlap (pid_sdk.windows.BLENDS): linear, cosine (flat at both ends), or flat (none:
+// the overlap is the windows' plain mean).
+enum class Blend { linear, cosine, flat };
+
+// "linear", "cosine" or "flat" (NULL or "": linear); anything else is an INPUT error naming the three.
+Blend parse_blend(const char* name);
+
 // Per window, float32 [H_w, W_w] weights ramping across the overlaps, summing to one at every pixel.
-std::vector<at::Tensor> blend_weights(const std::vector<Window>& windows, int64_t height, int64_t width);
+std::vector<at::Tensor> blend_weights(const std::vector<Window>& windows, int64_t height, int64_t width,
+                                      Blend blend = Blend::linear);
 
 }  // namespace pid

@@ -66,11 +66,12 @@ static int same_file(const char *a, const char *b) {
 int main(int argc, char **argv) {
   if (argc < 4) {
     fprintf(stderr, "usage: %s FOLDER LATENT.safetensors OUT.png [--seed N] [--device cpu|cuda] "
-                    "[--latent-space NAME] [--sigma S] [--window HxW|auto] [--overlap N]\n", argv[0]);
+                    "[--latent-space NAME] [--sigma S] [--window HxW|auto] [--overlap N] "
+                    "[--blend linear|cosine|flat]\n", argv[0]);
     return 2;
   }
   const char *folder = argv[1], *latent_path = argv[2], *out_path = argv[3];
-  const char *device = "cpu", *latent_space = NULL;
+  const char *device = "cpu", *latent_space = NULL, *blend = NULL;
   long long seed = 0, overlap = -1;
   float sigma = 0.0f;
   int64_t window[2] = {-1, -1};  /* -1: the whole image; {0, 0}: auto */
@@ -82,6 +83,7 @@ int main(int argc, char **argv) {
     else if (value && !strcmp(argv[i], "--device")) device = value;
     else if (value && !strcmp(argv[i], "--latent-space")) latent_space = value;
     else if (value && !strcmp(argv[i], "--overlap")) overlap = strtoll(value, &end, 10);
+    else if (value && !strcmp(argv[i], "--blend")) blend = value;
     else if (value && !strcmp(argv[i], "--window")) {
       long long h = 0, w = 0;
       char tail = 0;
@@ -123,8 +125,8 @@ int main(int argc, char **argv) {
   size_t image_bytes = (size_t)(out_hw[0] * out_hw[1] * 3);
   uint8_t *rgb = malloc(image_bytes * (size_t)shape[0]);
   size_t rgb_bytes = image_bytes * (size_t)shape[0];
-  int status = windowed ? pid_decode_windowed(decoder, latent, shape, latent_space, sigma, seed, window, overlap,
-                                              rgb, rgb_bytes)
+  int status = windowed ? pid_decode_windowed_blend(decoder, latent, shape, latent_space, sigma, seed, window,
+                                                    overlap, blend, rgb, rgb_bytes)
                         : pid_decode(decoder, latent, shape, latent_space, sigma, seed, rgb, rgb_bytes);
   pid_close(decoder);
   free(latent);
