@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     cuda = torch.device(args.device).type == "cuda"
     machine = {"device": torch.cuda.get_device_name() if cuda else platform.machine(), "torch": torch.__version__,
-               "precision": dec.precision, "model": args.preset or args.model, "steps": args.steps, "date": str(date.today())}
+               "precision": dec.precision, "model": args.preset or args.model, "steps": args.steps,
+               "date": str(date.today())}
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "machine": machine}, indent=1) + "\n")
     return 0

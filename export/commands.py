@@ -24,7 +24,7 @@ def export(args) -> int:
                                  batch=args.batch, precisions=args.precision or ["fp32"],
                                  attention_dtype=args.attention_dtype, variants=variants,
                                  trust_pickle=args.trust_pickle, calib_samples=args.calib_samples,
-                                 format=args.format, device=args.device)
+                                 format=args.format, device=args.device, license=args.license)
     print(f"{args.folder}: {counted(len(manifest.entries), 'entry')} ({manifest.config.name})")
     return 0
 

@@ -102,7 +102,8 @@ def open_or_create(folder: Path, work: Path, loaded: LoadedModel) -> Manifest:
         raise CheckpointError(f"{folder} is not empty and holds no engine set.", fix="export into a new folder")
     tensors = {k: v.detach().float().contiguous() for k, v in loaded.model.state_dict().items()}
     save_safetensors(tensors, work / WEIGHTS, metadata={"preset": loaded.config.name, "source": loaded.path})
-    return Manifest(loaded.config, sha256_file(work / WEIGHTS), [], WEIGHTS)
+    licence = (loaded.manifest or {}).get("license")  # the artefact's (pid_sdk/registry.py), else unknown
+    return Manifest(loaded.config, sha256_file(work / WEIGHTS), [], WEIGHTS, licence)
 
 
 def check_same_weights(folder: Path, manifest: Manifest, loaded: LoadedModel) -> None:
@@ -124,12 +125,13 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
                       sizes: list[Bucket] | None = None, batch: int = 1, precisions: list[str] = ("fp32",),
                       attention_dtype: str | None = None, variants: list[Variant] | None = None,
                       trust_pickle: bool = False, calib_latents=None, calib_samples: int = 4, format: str = "onnx",
-                      device: str = "cpu", log=print) -> Manifest:
+                      device: str = "cpu", license: str | None = None, log=print) -> Manifest:
     """Export into a temporary folder, then move the result into place: a failed export leaves the folder as it
     was (nothing at all for a new one). `format`: "onnx" graphs (ONNX Runtime, TensorRT builds) or "aoti"
     AOTInductor packages compiled for `device` (the C ABI, backend="aoti"). `variants` (precision, attention
     dtype) replaces `precisions` x `attention_dtype`: every graph set a build matrix needs, in one export.
-    `sizes` defaults to the sizes the model was trained at."""
+    `sizes` defaults to the sizes the model was trained at; `license` records the weights' licence (default: the
+    artefact's own, from the registry)."""
     folder = Path(folder)
     variants = list(variants or [(p, attention_dtype) for p in precisions])
     check_options(format, device, variants, batch)
@@ -146,6 +148,7 @@ def export_engine_set(folder: str | Path, *, model: str | None = None, preset: s
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-export-", dir=parent))
     try:
         manifest = open_or_create(folder, work, loaded)
+        manifest.license = license or manifest.license
         progress = Progress(len(sizes) * len(variants), "graph set")
         for bucket in sizes:
             for precision, attention_dtype in variants:

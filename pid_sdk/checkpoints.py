@@ -455,7 +455,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtype: torch.dtype = torch.bfloat16,
-                  source: str = "", latent_space: str | None = None, replace_artefact: bool = False) -> Path:
+                  source: str = "", latent_space: str | None = None, replace_artefact: bool = False,
+                  license: str | None = None) -> Path:
     """Write `model.safetensors` + `manifest.json` atomically (a temporary folder renamed into place).
     `replace_artefact`: an artefact already in `out_dir` is swapped for the new one, never left half-written."""
     from pid_sdk import __version__
@@ -483,6 +484,8 @@ def save_artefact(model: nn.Module, cfg: PiDConfig, out_dir: str | Path, *, dtyp
             "sha256": {MODEL_FILE: sha256_file(tmp / MODEL_FILE)},
             "pid_sdk_version": __version__,
         }
+        if license is not None:  # the weights' licence (pid_sdk/registry.py), shown by info, verify and serve
+            manifest["license"] = license
         manifest["manifest_sha256"] = digest(manifest)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         if replacing:  # the old artefact steps aside only for the rename
@@ -517,6 +520,7 @@ class ArtefactSchema(BaseModel):
     parameters: Annotated[int, Field(ge=0, le=10**12)]
     sha256: dict[Literal["model.safetensors"], Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]]
     pid_sdk_version: Annotated[str, StringConstraints(max_length=32)]
+    license: Annotated[str, StringConstraints(max_length=512)] | None = None
     manifest_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 

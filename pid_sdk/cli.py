@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # where Python lets a handler be set
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # cleans up as Ctrl-C does
     try:
+        _fetch_hub_models(args)
         return _command(args.run)(args)
     except PiDError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -48,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
         warnings.formatwarning = formatwarning
+
+
+def _fetch_hub_models(args) -> None:
+    """Every command's model may be a registry name or hf://OWNER/NAME/PATH: fetched (or found in the Hub cache)
+    and converted once, then the command runs on the local artefact (pid_sdk/registry.py)."""
+    from pid_sdk import registry
+
+    for attr in ("model", "source"):
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and registry.is_hub_source(value):
+            folder, _ = registry.resolve(value, trust_pickle=getattr(args, "trust_pickle", False))
+            setattr(args, attr, str(folder))
 
 
 def _one_line(message, category, filename, lineno, line=None) -> str:
@@ -91,6 +104,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "latent-noise-prob": (("--latent-noise-prob",), dict(type=float, default=0.5, help="share of samples with a "
                           "noised latent (sigma_latent ~ U[0, 0.8]); lower it to train for clean latents")),
     "resume": (("--resume",), dict(action="store_true", help="continue the run in OUT")),
+    "license": (("--license",), dict(help="the weights' licence, recorded in the manifest (default: the artefact's "
+                                          "own, from the registry; `pid-sdk models` lists them)")),
 }
 TRAINING_DATA = ("data", "tae", "tae-dir", "crop-size", "buckets", "crop", "augment", "latent-noise-prob", "resume")
 
@@ -106,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"pid-sdk {__version__}")
     sub = p.add_subparsers(required=True, metavar="command")
     for declare in (_info_arguments, _convert_arguments, _decode_arguments, _export_arguments, _build_arguments,
-                    _train_arguments, _distill_arguments, _serve_arguments, _compare_arguments, _verify_arguments):
+                    _train_arguments, _distill_arguments, _serve_arguments, _compare_arguments, _verify_arguments,
+                    _models_arguments, _download_arguments):
         declare(sub)
     for command in sub.choices.values():
         _show_defaults(command)
@@ -130,6 +146,19 @@ def _info_arguments(sub) -> None:
     p.set_defaults(run=_info)
 
 
+def _models_arguments(sub) -> None:
+    p = sub.add_parser("models", help="the released PiD checkpoints loadable by name (Hugging Face Hub)")
+    p.set_defaults(run=_models)
+
+
+def _download_arguments(sub) -> None:
+    p = sub.add_parser("download", help="fetch a released model into the Hub cache, convert it once, print where")
+    p.add_argument("name", help="a name from `pid-sdk models`, or hf://OWNER/NAME/PATH")
+    p.add_argument("--revision", help="a branch, tag or commit of the repository (default: main)")
+    _add(p, "trust-pickle")
+    p.set_defaults(run=_download)
+
+
 def _convert_arguments(sub) -> None:
     p = sub.add_parser("convert", help="write the SDK artefact (model.safetensors + manifest.json)")
     p.add_argument("source", help="official .pth, safetensors repack, or artefact folder")
@@ -137,7 +166,7 @@ def _convert_arguments(sub) -> None:
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--preset", help="force a preset instead of detecting it from the keys")
     p.add_argument("--latent-space", help="record the latent space the model decodes")
-    _add(p, "trust-pickle")
+    _add(p, "trust-pickle", "license")
     p.set_defaults(run=_convert)
 
 
@@ -200,7 +229,7 @@ def _export_arguments(sub) -> None:
                    help="the device AOTInductor packages are compiled for (cuda: on a CUDA host)")
     p.add_argument("--matrix", help="export every precision and attention dtype a build matrix's targets build from "
                    "(engines/matrix.json), for `pid-sdk build --matrix`")
-    _add(p, "trust-pickle")
+    _add(p, "trust-pickle", "license")
     p.set_defaults(run="export.commands:export")
 
 
@@ -323,20 +352,52 @@ def _info(args) -> int:
     if args.preset:
         cfg, params, source = get_preset(args.preset), None, "preset"
     elif args.model and is_engine_dir(args.model):
+        from pid_sdk.registry import UNKNOWN
+
         manifest = read_engine_manifest(args.model)
         print(describe(manifest.config, None, f"engine folder {args.model}"))
+        print(f"licence:       {manifest.license or UNKNOWN}")
         print(f"{counted(len(manifest.entries), 'entry')}:")
         print(entry_table(manifest.entries))
         return 0
     elif args.model:
         from pid_sdk.checkpoints import load_checkpoint
 
+        from pid_sdk.registry import UNKNOWN
+
         loaded = load_checkpoint(args.model, trust_pickle=args.trust_pickle)
         cfg, source = loaded.config, f"{loaded.source} ({loaded.path})"
         params = sum(p.numel() for p in loaded.model.parameters())
+        licence = (loaded.manifest or {}).get("license") or UNKNOWN
     else:
         raise InputError("info needs a model path, --preset NAME or --presets.", fix="pid-sdk info model.pth")
     print(describe(cfg, params, source))
+    if args.model:
+        print(f"licence:       {licence}")
+    return 0
+
+
+def _models(args) -> int:
+    from pid_sdk.registry import REGISTRY
+
+    rows = [("name", "repository / file", "latent", "scale", "trained up to", "RoPE ref", "licence")]
+    for e in REGISTRY:
+        largest = max(e.trained_sizes, key=lambda s: s[0] * s[1])
+        rows.append((e.name, f"{e.repo}/{e.file}", e.latent_space, f"x{e.scale}", f"{largest[0]}x{largest[1]}",
+                     str(e.rope_ref), e.license.split(" ")[0] + (f" ({e.note})" if e.note else "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows))
+    print("load: Decoder.load('nvidia/PiD', variant=NAME), Decoder.load(NAME), or --model NAME on the command line;\n"
+          "licences in full: pid-sdk info NAME")
+    return 0
+
+
+def _download(args) -> int:
+    from pid_sdk import registry
+
+    folder, entry = registry.resolve(args.name, revision=args.revision, trust_pickle=args.trust_pickle)
+    print(f"{entry.url} -> {folder}")
+    print(f"licence: {entry.license}")
     return 0
 
 
@@ -394,7 +455,8 @@ def _convert(args) -> int:
         get_latent_space(args.latent_space)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     out = save_artefact(loaded.model, loaded.config, args.output, dtype=dtype,
-                        source=f"{loaded.source}:{Path(args.source).name}", latent_space=args.latent_space)
+                        source=f"{loaded.source}:{Path(args.source).name}", latent_space=args.latent_space,
+                        license=args.license or (loaded.manifest or {}).get("license"))
     print(f"wrote {out} ({loaded.config.name}, {args.dtype}, {len(loaded.dropped)} training-only tensors dropped)")
     return 0
 
@@ -467,7 +529,11 @@ def _check_model(path: str) -> None:
 def _verify(args) -> int:
     from pid_sdk.runtime.integrity import verify_folder
 
+    from pid_sdk.registry import UNKNOWN
+    from pid_sdk.runtime.manifest import read_engine_manifest
+
     checks = verify_folder(args.folder)
+    print(f"licence: {read_engine_manifest(args.folder, verify=False).license or UNKNOWN}")
     for c in checks:
         print(c)
     failed = sum(not c.ok for c in checks)

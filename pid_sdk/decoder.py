@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pid_sdk import inputs
+from pid_sdk import inputs, registry
 from pid_sdk.checkpoints import LoadedModel, load_checkpoint
 from pid_sdk.config import PiDConfig, get_preset
 from pid_sdk.errors import ConfigError, InputError, NumericsError, counted
@@ -43,6 +43,7 @@ class Decoder:
         self.max_pixels = inputs.MAX_PIXELS  # output pixels of one call: bounds the memory a request can take
         self._told_windows: set[tuple[int, int]] = set()  # sizes an engine folder decodes through windows
         self.max_memory: int | None = None  # bytes a decode may take (estimated), unless decode(max_memory=) says
+        self.license: str | None = None  # the weights' licence where the artefact or manifest records it
         self._params: int | None = None
 
     @classmethod
@@ -67,14 +68,17 @@ class Decoder:
             return cls(loaded.config, None, source=loaded.path)
         # By default parameters stay fp32 and bf16 comes from autocast: the official precision policy (spec 7.4).
         runtime = TorchRuntime(prepare_model(loaded.model, chosen, dev), dev, precision, chosen)
-        return cls(loaded.config, runtime, text_encoder=text_encoder, source=loaded.path)._budget(max_memory)
+        decoder = cls(loaded.config, runtime, text_encoder=text_encoder, source=loaded.path)
+        decoder.license = (loaded.manifest or {}).get("license")
+        return decoder._budget(max_memory)
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, preset: str | None = None, seed: int = 0,
              backend: str = "auto", device: str | torch.device | None = None, precision: str | None = None,
              trust_pickle: bool = False, text_encoder=None, device_info=None, providers=None,
              speed: Speed | str | None = None, verify: bool = True,
-             max_memory: int | str | None = None) -> Decoder:
+             max_memory: int | str | None = None, variant: str | None = None,
+             revision: str | None = None) -> Decoder:
         """An engine folder, an artefact folder, an official/repacked checkpoint, or `preset=` with random weights.
 
         For an engine folder `backend` picks TensorRT, ONNX Runtime or PyTorch; "auto" takes, per decode, the first
@@ -84,6 +88,10 @@ class Decoder:
         manifest's sha256; `verify=False` is the explicit opt-out for folders whose manifest has lost its hashes
         (paths are confined regardless). `max_memory` (bytes, or "16GiB") bounds every decode's estimated peak
         (`estimate_memory`): larger outputs decode as windows that fit, windows run batched as far as it allows.
+
+        Released models load by name from the Hugging Face Hub (pid_sdk/registry.py, `pid-sdk models`):
+        `load("nvidia/PiD", variant="flux1-2k")`, `load("flux1-2k")`, or any file as `load("hf://OWNER/NAME/PATH")`,
+        at `revision`; the file is fetched into the Hub cache and converted once into an artefact beside it.
         """
         if path is None and preset is None:
             raise ConfigError("Decoder.load needs a path or a preset.",
@@ -94,6 +102,12 @@ class Decoder:
                               fix="Decoder.load('path/to/model')")
         trust_pickle, verify = inputs.check_flag("trust_pickle", trust_pickle), inputs.check_flag("verify", verify)
         max_memory = None if max_memory is None else parse_memory(max_memory)  # refused before loading anything
+        if path is not None and registry.is_hub_source(path, variant):
+            path, _ = registry.resolve(str(path), variant, revision, trust_pickle)
+            preset = None  # the artefact holds its network
+        elif variant is not None or revision is not None:
+            raise ConfigError("variant= and revision= name a model of the Hub, not a path.", received=str(path),
+                              fix="pass a repository (e.g. 'nvidia/PiD') or hf://OWNER/NAME/PATH, or drop them")
         _check_text_encoder(text_encoder)
         if path is not None and is_engine_dir(path):
             from pid_sdk.runtime.open_folder import open_engine_set
@@ -106,7 +120,9 @@ class Decoder:
 
             manifest, runtime = open_engine_set(path, backend, device_info, providers, verify=verify,
                                                 precision=precision)
-            return cls(manifest.config, runtime, text_encoder=text_encoder, source=str(path))._budget(max_memory)
+            decoder = cls(manifest.config, runtime, text_encoder=text_encoder, source=str(path))
+            decoder.license = manifest.license
+            return decoder._budget(max_memory)
         if backend not in ("auto", "pytorch"):
             raise ConfigError(f"A checkpoint runs on the PyTorch backend, not {backend}.", received=str(path),
                               fix="export and build engines first (pid-sdk export / pid-sdk build)")

@@ -139,6 +139,16 @@ class DecoderServer:
     async def healthz(self):
         return {"status": "ok", "model": self.options.model, "backend": self.decoder.backend_name}
 
+    @app.get("/v1/model")
+    async def model(self):
+        """What this replica decodes with, the weights' licence included."""
+        from pid_sdk.registry import UNKNOWN
+
+        dec = self.decoder
+        return {"model": self.options.model, "preset": dec.config.name, "latent_space": dec.latent_space,
+                "scale": dec.config.adapter.sr_scale, "trained_sizes": [list(s) for s in dec.config.trained_sizes],
+                "backend": dec.backend_name, "license": dec.license or UNKNOWN}
+
     @app.post("/v1/decode")
     async def decode(self, request: Request, query: Annotated[DecodeQuery, Query()]):
         if self.pending >= self.options.max_queue:
@@ -286,6 +296,8 @@ def run_server(options: ServeOptions, log=print) -> None:
 
     import ray
 
+    from pid_sdk.registry import license_of
+
     stop = threading.Event()
     owns_ray = options.address is None and not ray.is_initialized()
     options = replace(options, threads=options.threads or replica_threads(options))
@@ -296,7 +308,8 @@ def run_server(options: ServeOptions, log=print) -> None:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(build_app(options), name="pid-sdk", route_prefix="/", blocking=False)
         log(f"pid-sdk serve: {options.model} at http://{options.host}:{options.port} "
-            f"(POST /v1/decode, GET /healthz; Ctrl-C stops)", flush=True)
+            f"(POST /v1/decode, GET /v1/model, GET /healthz; Ctrl-C stops)", flush=True)
+        log(f"pid-sdk serve: licence of the weights: {license_of(options.model)}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:  # the local Ray instance this command started goes with it; on a cluster, only this application

@@ -66,6 +66,9 @@ case("window", "an overlap as large as the window")(
 case("window", "overlap= without a window")(lambda t, d: d.decode(z(1, 16, 2, 5), overlap=32))
 case("window", "an unknown blend")(lambda t, d: d.decode(z(1, 16, 2, 5), window=(64, 64), blend="soft"))
 case("window", "decode --window wide")(lambda t, d: _cli_decode(t, t / "o.png", "--window", "wide"))
+case("load", "a variant the registry lacks")(lambda t, d: pid_sdk.Decoder.load("nvidia/PiD", variant="flux3-2k"))
+case("load", "hf:// without a file")(lambda t, d: pid_sdk.Decoder.load("hf://nvidia/PiD"))
+case("load", "variant= beside a local path")(lambda t, d: pid_sdk.Decoder.load(str(t), variant="flux1-2k"))
 case("window", "max_memory='lots'")(lambda t, d: d.decode(z(1, 16, 2, 5), max_memory="lots"))
 case("window", "a max_memory no window of the output fits in")(
     lambda t, d: d.decode(z(1, 16, 6, 6), max_memory="1MiB"))

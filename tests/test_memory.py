@@ -93,7 +93,11 @@ def test_windows_per_call_auto_stacks_as_many_windows_as_the_budget_allows():
     two = dec.estimate_memory(256, 256, window=(64, 64), windows_per_call=2).total
     calls = []
     original = dec._step
-    dec._step = lambda windows, blend, per_call, **kw: calls.append(per_call) or original(windows, blend, per_call, **kw)
+    def spy(windows, blend, per_call, **kw):  # the real step, its windows per call noted
+        calls.append(per_call)
+        return original(windows, blend, per_call, **kw)
+
+    dec._step = spy
     one_by_one = dec.decode(z, steps=2, window=(64, 64))
     stacked = dec.decode(z, steps=2, window=(64, 64), max_memory=two)
     assert calls == [1, 2]
@@ -105,7 +109,8 @@ def test_a_decode_that_cannot_fit_is_refused_with_what_it_needs():
     need = dec.estimate_memory(256, 256, window=(64, 64)).total
     with pytest.raises(InputError, match=r"needs more memory than max_memory allows") as err:
         dec.decode(latent(256), max_memory=need - 1)
-    assert "at least" in str(err.value) and "windows of 64x64" in str(err.value) and "raise max_memory" in str(err.value)
+    message = str(err.value)
+    assert "at least" in message and "windows of 64x64" in message and "raise max_memory" in message
     with pytest.raises(InputError, match=r"windows of 64x64, 4 per call"):
         dec.decode(latent(256), window=(64, 64), windows_per_call=4, max_memory=need + 1)
 

@@ -105,6 +105,10 @@ def test_health_and_the_sample_decodes_as_the_cli_does(server, tmp_path):
     url, _, _ = server
     with urllib.request.urlopen(f"{url}/healthz", timeout=60) as r:
         assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+    with urllib.request.urlopen(f"{url}/v1/model", timeout=60) as r:
+        model = json.loads(r.read())
+    assert model["preset"] == "demo-flux1" and model["latent_space"] == "flux1" and model["license"].startswith("unknown")
+    assert "licence of the weights: unknown" in server[2].read_text()
     status, headers, png = post(url, SAMPLE.read_bytes(), "?seed=0&steps=4&latent_sigma=0&latent_space=flux1")
     assert status == 200 and headers["content-type"] == "image/png"
     from pid_sdk.cli import main

@@ -162,6 +162,7 @@ class ManifestSchema(BaseModel):
     model_sha256: Hex64 | None
     weights: RelPath | None
     entries: Annotated[list[EntrySchema], Field(max_length=4096)]
+    license: Annotated[str, StringConstraints(max_length=512)] | None = None
     manifest_sha256: Hex64 | None = None
 
 
@@ -171,11 +172,13 @@ class Manifest:
     model_sha256: str
     entries: list[Entry]
     weights: str | None = None  # relative path of the shared weights file
+    license: str | None = None  # the weights' licence (pid_sdk/registry.py), None where unknown
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "format_version": VERSION, "preset": self.config.name,
+        data = {"format": FORMAT, "format_version": VERSION, "preset": self.config.name,
                 "config": self.config.to_dict(), "model_sha256": self.model_sha256, "weights": self.weights,
                 "entries": [e.to_dict() for e in self.entries]}
+        return data if self.license is None else {**data, "license": self.license}
 
     def add(self, entry: Entry) -> None:
         self.entries = [e for e in self.entries if e.key != entry.key] + [entry]
@@ -214,7 +217,7 @@ def read_engine_manifest(folder: str | Path, *, verify: bool = True) -> Manifest
                               expected="a manifest written by pid-sdk export / build", fix=fix) from None
     check_digest(data, path, verify, fix)
     manifest = Manifest(PiDConfig.from_dict(schema.config), schema.model_sha256,
-                        [Entry.from_dict(e) for e in data["entries"]], schema.weights)
+                        [Entry.from_dict(e) for e in data["entries"]], schema.weights, schema.license)
     for rel in manifest_paths(manifest):
         inside(folder, rel)
     return manifest
