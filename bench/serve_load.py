@@ -1,10 +1,11 @@
 """A bounded load test of `pid-sdk serve` on this machine (loopback only; a fixed number of requests; stops itself).
 
-    python bench/serve_load.py [--model pid_sdk/data/demo-flux1] [--requests 32] [--out docs/results/serve.json]
+    python bench/serve_load.py [--model pid_sdk/data/demo-flux1] [--requests 32] [--replicas 1 2] [--out FILE]
 
-Starts the server twice, with batching on (--max-batch 8) and off (--max-batch 1), and at 1, 4 and 16 concurrent
-clients sends `--requests` decodes of the bundled sample latent (512x512 out, 4 steps, a seed each); prints
-throughput and p50 / p95 / p99 latency per setting as a markdown table with the machine and date.
+Starts the server for each setting, with batching on (--max-batch 8) and off (--max-batch 1) and each number of
+`--replicas` (the machine's threads shared among them), and at 1, 4 and 16 concurrent clients sends `--requests`
+decodes of the bundled sample latent (512x512 out, 4 steps, a seed each) once /readyz says the replicas are warm;
+prints throughput and p50 / p95 / p99 latency per setting as a markdown table with the machine and date.
 """
 
 from __future__ import annotations
@@ -29,21 +30,35 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "sample_latent_flux1.safetensors"
 
 
-def start(model: str, max_batch: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start(model: str, max_batch: int, log: Path, replicas: int = 1) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     exe = Path(sys.executable).with_name("pid-sdk")
     proc = subprocess.Popen([str(exe), "serve", model, "--port", str(port), "--max-batch", str(max_batch),
-                             "--batch-wait-ms", "20", "--max-queue", "256"], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+                             "--batch-wait-ms", "20", "--max-queue", "256", "--replicas", str(replicas),
+                             "--warmup", "512x512"], stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while "Ctrl-C stops" not in log.read_text():
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             raise SystemExit(f"the server did not start:\n{log.read_text()[-2000:]}")
         time.sleep(1)
-    return proc, f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"
+    while not ready(url):
+        if time.time() > deadline:
+            proc.kill()
+            raise SystemExit(f"the replicas did not warm up:\n{log.read_text()[-2000:]}")
+        time.sleep(1)
+    return proc, url
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=10) as r:
+            return r.status == 200
+    except OSError:  # 503 while warming (HTTPError is an OSError), or not listening yet
+        return False
 
 
 def one(url: str, body: bytes, seed: int) -> float:
@@ -72,23 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=str(ROOT / "pid_sdk" / "data" / "demo-flux1"))
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     rows = []
-    for batching, max_batch in (("on", 8), ("off", 1)):
-        log = Path(os.environ.get("TMPDIR", "/tmp")) / f"pid-serve-load-{max_batch}.log"
-        proc, url = start(args.model, max_batch, log)
-        try:
-            rows += [{"batching": batching, **load(url, c, args.requests)} for c in args.clients]
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=120)
+    for replicas in args.replicas:
+        for batching, max_batch in (("on", 8), ("off", 1)):
+            log = Path(os.environ.get("TMPDIR", "/tmp")) / f"pid-serve-load-{replicas}-{max_batch}.log"
+            proc, url = start(args.model, max_batch, log, replicas)
+            try:
+                rows += [{"replicas": replicas, "batching": batching, **load(url, c, args.requests)}
+                         for c in args.clients]
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=300)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch CPU"
     print(f"{date.today().isoformat()}, {machine}, {Path(args.model).name}, 512x512, 4 steps\n")
-    print("| batching | clients | images/s | p50 s | p95 s | p99 s |\n|---|---|---|---|---|---|")
+    print("| replicas | batching | clients | images/s | p50 s | p95 s | p99 s |\n|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batching']} | {r['clients']} | {r['images_per_s']:.2f} | {r['p50_s']:.2f} | {r['p95_s']:.2f} | "
-              f"{r['p99_s']:.2f} |")
+        print(f"| {r['replicas']} | {r['batching']} | {r['clients']} | {r['images_per_s']:.2f} | {r['p50_s']:.2f} | "
+              f"{r['p95_s']:.2f} | {r['p99_s']:.2f} |")
     if args.out:
         args.out.write_text(json.dumps({"date": date.today().isoformat(), "machine": machine, "rows": rows},
                                        indent=2) + "\n")

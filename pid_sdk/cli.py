@@ -22,7 +22,7 @@ from pid_sdk.errors import ConfigError, InputError, PiDError, counted
 
 MAX_FILE_LATENTS = 1024  # images one `pid-sdk decode` writes
 SPEED_NAMES = ("reference", "bf16", "fast", "fp8", "fp8-torchao", "fast-autotune", "fp8-attention")  # runtime.speed
-OPTION_EXAMPLES = (("--batch-wait-ms", "10"), ("--max-body-mb", "64"), ("--num-gpus", "1"))
+OPTION_EXAMPLES = (("--batch-wait-ms", "10"), ("--max-body-mb", "64"), ("--num-gpus", "1"), ("--timeout-s", "30"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,6 +314,11 @@ def _serve_arguments(sub) -> None:
     p.add_argument("--address", help="join this Ray cluster (default: start a local Ray instance)")
     p.add_argument("--max-memory", help="e.g. 16GiB per replica: larger requests decode as windows that fit, "
                                         "those that cannot fit get 400")
+    p.add_argument("--timeout-s", type=float, help="a request's deadline (504 past it) unless its ?timeout= says")
+    p.add_argument("--metrics-port", type=int, help="where Ray exports the Prometheus metrics (ray_pid_*: latency, "
+                   "batch sizes, queue depth, errors, images) at /metrics; a local Ray instance only")
+    p.add_argument("--warmup", action="append", metavar="HxW", help="an output size each replica decodes once before "
+                   "/readyz says ready (repeatable; default: an engine folder's sizes, none for a checkpoint)")
     p.set_defaults(run=_serve)
 
 
@@ -483,8 +488,11 @@ def _serve(args) -> int:
 
     for name, high in (("port", 65535), ("replicas", 1024), ("max_batch", 256), ("max_queue", 100000)):
         check_int(f"--{name.replace('_', '-')}", getattr(args, name), 1, high, "1, 2, 3, ...")
+    if args.metrics_port is not None:
+        check_int("--metrics-port", args.metrics_port, 1, 65535, "8080")
     for flag, value, low, high in (("--batch-wait-ms", args.batch_wait_ms, 0, 60_000),
                                    ("--max-body-mb", args.max_body_mb, 1e-3, 4096),
+                                   ("--timeout-s", 1 if args.timeout_s is None else args.timeout_s, 1e-3, 3600),
                                    ("--num-gpus", 1 if args.num_gpus is None else args.num_gpus, 0, 64)):
         if not (math.isfinite(value) and low <= value <= high):  # nan passes every comparison but this one
             raise InputError(f"{flag} is out of range.", received=value, expected=f"a number in [{low}, {high}]",
@@ -504,8 +512,15 @@ def _serve(args) -> int:
     _check_model(args.model)  # refused here with its message, not as a failed replica
     run_server(ServeOptions(args.model, args.host, args.port, args.replicas, args.max_batch, args.batch_wait_ms,
                             args.backend, int(args.max_body_mb * 2**20), args.max_queue, args.num_gpus, autoscaling,
-                            args.address, max_memory=max_memory))
+                            args.address, max_memory=max_memory, timeout_s=args.timeout_s,
+                            warmup=_warmup_sizes(args.warmup), metrics_port=args.metrics_port))
     return 0
+
+
+def _warmup_sizes(texts: list[str] | None) -> tuple[tuple[int, int], ...] | None:
+    from pid_sdk.buckets import Bucket
+
+    return None if texts is None else tuple((b.height, b.width) for b in map(Bucket.parse, texts))
 
 
 def _memory(text: str | None) -> int | None:

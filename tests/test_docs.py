@@ -43,6 +43,9 @@ SKIPPED = {
                                                                                "tests/test_bench.py at test size",
     ("serving.md", "pip install -e \".[serve]\""): "a server: tests/test_serve.py",
     ("serving.md", "curl --data-binary @samples/sample_latent_flux1.safetensors"): "a server: tests/test_serve.py",
+    ("serving.md", "curl -s -D - -o out.png -H \"X-Request-Id: job-42\""): "a server: tests/test_serve.py",
+    ("serving.md", "pid-sdk serve pid_sdk/data/demo-flux1 --port 8000 --metrics-port 8080 &"):
+        "a server: tests/test_serve.py",
     ("training.md", "pid-sdk train runs/demo --preset demo-flux1"): "hours of training: tests/test_training.py",
     ("training.md", "pid-sdk distill build/dmd --teacher build/gpu-late"): "hours of distillation: "
                                                                           "tests/test_training.py",
