@@ -96,7 +96,7 @@ def is_hub_source(source: str | Path, variant: str | None = None) -> bool:
     text = str(source)
     if text.startswith("hf://"):
         return True
-    if Path(text).exists():
+    if os.path.exists(text):  # False, not an OSError, for a path the system refuses (too long, NUL)
         return False
     return variant is not None or any(text == e.name for e in REGISTRY)
 

@@ -129,5 +129,6 @@ def test_a_local_path_wins_over_a_name_and_takes_no_variant(tmp_path, monkeypatc
     (tmp_path / "flux1-2k").mkdir()
     assert registry.is_hub_source("hf://a/b/c") and registry.is_hub_source("flux1-2k", None) is False
     assert registry.is_hub_source("nvidia/PiD", "flux1-2k") and not registry.is_hub_source("nvidia/PiD")
+    assert not registry.is_hub_source("/tmp/" + "x" * 5000)  # a path the system refuses is a path, not a name
     with pytest.raises(ConfigError, match="variant= and revision= name a model of the Hub, not a path"):
         pid_sdk.Decoder.load(str(tmp_path), revision="main")
