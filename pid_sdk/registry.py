@@ -98,7 +98,7 @@ def is_hub_source(source: str | Path, variant: str | None = None) -> bool:
         return True
     if os.path.exists(text):  # False, not an OSError, for a path the system refuses (too long, NUL)
         return False
-    return variant is not None or any(text == e.name for e in REGISTRY)
+    return variant is not None or any(text in (e.name, e.repo) for e in REGISTRY)
 
 
 def find(source: str, variant: str | None = None) -> RegistryEntry:
@@ -109,10 +109,12 @@ def find(source: str, variant: str | None = None) -> RegistryEntry:
         if entry.name == name and repo in (None, entry.repo):
             return entry
     names = ", ".join(e.name for e in REGISTRY if repo in (None, e.repo)) or "(none in this repository)"
+    repository = any(e.repo == name for e in REGISTRY)  # a repository named without its variant
     raise ConfigError(f"No registered PiD model named {name!r}" + (f" in {repo}." if repo else "."),
                       received=f"{source!r}" + (f", variant={variant!r}" if variant else ""),
-                      expected=names, fix="pick one of those (`pid-sdk models` lists them with their files), or pass "
-                                          "hf://REPO/PATH for any file")
+                      expected=names, fix=(f"pass variant= one of those ({name!r} holds several models)" if repository
+                                           else "pick one of those (`pid-sdk models` lists them with their files)")
+                      + ", or pass hf://REPO/PATH for any file")
 
 
 def parse_hf(text: str) -> tuple[str, str]:
@@ -149,11 +151,16 @@ def download(entry: RegistryEntry, revision: str | None = None) -> Path:
         raise ConfigError(f"{entry.url} is not in the local Hugging Face cache"
                           + (" and HF_HUB_OFFLINE is set." if offline else " and the Hub cannot be reached."),
                           received=f"revision {revision or 'main'}, cache {_cache_dir()}",
-                          fix=f"pid-sdk download {entry.name} (on a machine with network; then copy the cache), "
-                              "or pass the file's path") from None
+                          fix=f"pid-sdk download {command_name(entry)} (on a machine with network; then copy the "
+                              "cache), or pass the file's path") from None
     except (EntryNotFoundError, RepositoryNotFoundError) as exc:
         raise ConfigError(f"{entry.url} does not exist on the Hub (or needs a token).", received=str(exc)[:200],
                           fix="check the name (`pid-sdk models`), or set HF_TOKEN for a gated repository") from None
+
+
+def command_name(entry: RegistryEntry) -> str:
+    """What `pid-sdk download` takes for this entry: its registry name, else its hf:// path."""
+    return entry.name if entry in REGISTRY else entry.url
 
 
 def _cache_dir() -> str:

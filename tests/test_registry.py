@@ -75,6 +75,9 @@ def test_a_missing_file_names_the_command_that_fetches_it(tmp_path):
     assert "fix: pid-sdk download flux1-2k" in run.stderr
     cli = offline(tmp_path, "from pid_sdk.cli import main; raise SystemExit(main(['download', 'sd3-2kto4k']))")
     assert cli.returncode == 2 and "pid-sdk download sd3-2kto4k" in cli.stderr and "Traceback" not in cli.stderr
+    url = "hf://Comfy-Org/PixelDiT/not_here.safetensors"  # outside the registry: the command takes the hf:// path
+    cli = offline(tmp_path, f"from pid_sdk.cli import main; raise SystemExit(main(['info', {url!r}]))")
+    assert cli.returncode == 2 and f"fix: pid-sdk download {url}" in cli.stderr, cli.stderr[-2000:]
 
 
 def test_every_command_takes_an_hf_url_offline(tmp_path):
@@ -116,19 +119,22 @@ def test_the_registry_lists_every_released_checkpoint_with_a_network_it_loads_as
     ("nvidia/PiD", "flux3-2k", "No registered PiD model named 'flux3-2k' in nvidia/PiD"),
     ("Comfy-Org/PixelDiT", "flux1-2k", "No registered PiD model named 'flux1-2k' in Comfy-Org/PixelDiT"),
     ("hf://nvidia/PiD", None, "hf:// takes a repository and a file in it"),
+    ("nvidia/PiD", None, "No registered PiD model named 'nvidia/PiD'"),
     ("hf://nvidia//x.pth", None, "hf:// takes a repository and a file in it"),
 ])
 def test_a_name_the_registry_lacks_is_refused_with_the_names_it_has(source, variant, message):
     with pytest.raises(ConfigError, match=message) as err:
         pid_sdk.Decoder.load(source, variant=variant)
     assert "pid-sdk models" in str(err.value) or "hf://" in str(err.value)
+    if source == "nvidia/PiD" and variant is None:
+        assert "pass variant= one of those" in str(err.value) and "flux1-2k" in str(err.value)
 
 
 def test_a_local_path_wins_over_a_name_and_takes_no_variant(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "flux1-2k").mkdir()
     assert registry.is_hub_source("hf://a/b/c") and registry.is_hub_source("flux1-2k", None) is False
-    assert registry.is_hub_source("nvidia/PiD", "flux1-2k") and not registry.is_hub_source("nvidia/PiD")
+    assert registry.is_hub_source("nvidia/PiD", "flux1-2k") and registry.is_hub_source("nvidia/PiD")
     assert not registry.is_hub_source("/tmp/" + "x" * 5000)  # a path the system refuses is a path, not a name
     with pytest.raises(ConfigError, match="variant= and revision= name a model of the Hub, not a path"):
         pid_sdk.Decoder.load(str(tmp_path), revision="main")
