@@ -420,13 +420,9 @@ def entry_table(entries) -> str:
 
 def describe(cfg, params: int | None, source: str) -> str:
     from pid_sdk.memory import estimate_memory, format_bytes
-    from pid_sdk.model import build_model
+    from pid_sdk.model import parameter_count
 
-    if params is None:
-        import torch
-
-        with torch.device("meta"):
-            params = sum(p.numel() for p in build_model(cfg).parameters())
+    params = parameter_count(cfg) if params is None else params
     lines = [f"preset:        {cfg.name}", f"description:   {cfg.description}", f"source:        {source}",
              f"parameters:    {params:,}", f"latent space:  {cfg.latent_space or '(none: text-to-image backbone)'}"]
     b, a = cfg.backbone, cfg.adapter
@@ -542,13 +538,11 @@ def _check_model(path: str) -> None:
 
 
 def _verify(args) -> int:
+    from pid_sdk.registry import license_of
     from pid_sdk.runtime.integrity import verify_folder
 
-    from pid_sdk.registry import UNKNOWN
-    from pid_sdk.runtime.manifest import read_engine_manifest
-
     checks = verify_folder(args.folder)
-    print(f"licence: {read_engine_manifest(args.folder, verify=False).license or UNKNOWN}")
+    print(f"licence: {license_of(args.folder)}")
     for c in checks:
         print(c)
     failed = sum(not c.ok for c in checks)

@@ -16,7 +16,7 @@ from pid_sdk.config import PiDConfig, get_preset
 from pid_sdk.errors import ConfigError, InputError, NumericsError, counted
 from pid_sdk.latents import LatentSpace, get_latent_space
 from pid_sdk.memory import MemoryEstimate, estimate_memory, format_bytes, parse_memory
-from pid_sdk.model import build_model, randomize
+from pid_sdk.model import build_model, parameter_count, randomize
 from pid_sdk.runtime.manifest import is_engine_dir
 from pid_sdk.runtime.speed import Speed, get_speed, prepare_model
 from pid_sdk.runtime.torch_backend import TorchRuntime
@@ -268,9 +268,9 @@ class Decoder:
         batch, _, height, width = shape
         need = partial(self.estimate_memory, height, width, batch=batch, overlap=overlap)
         why = None
-        if window is None and budget is not None and need().total > budget:  # windows that fit instead
-            whole = format_bytes(need().total)
-            window, why = "auto", f"its whole-image decode (~{whole}) would pass max_memory={format_bytes(budget)}"
+        if window is None and budget is not None and (whole := need().total) > budget:  # windows that fit instead
+            window, why = "auto", f"its whole-image decode (~{format_bytes(whole)}) would pass max_memory=" \
+                                  f"{format_bytes(budget)}"
         if window == "auto" and budget is not None:
             window = self._window_within(shape, cell, budget, need)
         windows = self._windows(window, overlap, height, width, cell)
@@ -286,8 +286,8 @@ class Decoder:
         size = (windows[0].height, windows[0].width)
         if per_call == "auto":
             per_call = self._windows_per_call(size, len(windows), batch, budget, need)
-        if budget is not None and need(window=size, windows_per_call=per_call).total > budget:
-            raise _over_budget(budget, size, need(window=size, windows_per_call=per_call), shape, per_call)
+        if budget is not None and (chosen := need(window=size, windows_per_call=per_call)).total > budget:
+            raise _over_budget(budget, size, chosen, shape, per_call)
         return windows, per_call
 
     def _windows(self, window, overlap, height: int, width: int, cell: int) -> list[Window] | None:
@@ -315,10 +315,14 @@ class Decoder:
     def _window_sizes(self) -> list[tuple[int, int]]:
         """Sizes a window may take: an engine folder's buckets (its engines run no others), else the model's
         trained sizes."""
+        buckets = self.bucket_sizes
+        return buckets if buckets is not None else sorted(set(map(tuple, self.config.trained_sizes)))
+
+    @property
+    def bucket_sizes(self) -> list[tuple[int, int]] | None:
+        """An engine folder's output sizes (its entries' buckets), sorted; None for a checkpoint."""
         manifest = getattr(self.runtime, "manifest", None)
-        if manifest is not None:
-            return sorted({e.bucket for e in manifest.entries})
-        return sorted(set(map(tuple, self.config.trained_sizes)))
+        return None if manifest is None else sorted({e.bucket for e in manifest.entries})
 
     def _bucket_windows(self, shape: tuple[int, ...], cell: int, budget: int | None, need):
         """An engine folder without an engine of this size decodes it through windows of its buckets (said once
@@ -350,13 +354,10 @@ class Decoder:
         if window is not None and overlap is None:
             cell = self.config.adapter.latent_factor * self.config.adapter.sr_scale
             overlap = default_overlap(min(window[0], height), min(window[1], width), cell)
+        model = getattr(self.runtime, "model", None)  # an engine folder has none: counted from its config
         if self._params is None:
-            model = getattr(self.runtime, "model", None)
-            if model is None:
-                with torch.device("meta"):
-                    model = build_model(self.config)
-            self._params = sum(p.numel() for p in model.parameters())
-        model = getattr(self.runtime, "model", None)
+            self._params = parameter_count(self.config) if model is None else \
+                sum(p.numel() for p in model.parameters())
         weight_bytes = next(model.parameters()).element_size() if model is not None else \
             {"fp32": 4, "fp8": 1}.get(self.precision, 2)
         activation_bytes = 4 if self.precision == "fp32" else 2

@@ -91,11 +91,13 @@ class DecodeRequest:
     deadline: float = math.inf  # time.monotonic() after which the request is answered 504, never decoded
     received: float = 0.0  # time.perf_counter() when the route took it: its queue time starts here
 
+    def output_size(self, decoder) -> tuple[int, int]:
+        return decoder.output_size(tuple(self.latent.shape[-2:]), self.latent_space)
+
     def batch_key(self, decoder) -> tuple:
         """Requests that can share one batched decode: same output size and options, any seed."""
-        size = decoder.output_size(tuple(self.latent.shape[-2:]), self.latent_space)
-        return (size, tuple(self.latent.shape[1:]), self.latent_space, self.latent_sigma, self.steps, self.window,
-                self.overlap)
+        return (self.output_size(decoder), tuple(self.latent.shape[1:]), self.latent_space, self.latent_sigma,
+                self.steps, self.window, self.overlap)
 
 
 class _TooLarge(Exception):
@@ -171,7 +173,8 @@ class DecoderServer:
         self.decode_batch.set_batch_wait_timeout_s(self.options.batch_wait_ms / 1000)
         self.lock = threading.Lock()  # one decode at a time on the model: the warm-up's and the batches'
         self.metrics = Metrics()
-        self.warmup = Warmup(self.options.warmup if self.options.warmup is not None else bucket_sizes(self.decoder))
+        warmup = self.options.warmup if self.options.warmup is not None else self.decoder.bucket_sizes or []
+        self.warmup = Warmup(warmup)  # default: an engine folder's sizes (loaded on first use); none for a checkpoint
         threading.Thread(target=self.warmup.run, args=(self.decoder, self.lock), daemon=True).start()
 
     @app.get("/livez")
@@ -236,7 +239,7 @@ class DecoderServer:
         if isinstance(result, PiDError):
             raise result
         png, batch, timing = result
-        height, width = self.decoder.output_size(tuple(item.latent.shape[-2:]), item.latent_space)
+        height, width = item.output_size(self.decoder)
         self.metrics.latency.observe(time.perf_counter() - received, tags={"size": f"{height}x{width}"})
         self.metrics.images.inc()
         return Response(png, media_type="image/png", headers={"X-PiD-Batch-Size": str(batch),
@@ -347,12 +350,6 @@ class Warmup:
         status = "failed" if self.error else "ready" if len(self.done) == len(self.sizes) else "warming"
         return {"status": status, "warmed": [f"{h}x{w}" for h, w in self.done],
                 "pending": [f"{h}x{w}" for h, w in self.sizes if (h, w) not in self.done], "error": self.error}
-
-
-def bucket_sizes(decoder) -> list[tuple[int, int]]:
-    """An engine folder's output sizes (its engines build or load on first use); none for a checkpoint."""
-    manifest = getattr(decoder.runtime, "manifest", None)
-    return sorted({e.bucket for e in manifest.entries}) if manifest is not None else []
 
 
 @serve.ingress(app)
